@@ -1,0 +1,173 @@
+"""Plain, frozen records that flow through the pure core.
+
+The edges (Docker, the static file) convert what they read into `ContainerInfo`
+once; everything after that — labels, pools, render, diff — works on these records
+only, so it can be tested without Docker or Caddy.
+
+A pool is split into its *shape* (hosts, path, policy, checks, transport: what the
+Caddy JSON holds in every mode) and its *members* (which replicas, in which order,
+with which weight). In dynamic upstream mode members never reach Caddy's config.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+
+class Severity(StrEnum):
+    ERROR = "error"
+    WARNING = "warning"
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with the input, as data; the edges decide how to log it."""
+
+    severity: Severity
+    container: str  # container name, or "static:<file>[route]" for static routes
+    key: str  # full label key, e.g. "labelsync.lb.policy"; "" when not about one key
+    value: str | None
+    message: str
+
+    def __str__(self) -> str:
+        where = f"container {self.container!r}"
+        if not self.key:
+            return f"{where}: {self.message}"
+        if self.value is None:
+            return f"{where}: {self.key}: {self.message}"
+        return f"{where}: {self.key}={self.value!r}: {self.message}"
+
+
+@dataclass(frozen=True)
+class ContainerInfo:
+    """What labelsync needs to know of one container, read once at the edge."""
+
+    id: str
+    name: str
+    created: float  # seconds since the epoch
+    labels: Mapping[str, str]
+    state: str = "running"  # Docker's State.Status: running, paused, exited, ...
+    health: str | None = None  # healthy, unhealthy, starting; None without HEALTHCHECK
+    networks: Mapping[str, str] = field(default_factory=dict)  # network name -> IPv4
+    exposed_ports: tuple[int, ...] = ()  # TCP ports, sorted
+    compose_project: str | None = None
+    compose_service: str | None = None
+    host_network: bool = False
+
+    @property
+    def is_serving(self) -> bool:
+        """Running, and healthy when it has a HEALTHCHECK."""
+        if self.state != "running":
+            return False
+        return self.health in (None, "healthy")
+
+
+@dataclass(frozen=True)
+class ActiveHealth:
+    path: str
+    interval: str = "30s"  # Go duration strings, normalised
+    timeout: str = "5s"
+    # Expected status as Caddy writes it: an exact code (200) or a class digit (2 = 2xx).
+    expect_status: int = 200
+    port: int | None = None
+    body: str | None = None
+    passes: int = 1
+    fails: int = 1
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class PassiveHealth:
+    fail_duration: str = "30s"
+    max_fails: int = 3
+    unhealthy_latency: str | None = None  # None = off
+    # Status codes or class digits (5 = 5xx), as Caddy's unhealthy_status takes them.
+    unhealthy_status: tuple[int, ...] = ()
+
+
+RETRIES_AUTO = "auto"
+
+
+@dataclass(frozen=True)
+class PoolSettings:
+    """Pool keys: every member of a pool must agree on these."""
+
+    scheme: str = "http"  # http | https | h2c
+    tls_skip_verify: bool = False
+    tls_server_name: str | None = None
+    split: int = 0  # percent to canary members
+    lb_policy: str = "random"
+    lb_key: str | None = None  # cookie/header/query name
+    lb_choose: int = 2
+    lb_retries: int | str = RETRIES_AUTO  # int or "auto"
+    lb_try_duration: str | None = None
+    lb_try_interval: str | None = None
+    active: ActiveHealth | None = None
+    passive: PassiveHealth | None = None
+    timeout_dial: str | None = None
+    timeout_response_header: str | None = None
+
+
+@dataclass(frozen=True)
+class Route:
+    """One route of one container (or of one static-file entry), parsed and valid."""
+
+    container_id: str
+    container_name: str
+    created: float
+    route_name: str  # "" for the default route
+    hosts: tuple[str, ...]  # lower-cased, sorted, unique
+    path: str | None
+    settings: PoolSettings
+    # member keys, resolved at the edge of the container
+    address: str  # "host:port" this member is dialled at
+    weight: int = 1
+    order: int | None = None
+    track: str = "stable"  # stable | canary
+    # Where the member came from when not a container ("static:<file>").
+    origin: str = "container"
+
+
+PoolKey = tuple[tuple[str, ...], str | None]  # (hosts, path)
+
+
+@dataclass(frozen=True)
+class Member:
+    address: str  # "host:port"
+    container_id: str
+    container_name: str
+    weight: int = 1  # effective weight, after split
+    track: str = "stable"
+    origin: str = "container"
+
+
+@dataclass(frozen=True)
+class PoolShape:
+    """Everything about a pool except which members it has."""
+
+    id: str  # stable Caddy @id, "labelsync-..."
+    hosts: tuple[str, ...]
+    path: str | None
+    settings: PoolSettings
+    retries: int | None  # resolved lb.retries; None = not written
+
+
+@dataclass(frozen=True)
+class Pool:
+    shape: PoolShape
+    members: tuple[Member, ...]  # in selection order (`first`: by order, then created)
+
+    @property
+    def id(self) -> str:
+        return self.shape.id
+
+
+@dataclass(frozen=True)
+class DesiredState:
+    pools: tuple[Pool, ...]  # sorted as the routes must appear in Caddy
+    problems: tuple[Problem, ...] = ()
+
+    def pool(self, pool_id: str) -> Pool | None:
+        return next((p for p in self.pools if p.id == pool_id), None)

@@ -1,0 +1,140 @@
+"""Settings, from LABELSYNC_* environment variables or a TOML file (environment wins).
+
+    LABELSYNC_CONFIG=/etc/labelsync/labelsync.toml labelsync run
+
+where the TOML file holds the same names in lower case without the prefix::
+
+    caddy_admin = "http://localhost:2019"
+    debounce = "50ms"
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from labelsync.durations import parse_duration
+
+
+class Settings(BaseSettings):
+    """Everything an operator can set; see the README's settings table."""
+
+    model_config = SettingsConfigDict(env_prefix="LABELSYNC_", extra="ignore")
+
+    caddy_admin: str = "auto"
+    """Admin endpoint(s), comma-separated: http://host:port, unix:///path, `embedded`, `auto`."""
+    caddy_server: str = "labelsync"
+    """Server name in apps.http.servers that labelsync writes into."""
+    listen: str = ":80,:443"
+    """Listen addresses when labelsync creates the server."""
+    auto_https: Literal["on", "off", "disable_redirects"] = "on"
+    """Caddy automatic HTTPS for the server labelsync creates."""
+    label_prefix: str = "labelsync"
+    """Prefix of every label labelsync reads."""
+    network: str | None = None
+    """Default Docker network whose address is used."""
+    debounce: str = "50ms"
+    """Quiet window that coalesces bursts of events."""
+    debounce_max: str = "500ms"
+    """Longest a change waits while events keep coming."""
+    resync_interval: str = "60s"
+    """Periodic full reconcile (drift, missed events)."""
+    static_file: Path | None = None
+    """TOML file of extra routes for non-container backends."""
+    swarm: Literal["auto", "on", "off"] = "auto"
+    """Read Swarm services and tasks."""
+    log_level: Literal["TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR"] = "INFO"
+    """Lowest level logged."""
+    log_format: Literal["text", "json"] = "text"
+    """Human text, or one JSON object per line."""
+    metrics_listen: str | None = None
+    """host:port of the Prometheus /metrics and /healthz endpoint; off when unset."""
+    upstreams: Literal["dynamic", "static"] = "dynamic"
+    """Membership through the built-in resolver, or written into Caddy's JSON."""
+    resolver_listen: str = "127.0.0.1:8053"
+    """UDP address of the built-in resolver."""
+    resolver_advertise: str | None = None
+    """Address Caddy uses to reach the resolver; the listen address when unset."""
+    resolver_refresh: str = "250ms"
+    """How often Caddy re-reads a pool's members."""
+    stream_close_delay: str = "10m"
+    """How long upgraded connections (websockets) outlive a Caddy reload."""
+    docker_host: str | None = None
+    """Docker endpoint; DOCKER_HOST or the local socket when unset."""
+
+    @field_validator(
+        "debounce", "debounce_max", "resync_interval", "resolver_refresh", "stream_close_delay"
+    )
+    @classmethod
+    def _duration(cls, value: str) -> str:
+        parse_duration(value)  # raises ValueError naming the problem
+        return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("network", "metrics_listen", "resolver_advertise", "static_file",
+                     "docker_host", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        return None if value == "" else value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = os.environ.get("LABELSYNC_CONFIG")
+        if config_file:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config_file)))
+        return tuple(sources)
+
+    # Convenience views, parsed once.
+    @property
+    def debounce_seconds(self) -> float:
+        return parse_duration(self.debounce)
+
+    @property
+    def debounce_max_seconds(self) -> float:
+        return parse_duration(self.debounce_max)
+
+    @property
+    def resync_seconds(self) -> float:
+        return parse_duration(self.resync_interval)
+
+    @property
+    def listen_addresses(self) -> list[str]:
+        return [a.strip() for a in self.listen.split(",") if a.strip()]
+
+    @property
+    def resolver_address(self) -> str:
+        return self.resolver_advertise or self.resolver_listen
+
+
+def load_settings() -> Settings:
+    """Read settings; a broken TOML file raises ConfigError naming the file."""
+    from labelsync.errors import ConfigError
+
+    try:
+        return Settings()
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{os.environ.get('LABELSYNC_CONFIG')}: {exc}") from exc
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
