@@ -21,8 +21,9 @@ class DockerUnavailable(LabelsyncError):
 class CaddyError(LabelsyncError):
     """Base of errors talking to Caddy's admin API."""
 
-    def __init__(self, message: str, *, method: str = "", path: str = "", status: int = 0,
-                 body: str = "") -> None:
+    def __init__(
+        self, message: str, *, method: str = "", path: str = "", status: int = 0, body: str = ""
+    ) -> None:
         super().__init__(message)
         self.method = method
         self.path = path

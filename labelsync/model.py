@@ -126,8 +126,12 @@ class Route:
     weight: int = 1
     order: int | None = None
     track: str = "stable"  # stable | canary
-    # Where the member came from when not a container ("static:<file>").
-    origin: str = "container"
+    origin: str = "container"  # "container" | "static"
+    # Running (or paused) containers define a pool's shape before stopped ones do;
+    # only serving ones (running, healthy, not leaving) are members. A pool whose
+    # members all stopped keeps its route, so a crash writes no Caddy config.
+    running: bool = True
+    serving: bool = True
 
 
 PoolKey = tuple[tuple[str, ...], str | None]  # (hosts, path)

@@ -85,8 +85,14 @@ class Settings(BaseSettings):
     def _upper(cls, value: Any) -> Any:
         return value.upper() if isinstance(value, str) else value
 
-    @field_validator("network", "metrics_listen", "resolver_advertise", "static_file",
-                     "docker_host", mode="before")
+    @field_validator(
+        "network",
+        "metrics_listen",
+        "resolver_advertise",
+        "static_file",
+        "docker_host",
+        mode="before",
+    )
     @classmethod
     def _empty_is_unset(cls, value: Any) -> Any:
         return None if value == "" else value

@@ -1,0 +1,43 @@
+# `make test` is the one test command: locally and in CI (.ci/run).
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+
+VENV ?= .venv
+BIN := $(VENV)/bin
+PYTEST_ARGS ?=
+
+.PHONY: test venv docker lint format-check typecheck imports pytest fmt clean-test-containers
+
+test: venv docker lint format-check typecheck imports pytest
+
+venv:
+	@VENV=$(VENV) scripts/ensure-venv.sh
+
+docker:
+	@scripts/ensure-docker.sh
+
+lint: venv
+	$(BIN)/ruff check .
+
+format-check: venv
+	$(BIN)/ruff format --check .
+
+typecheck: venv
+	$(BIN)/mypy
+
+imports: venv
+	$(BIN)/lint-imports
+
+# pytest's own exit status stands: 5 (no tests collected) fails the run too.
+pytest: venv
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+# Rewrite formatting and fix what ruff can fix (not part of `test`).
+fmt: venv
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+# Remove containers left by an interrupted test run.
+clean-test-containers:
+	@ids="$$(docker ps -aq --filter label=io.labelsync.test-id)"; \
+	if [ -n "$$ids" ]; then docker rm -f $$ids >/dev/null; fi

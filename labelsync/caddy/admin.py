@@ -1,0 +1,298 @@
+"""Caddy's admin API over TCP or a unix socket: reads with ETags, writes with If-Match.
+
+Facts this client is built on (measured against Caddy 2.11.7):
+
+- An Etag reads `"<config path> <hash>"`: the hash of the value at that path only
+  (GET /id/<x> answers with the resolved /config/... path). Caddy checks If-Match by
+  re-hashing the path named *inside* the tag, whatever path is written. So the Etag of
+  our server guards a write addressed by @id or by index, and only an edit to that same
+  server makes it fail (412); edits to other servers or apps do not.
+- A successful write answers 200 with an empty body and no Etag: to write again with
+  If-Match, read again.
+- Every write reloads Caddy's whole config, and a reload restarts the admin listener
+  too, so idle keep-alive connections die with it; this client opens a connection per
+  request (cheap on loopback or a unix socket) instead of tripping over dead ones.
+- PUT creates missing parents (apps, http, servers) and answers 409 when the key exists;
+  PUT .../routes/<i> inserts before i (i == len appends); POST .../routes/... appends a
+  list, creating `routes` when the server has none, where PUT .../routes/0 would not.
+- GET of a missing key answers 200 `null` (with an Etag), but a GET *through* a missing
+  key answers 400 "invalid traversal path"; both read as "not there".
+- Errors: unknown @id or PATCH of a missing key 404; stale If-Match 412; invalid config
+  through PATCH/PUT/POST 500 (400 for a duplicate @id); invalid config through /load 400.
+  The body is `{"error": "..."}` and the old config keeps serving.
+- Over a unix socket Caddy accepts any Host header and refuses any Origin header; over
+  TCP the Host must name the admin address (httpx sends it from the base URL).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+from loguru import logger
+
+from labelsync.errors import (
+    CaddyConflict,
+    CaddyError,
+    CaddyNotFound,
+    CaddyRejected,
+    CaddyUnavailable,
+    ConfigError,
+)
+from labelsync.operations import (
+    AddRoute,
+    DeleteRoute,
+    Operation,
+    ReplaceRoute,
+    ReplaceUpstreams,
+    apply_operations,
+)
+
+JSON = dict[str, Any]
+
+# How much of a rejected request body goes into the ERROR log line.
+LOGGED_BODY_CHARS = 2000
+
+
+class CaddyAdmin:
+    """An async client for one Caddy admin endpoint.
+
+        admin = CaddyAdmin("unix:///run/labelsync/admin.sock")
+        server, etag = await admin.server("labelsync")
+        await admin.apply("labelsync", server["routes"], operations, etag)
+
+    `endpoint` is `http://host:port` (or bare `host:port`) or `unix:///path/to/admin.sock`.
+    `requests_sent` and `bytes_sent` (request bodies) count everything sent, reads included.
+    """
+
+    def __init__(self, endpoint: str, *, timeout: float = 10.0) -> None:
+        self.endpoint = endpoint
+        self.requests_sent = 0
+        self.bytes_sent = 0
+        base_url, transport = _connection(endpoint)
+        self._client = httpx.AsyncClient(
+            base_url=base_url,
+            transport=transport,
+            timeout=timeout,
+            trust_env=False,  # HTTP(S)_PROXY must never divert admin traffic
+            # No keep-alive: every write restarts Caddy's admin listener (see module doc).
+            limits=httpx.Limits(max_keepalive_connections=0),
+        )
+
+    def __repr__(self) -> str:
+        return f"CaddyAdmin({self.endpoint!r})"
+
+    # --- reads ------------------------------------------------------------------------
+    async def get(self, path: str) -> tuple[Any, str | None]:
+        """The JSON at `path` and its Etag; None for null, and (None, None) when missing."""
+        response = await self._send("GET", path)
+        if response.status_code == 404 or _is_missing_parent(response):
+            return None, None
+        _raise_for_status(response, "GET", path, write=False)
+        return response.json(), response.headers.get("Etag")
+
+    async def server(self, name: str) -> tuple[JSON | None, str | None]:
+        """`apps.http.servers.<name>` and the Etag that guards writes into it."""
+        server, etag = await self.get(_server_path(name))
+        return (server if isinstance(server, dict) else None), etag
+
+    async def upstreams(self) -> list[JSON]:
+        """GET /reverse_proxy/upstreams: `[{"address", "num_requests", "fails"}, ...]`."""
+        upstreams, _ = await self.get("/reverse_proxy/upstreams")
+        return list(upstreams or [])
+
+    async def ping(self) -> bool:
+        """True when the admin endpoint answers a read."""
+        try:
+            response = await self._send("GET", "/config/admin")
+        except CaddyUnavailable:
+            return False
+        return response.status_code == 200
+
+    # --- writes -----------------------------------------------------------------------
+    async def ensure_server(self, name: str, server: JSON) -> bool:
+        """Create `apps.http.servers.<name>` when missing; True when this call created it.
+
+        A read, then one PUT when the server is missing: Caddy's PUT creates missing
+        `apps`/`http`/`servers` parents and leaves every other key alone. A server that
+        appears in between (409) counts as existing. `routes: []` is added when absent.
+        """
+        current, _ = await self.server(name)
+        if current is not None:
+            return False
+        body = {"routes": [], **server}  # POST .../routes/... and PATCH need a list there
+        try:
+            await self._write("PUT", _server_path(name), body)
+        except CaddyConflict:
+            return False
+        return True
+
+    async def apply(
+        self,
+        server_name: str,
+        current_routes: list[JSON],
+        operations: list[Operation],
+        etag: str | None,
+    ) -> None:
+        """Send `operations` against the server's `current_routes` as one admin request.
+
+        Each write reloads the whole config, so a single operation goes to its own path
+        (addressed by @id where it has one) and several go as one PATCH of the routes list
+        computed by `apply_operations`. With `etag` (from `server()`), a concurrent edit of
+        the server by anyone else raises CaddyConflict and nothing is written; the etag is
+        spent afterwards, read the server again before the next call.
+        """
+        if not operations:
+            return
+        routes_path = f"{_server_path(server_name)}/routes"
+        if not current_routes:
+            # The server may lack `routes` altogether; only POST .../routes/... creates it
+            # as a list, and against an empty list nothing but inserts can apply.
+            routes = apply_operations([], operations)
+            await self._write("POST", f"{routes_path}/...", routes, etag=etag)
+        elif len(operations) == 1:
+            method, path, body = _single_request(routes_path, operations[0])
+            await self._write(method, path, body, etag=etag)
+        else:
+            routes = apply_operations(current_routes, operations)
+            await self._write("PATCH", routes_path, routes, etag=etag)
+
+    async def load(self, config: JSON) -> None:
+        """POST /load: replace the whole config.
+
+        Only for the first boot of an embedded Caddy and for benchmark baselines. A config
+        without `admin.listen` would move the admin endpoint to localhost:2019 (even when
+        the load fails), so this endpoint's address is filled in when it is missing.
+        """
+        admin = dict(config.get("admin") or {})
+        admin.setdefault("listen", _caddy_listen_address(self.endpoint))
+        await self._write("POST", "/load", {**config, "admin": admin})
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    # --- transport --------------------------------------------------------------------
+    async def _write(self, method: str, path: str, body: Any, *, etag: str | None = None) -> None:
+        content = None if body is None else json.dumps(body, separators=(",", ":")).encode()
+        response = await self._send(method, path, content=content, etag=etag)
+        if response.status_code in (400, 500):
+            logger.error(
+                "Caddy rejected {} {} ({}): {}; request body: {}",
+                method,
+                path,
+                response.status_code,
+                _error_text(response),
+                (content or b"").decode()[:LOGGED_BODY_CHARS],
+            )
+        _raise_for_status(response, method, path, write=True)
+
+    async def _send(
+        self, method: str, path: str, *, content: bytes | None = None, etag: str | None = None
+    ) -> httpx.Response:
+        headers = {}
+        if content is not None:
+            headers["Content-Type"] = "application/json"
+        if etag:
+            headers["If-Match"] = etag
+        self.requests_sent += 1
+        self.bytes_sent += len(content or b"")
+        try:
+            return await self._client.request(method, path, content=content, headers=headers)
+        except httpx.TransportError as exc:
+            raise CaddyUnavailable(
+                f"Caddy admin at {self.endpoint} did not answer {method} {path}: "
+                f"{type(exc).__name__}: {exc}",
+                method=method,
+                path=path,
+            ) from exc
+
+
+def _single_request(routes_path: str, operation: Operation) -> tuple[str, str, Any]:
+    """Method, path and body of the one request that performs `operation`."""
+    match operation:
+        case AddRoute(index=index, route=route):
+            return "PUT", f"{routes_path}/{index}", route
+        case ReplaceRoute(route_id=route_id, route=route):
+            return "PATCH", _id_path(route_id), route
+        case ReplaceUpstreams(route_id=route_id, upstreams=upstreams):
+            return "PATCH", f"{_id_path(route_id)}/handle/0/upstreams", upstreams
+        case DeleteRoute(route_id=route_id):
+            return "DELETE", _id_path(route_id), None
+    raise TypeError(f"not an admin operation: {operation!r}")
+
+
+def _server_path(name: str) -> str:
+    return f"/config/apps/http/servers/{quote(name, safe='')}"
+
+
+def _id_path(route_id: str) -> str:
+    return f"/id/{quote(route_id, safe='')}"
+
+
+def _connection(endpoint: str) -> tuple[str, httpx.AsyncHTTPTransport]:
+    """Base URL and transport for an endpoint string."""
+    if endpoint.startswith("unix://"):
+        socket_path = endpoint.removeprefix("unix://")
+        if not socket_path.startswith("/"):
+            raise ConfigError(f"unix admin endpoint needs an absolute path: {endpoint!r}")
+        # Caddy accepts any Host over a unix socket; the name only has to be valid.
+        return "http://localhost", httpx.AsyncHTTPTransport(uds=socket_path)
+    url = endpoint if "://" in endpoint else f"http://{endpoint}"
+    parsed = httpx.URL(url)
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        raise ConfigError(f"admin endpoint must be http://host:port or unix:///path: {endpoint!r}")
+    return url.rstrip("/"), httpx.AsyncHTTPTransport()
+
+
+def _caddy_listen_address(endpoint: str) -> str:
+    """Our endpoint in the form Caddy's `admin.listen` takes."""
+    if endpoint.startswith("unix://"):
+        return "unix/" + endpoint.removeprefix("unix://")
+    url = httpx.URL(endpoint if "://" in endpoint else f"http://{endpoint}")
+    host = f"[{url.host}]" if ":" in url.host else url.host
+    return f"{host}:{url.port or 80}"
+
+
+def _is_missing_parent(response: httpx.Response) -> bool:
+    """A GET through a key that does not exist (e.g. `apps/http/...` with no `http`)."""
+    # Caddy answers null for a missing last key but 400 for a missing intermediate one.
+    return response.status_code == 400 and _error_text(response).startswith(
+        "invalid traversal path"
+    )
+
+
+def _error_text(response: httpx.Response) -> str:
+    """Caddy's `{"error": ...}` message, or the raw body."""
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text.strip()
+    if isinstance(body, dict) and isinstance(body.get("error"), str):
+        return str(body["error"])
+    return response.text.strip()
+
+
+def _raise_for_status(response: httpx.Response, method: str, path: str, *, write: bool) -> None:
+    try:
+        response.raise_for_status()
+    except httpx.HTTPStatusError as exc:
+        raise _status_error(response, method, path, write=write) from exc
+
+
+def _status_error(response: httpx.Response, method: str, path: str, *, write: bool) -> CaddyError:
+    status = response.status_code
+    error = _error_text(response)
+    message = f"Caddy answered {status} to {method} {path}: {error}"
+    kind: type[CaddyError]
+    if status == 404:
+        kind = CaddyNotFound
+    elif status in (409, 412):
+        # 412: If-Match failed; 409: PUT of a key that exists. Both mean "re-read, write".
+        kind = CaddyConflict
+    elif write:
+        kind = CaddyRejected
+    else:
+        kind = CaddyError
+    return kind(message, method=method, path=path, status=status, body=error)

@@ -1,0 +1,53 @@
+"""What changed between two desired states, in words an operator reads in one log line."""
+
+from __future__ import annotations
+
+from dataclasses import fields
+
+from labelsync.model import DesiredState, Pool
+
+
+def _label(pool: Pool) -> str:
+    hosts = ",".join(pool.shape.hosts)
+    return f"{hosts}{pool.shape.path or ''}"
+
+
+def _member_names(pool: Pool) -> dict[str, str]:
+    return {m.address: m.container_name for m in pool.members}
+
+
+def _shape_changes(old: Pool, new: Pool) -> list[str]:
+    before, after = old.shape.settings, new.shape.settings
+    changed = [f.name for f in fields(before) if getattr(before, f.name) != getattr(after, f.name)]
+    if old.shape.retries != new.shape.retries:
+        changed.append("retries")
+    return changed
+
+
+def describe_changes(old: DesiredState | None, new: DesiredState) -> list[str]:
+    """One phrase per pool that changed: added, removed, members +/-, settings changed."""
+    previous = {p.id: p for p in old.pools} if old else {}
+    current = {p.id: p for p in new.pools}
+    phrases: list[str] = []
+    for pool_id, pool in current.items():
+        before = previous.get(pool_id)
+        if before is None:
+            names = ", ".join(m.container_name for m in pool.members)
+            phrases.append(f"pool {_label(pool)} added ({pool.shape.settings.lb_policy}: {names})")
+            continue
+        settings = _shape_changes(before, pool)
+        if settings:
+            phrases.append(f"pool {_label(pool)} changed {', '.join(settings)}")
+        old_members, new_members = _member_names(before), _member_names(pool)
+        added = [f"+{new_members[a]}" for a in new_members if a not in old_members]
+        removed = [f"-{old_members[a]}" for a in old_members if a not in new_members]
+        if added or removed:
+            phrases.append(f"pool {_label(pool)} members {' '.join(added + removed)}")
+        elif [m.address for m in before.members] != [m.address for m in pool.members] or [
+            m.weight for m in before.members
+        ] != [m.weight for m in pool.members]:
+            phrases.append(f"pool {_label(pool)} member order or weights changed")
+    for pool_id, pool in previous.items():
+        if pool_id not in current:
+            phrases.append(f"pool {_label(pool)} removed")
+    return phrases

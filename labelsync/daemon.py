@@ -1,0 +1,165 @@
+"""`labelsync run`: wire the edges to the loop, handle signals, stop cleanly.
+
+SIGTERM/SIGINT stop within a second and leave Caddy's config as it is (an embedded
+Caddy is stopped with us). SIGHUP re-reads settings that can change live and the
+static file, then resyncs everything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import AsyncIterator, Callable
+
+from loguru import logger
+
+from labelsync.caddy.admin import CaddyAdmin
+from labelsync.errors import ConfigError
+from labelsync.logs import setup_logging
+from labelsync.reconcile import MembershipChannel, Reconciler
+from labelsync.settings import Settings, load_settings
+from labelsync.sources.docker import DockerSource
+from labelsync.sources.static import StaticFile
+
+DEFAULT_ADMIN = "http://localhost:2019"
+LIVE_SETTINGS = (
+    "log_level",
+    "log_format",
+    "debounce",
+    "debounce_max",
+    "resync_interval",
+    "network",
+    "static_file",
+)
+
+
+async def _answers(endpoint: str) -> bool:
+    admin = CaddyAdmin(endpoint, timeout=1.0)
+    try:
+        return await admin.ping()
+    finally:
+        await admin.aclose()
+
+
+@contextlib.asynccontextmanager
+async def caddy_endpoints(
+    settings: Settings, on_restart: Callable[[], None]
+) -> AsyncIterator[list[str]]:
+    """The admin endpoints to write to; starts (and finally stops) the bundled Caddy.
+
+    `on_restart` runs when the bundled Caddy came back from a crash with an empty
+    config, so that the routes are restored at once rather than at the next resync.
+    """
+    wanted = [e.strip() for e in settings.caddy_admin.split(",") if e.strip()]
+    if wanted == ["auto"]:
+        if await _answers(DEFAULT_ADMIN):
+            logger.info(f"using the Caddy answering at {DEFAULT_ADMIN}")
+            wanted = [DEFAULT_ADMIN]
+        else:
+            logger.info(f"no Caddy answers at {DEFAULT_ADMIN}; starting the bundled Caddy")
+            wanted = ["embedded"]
+    if "embedded" not in wanted:
+        yield wanted
+        return
+    from labelsync.caddy.embedded import EmbeddedCaddy, default_runtime_dir
+
+    embedded = EmbeddedCaddy(
+        runtime_dir=default_runtime_dir(),
+        listen=settings.listen_addresses,
+        server_name=settings.caddy_server,
+        auto_https=settings.auto_https,
+        on_restart=on_restart,
+    )
+    await embedded.start()
+    supervisor = asyncio.create_task(embedded.supervise())
+    try:
+        yield [embedded.admin_endpoint if e == "embedded" else e for e in wanted]
+    finally:
+        supervisor.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await supervisor
+        await embedded.stop()
+
+
+def _membership(
+    settings: Settings,
+) -> contextlib.AbstractAsyncContextManager[MembershipChannel | None]:
+    if settings.upstreams != "dynamic":
+        return contextlib.nullcontext(None)
+    from labelsync.membership import DynamicMembership
+
+    return DynamicMembership.running(settings)
+
+
+def _reload_settings(reconcilers: list[Reconciler], static: StaticFile | None) -> None:
+    try:
+        fresh = load_settings()
+    except ConfigError as exc:
+        logger.error(f"SIGHUP: settings not reloaded: {exc}")
+        return
+    current = reconcilers[0].settings
+    ignored = [
+        name
+        for name in type(fresh).model_fields
+        if name not in LIVE_SETTINGS and getattr(fresh, name) != getattr(current, name)
+    ]
+    if ignored:
+        logger.warning(f"SIGHUP: {', '.join(ignored)} change(s) need a restart; kept as they were")
+    updates = {name: getattr(fresh, name) for name in LIVE_SETTINGS}
+    merged = current.model_copy(update=updates)
+    setup_logging(merged.log_level, merged.log_format)
+    if static is not None:
+        static.reload()
+    for reconciler in reconcilers:
+        reconciler.settings = merged
+        reconciler.notify()
+    logger.info("SIGHUP: settings and static file reloaded; resyncing")
+
+
+async def run_daemon(settings: Settings) -> int:
+    """Run until SIGTERM/SIGINT; the exit code."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    static = (
+        StaticFile(settings.static_file, settings.label_prefix) if settings.static_file else None
+    )
+    reconcilers: list[Reconciler] = []
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, lambda: _reload_settings(reconcilers, static))
+
+    def restore_routes() -> None:
+        for reconciler in reconcilers:
+            reconciler.notify()
+
+    async with (
+        caddy_endpoints(settings, restore_routes) as endpoints,
+        _membership(settings) as membership,
+    ):
+        admins = [CaddyAdmin(endpoint) for endpoint in endpoints]
+        sources = [DockerSource(settings.docker_host) for _ in endpoints]
+        for admin, source in zip(admins, sources, strict=True):
+            reconcilers.append(
+                Reconciler(settings, source, admin, static=static, membership=membership)
+            )
+        logger.info(
+            f"labelsync running: Caddy {', '.join(endpoints)}, Docker {sources[0].endpoint}, "
+            f"upstreams {settings.upstreams}"
+        )
+        tasks = [asyncio.create_task(r.run()) for r in reconcilers]
+        stopper = asyncio.create_task(stop.wait())
+        done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
+        for task in [*tasks, stopper]:
+            task.cancel()
+        await asyncio.gather(*tasks, stopper, return_exceptions=True)
+        crashed = [t.exception() for t in done if t is not stopper and not t.cancelled()]
+        for admin in admins:
+            await admin.aclose()
+        for source in sources:
+            source.close()
+    if crashed and crashed[0] is not None:
+        logger.opt(exception=crashed[0]).error("labelsync stopped on an unexpected error")
+        return 1
+    logger.info("labelsync stopped; Caddy keeps its config")
+    return 0

@@ -1,0 +1,177 @@
+"""(the server's routes, labelsync's desired routes) -> the fewest admin operations.
+
+labelsync owns the routes whose `@id` starts with its prefix; every other route
+belongs to the user and keeps its content and its place among the user's routes.
+The operations are computed against a simulation of the list, so each insert index
+is right for the list as Caddy holds it when that operation arrives.
+
+Order of the operations: deletes (routes no longer desired, then routes that must
+move), in-place replacements, then inserts in desired order. Moves are the fewest
+possible: the owned routes on a longest increasing subsequence of desired positions
+stay where they are (preferring unchanged ones among equally long runs), the others
+are deleted and inserted again with their new content.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from labelsync.operations import (
+    AddRoute,
+    DeleteRoute,
+    Operation,
+    ReplaceRoute,
+    ReplaceUpstreams,
+)
+
+JSON = dict[str, Any]
+OWNED_PREFIX = "labelsync-"
+
+
+def owned_routes(routes: list[JSON], prefix: str = OWNED_PREFIX) -> list[JSON]:
+    """The routes labelsync owns, in the order they appear."""
+    return [route for route in routes if _owned_id(route, prefix) is not None]
+
+
+def diff_routes(
+    current: list[JSON], desired: list[JSON], *, owned_prefix: str = OWNED_PREFIX
+) -> list[Operation]:
+    """Operations that turn the owned routes of `current` into `desired`.
+
+    `current` is the server's whole `routes` list, user routes included; `desired`
+    is labelsync's routes in order, each with an `@id` under `owned_prefix`. Returns
+    `[]` when nothing changed. When the server holds no owned route yet, the new ones
+    go at the top, so a user's catch-all route at the end cannot shadow them.
+    """
+    desired_position = _desired_positions(desired, owned_prefix)
+    current_by_id = {
+        route_id: route
+        for route in current
+        if (route_id := _owned_id(route, owned_prefix)) is not None
+    }
+    # The simulated list: an owned route's @id, or None for a user route (never addressed).
+    layout: list[str | None] = [_owned_id(route, owned_prefix) for route in current]
+    operations: list[Operation] = []
+
+    def delete(route_id: str) -> None:
+        operations.append(DeleteRoute(route_id))
+        layout.remove(route_id)
+
+    for route_id in [rid for rid in layout if rid is not None and rid not in desired_position]:
+        delete(route_id)
+
+    kept = [rid for rid in layout if rid is not None]
+    changed = {rid for rid in kept if current_by_id[rid] != desired[desired_position[rid]]}
+    staying = set(_longest_increasing(kept, desired_position, changed))
+    for route_id in [rid for rid in kept if rid not in staying]:
+        delete(route_id)
+
+    for route in desired:
+        route_id = route["@id"]
+        if route_id in staying and current_by_id[route_id] != route:
+            operations.append(_replacement(current_by_id[route_id], route))
+
+    for position, route in enumerate(desired):
+        route_id = route["@id"]
+        if route_id in staying:
+            continue
+        index = _insert_index(layout, desired, position)
+        operations.append(AddRoute(index, route))
+        layout.insert(index, route_id)
+    return operations
+
+
+def _owned_id(route: JSON, prefix: str) -> str | None:
+    route_id = route.get("@id")
+    if isinstance(route_id, str) and route_id.startswith(prefix):
+        return route_id
+    return None
+
+
+def _desired_positions(desired: list[JSON], prefix: str) -> dict[str, int]:
+    positions: dict[str, int] = {}
+    for position, route in enumerate(desired):
+        route_id = _owned_id(route, prefix)
+        if route_id is None:
+            raise ValueError(f"desired route without an @id under {prefix!r}: {route!r}")
+        if route_id in positions:
+            raise ValueError(f"two desired routes share the @id {route_id!r}")
+        positions[route_id] = position
+    return positions
+
+
+def _longest_increasing(
+    route_ids: list[str], position: dict[str, int], changed: set[str]
+) -> list[str]:
+    """The routes that stay put: the longest run of `route_ids` already in desired order.
+
+    Among runs of that length, the one holding the most unchanged routes wins: a
+    moved route costs a delete and an add whatever its content, so keeping a changed
+    one in place saves its replacement. Weighted LIS over a Fenwick tree of prefix
+    maxima, O(n log n).
+    """
+    count = len(route_ids)
+    size = max((position[rid] for rid in route_ids), default=-1) + 1
+    # Length dominates: no count of unchanged routes adds up to one more route.
+    weight = [(count + 1) + (0 if rid in changed else 1) for rid in route_ids]
+    tree: list[tuple[int, int]] = [(0, -1)] * (size + 1)  # (best total, index ending it)
+    best: list[int] = [0] * count
+    previous: list[int] = [-1] * count
+    for i, route_id in enumerate(route_ids):
+        slot = position[route_id]  # best run ending below this desired position
+        found = (0, -1)
+        while slot > 0:
+            found = max(found, tree[slot])
+            slot -= slot & -slot
+        best[i] = found[0] + weight[i]
+        previous[i] = found[1]
+        slot = position[route_id] + 1
+        while slot <= size:
+            tree[slot] = max(tree[slot], (best[i], i))
+            slot += slot & -slot
+    run: list[str] = []
+    cursor = max(range(count), key=lambda i: (best[i], i), default=-1)
+    while cursor != -1:
+        run.append(route_ids[cursor])
+        cursor = previous[cursor]
+    run.reverse()
+    return run
+
+
+def _replacement(old: JSON, new: JSON) -> Operation:
+    """ReplaceUpstreams when the static member list is all that changed."""
+    route_id = str(new["@id"])
+    old_upstreams, old_rest = _split_upstreams(old)
+    new_upstreams, new_rest = _split_upstreams(new)
+    if old_upstreams is not None and new_upstreams is not None and old_rest == new_rest:
+        return ReplaceUpstreams(route_id, new_upstreams)
+    return ReplaceRoute(route_id, new)
+
+
+def _split_upstreams(route: JSON) -> tuple[list[JSON] | None, JSON]:
+    """(handle[0].upstreams, the route without it); None when there is no such list.
+
+    PATCH can only replace a key that exists, so a route without `upstreams` on
+    either side needs a whole-route replacement.
+    """
+    handle = route.get("handle")
+    if not isinstance(handle, list) or not handle or not isinstance(handle[0], dict):
+        return None, route
+    handler = handle[0]
+    upstreams = handler.get("upstreams")
+    if not isinstance(upstreams, list):
+        return None, route
+    rest_handler = {key: value for key, value in handler.items() if key != "upstreams"}
+    return upstreams, {**route, "handle": [rest_handler, *handle[1:]]}
+
+
+def _insert_index(layout: list[str | None], desired: list[JSON], position: int) -> int:
+    """Where desired[position] goes: right after its desired predecessor.
+
+    The predecessor is always in `layout` already, because inserts run in desired
+    order. The first desired route goes just before the first owned route, or at the
+    top when there is none.
+    """
+    if position > 0:
+        return layout.index(desired[position - 1]["@id"]) + 1
+    return next((i for i, route_id in enumerate(layout) if route_id is not None), 0)

@@ -1,0 +1,85 @@
+"""Dynamic membership: the resolver answers each pool's SRV name from live state.
+
+Caddy's JSON holds only the pool's shape and the pool's SRV name; which replicas
+serve, in which order and with which weight is published here, together with
+labelsync's own active health checks, so that scaling, crashes, rolling updates and
+health flips never write Caddy's config (each write reloads Caddy and drops some
+connections).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+from loguru import logger
+
+from labelsync.health import ActiveChecker
+from labelsync.model import DesiredState, Member
+from labelsync.render import pool_dns_name
+from labelsync.resolver import Resolver
+from labelsync.settings import Settings
+from labelsync.srv_records import srv_answers
+
+
+class DynamicMembership:
+    """Publishes membership to the resolver; re-publishes when a health check flips."""
+
+    def __init__(self, resolver: Resolver, checker: ActiveChecker) -> None:
+        self.resolver = resolver
+        self.checker = checker
+        self._desired: DesiredState | None = None
+        self._all_down: set[str] = set()
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def running(cls, settings: Settings) -> AsyncIterator[DynamicMembership]:
+        resolver = Resolver(settings.resolver_listen)
+        await resolver.start()
+        membership: DynamicMembership | None = None
+
+        def on_change(pool_id: str, address: str, healthy: bool, reason: str) -> None:
+            state = "healthy" if healthy else f"unhealthy ({reason})"
+            logger.bind(pool=pool_id, member=address).info(f"member {address} is {state}")
+            if membership is not None:
+                membership.republish()
+
+        checker = ActiveChecker(on_change=on_change)
+        membership = cls(resolver, checker)
+        logger.info(f"resolver answering on {resolver.bound_address} (udp)")
+        try:
+            yield membership
+        finally:
+            await checker.aclose()
+            await resolver.stop()
+
+    def publish(self, desired: DesiredState) -> None:
+        """Serve `desired`'s members from now on; start or stop probes to match."""
+        self._desired = desired
+        self.checker.update(desired.pools)
+        self.republish()
+
+    def republish(self) -> None:
+        if self._desired is None:
+            return
+        answers = {}
+        for pool in self._desired.pools:
+
+            def healthy(member: Member, pool_id: str = pool.id) -> bool:
+                return self.checker.is_healthy(pool_id, member)
+
+            records = srv_answers(pool, healthy=healthy)
+            answers[pool_dns_name(pool.id)] = records
+            self._note_all_down(pool.id, pool.members)
+        self.resolver.update(answers)
+
+    def _note_all_down(self, pool_id: str, members: tuple[Member, ...]) -> None:
+        down = bool(members) and not any(self.checker.is_healthy(pool_id, m) for m in members)
+        if down and pool_id not in self._all_down:
+            logger.bind(pool=pool_id).warning(
+                f"pool {pool_id}: no member passes its health check; answering with all of "
+                "them so clients get the backends' own errors"
+            )
+            self._all_down.add(pool_id)
+        elif not down:
+            self._all_down.discard(pool_id)

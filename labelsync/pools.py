@@ -1,0 +1,307 @@
+"""Routes of all containers -> pools: aggregation, conflicts, member order, split weights.
+
+Every route with the same (hosts, path) is one pool. Member keys belong to each route;
+pool keys come from the oldest member, and every key the members disagree on is
+reported once per pool. Everything here is deterministic: the same routes in any order
+give equal pools and problems.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+import re
+from collections.abc import Collection, Iterable
+
+from labelsync.labels import parse_container
+from labelsync.model import (
+    RETRIES_AUTO,
+    ContainerInfo,
+    DesiredState,
+    Member,
+    Pool,
+    PoolKey,
+    PoolSettings,
+    PoolShape,
+    Problem,
+    Route,
+    Severity,
+)
+
+DYNAMIC_AUTO_RETRIES = 2
+_SLUG_MAX = 40
+_UNSET = "unset"
+
+
+def pool_id(hosts: Iterable[str], path: str | None) -> str:
+    """Stable, readable Caddy @id: `labelsync-<host>[-<path>]-<8 hex of sha256>`."""
+    host_list = sorted({h.lower() for h in hosts})
+    digest = hashlib.sha256(("\n".join(host_list) + "\0" + (path or "")).encode()).hexdigest()
+    parts = ["labelsync", _slug(host_list[0] if host_list else "") or "pool"]
+    if path_slug := _slug(path or ""):
+        parts.append(path_slug)
+    return "-".join([*parts, digest[:8]])
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:_SLUG_MAX].strip("-")
+
+
+def resolve_retries(setting: int | str, member_count: int, *, dynamic: bool) -> int | None:
+    """How many times a pool retries a failed request; None = leave Caddy's default (0).
+
+    An explicit count is used as given. `auto` with static members retries N - 1 times,
+    so a request may try every member once. With dynamic membership `auto` is a constant
+    (2): a retry waits `lb.try_interval`, by which time a resolver refresh has dropped a
+    dead member, so a couple of retries cover a replica dying; and the pool's JSON must
+    not change when it scales, or every scale-up would reload Caddy.
+    """
+    if setting != RETRIES_AUTO:
+        count = int(setting)
+    elif dynamic:
+        count = DYNAMIC_AUTO_RETRIES
+    else:
+        count = member_count - 1
+    return count if count > 0 else None
+
+
+def split_weights(routes: list[Route], split: int) -> list[int] | None:
+    """Effective weights so canary members together get `split` percent, or None.
+
+    canary_i = split * w_i * W_stable and stable_j = (100 - split) * w_j * W_canary,
+    divided by their gcd: 10% with 2 stable + 1 canary gives 9, 9, 2. None when there is
+    nothing to split (split 0, no canary, no stable, or a side weighing 0).
+    """
+    canary_total = sum(r.weight for r in routes if r.track == "canary")
+    stable_total = sum(r.weight for r in routes if r.track != "canary")
+    if split <= 0 or canary_total == 0 or stable_total == 0:
+        return None
+    weights = [
+        split * r.weight * stable_total
+        if r.track == "canary"
+        else (100 - split) * r.weight * canary_total
+        for r in routes
+    ]
+    divisor = math.gcd(*weights)
+    return [w // divisor for w in weights]
+
+
+def build_pools(
+    routes: Iterable[Route], *, dynamic: bool, prefix: str = "labelsync"
+) -> tuple[tuple[Pool, ...], tuple[Problem, ...]]:
+    """Group routes into pools, sorted as their Caddy routes must appear."""
+    groups: dict[PoolKey, list[Route]] = {}
+    for route in routes:
+        groups.setdefault((route.hosts, route.path), []).append(route)
+    pools: list[Pool] = []
+    problems: list[Problem] = []
+    for (hosts, path), members in groups.items():
+        pools.append(_build_pool(hosts, path, members, dynamic, prefix, problems))
+    pools.sort(key=_caddy_order)
+    return tuple(pools), tuple(sorted(problems, key=_problem_order))
+
+
+def build_desired(
+    containers: Iterable[ContainerInfo],
+    *,
+    prefix: str = "labelsync",
+    default_network: str | None = None,
+    dynamic: bool = True,
+    withdrawn: Collection[str] = (),
+) -> DesiredState:
+    """The pools the containers describe, with every problem found on the way.
+
+    Every listed container shapes its pools, stopped ones included, so a crash or a
+    health flip changes membership only; members are the serving containers whose
+    id is not `withdrawn` (leaving: killed or stopping, before Docker's listing says so).
+    """
+    routes: list[Route] = []
+    problems: list[Problem] = []
+    for container in containers:
+        found, found_problems = parse_container(
+            container, prefix=prefix, default_network=default_network
+        )
+        running = container.state in ("running", "paused")
+        serving = container.is_serving and container.id not in withdrawn
+        routes.extend(dataclasses.replace(r, running=running, serving=serving) for r in found)
+        problems.extend(found_problems)
+    pools, pool_problems = build_pools(routes, dynamic=dynamic, prefix=prefix)
+    all_problems = sorted({*problems, *pool_problems}, key=_problem_order)
+    return DesiredState(pools=pools, problems=tuple(all_problems))
+
+
+def _age(route: Route) -> tuple[bool, float, str, str, str, str]:
+    """Precedence for pool keys: running containers first, then the oldest."""
+    return (
+        not route.running,
+        route.created,
+        route.container_name,
+        route.container_id,
+        route.route_name,
+        route.address,
+    )
+
+
+def _selection_order(route: Route) -> tuple[float, float, str, str, str]:
+    """`first` order: `order` if set, else creation time; ties by age and name."""
+    preference = route.order if route.order is not None else route.created
+    return (preference, route.created, route.container_name, route.container_id, route.address)
+
+
+def _build_pool(
+    hosts: tuple[str, ...],
+    path: str | None,
+    routes: list[Route],
+    dynamic: bool,
+    prefix: str,
+    problems: list[Problem],
+) -> Pool:
+    identifier = pool_id(hosts, path)
+    by_age = sorted(routes, key=_age)
+    kept: dict[str, Route] = {}
+    for route in by_age:
+        first = kept.setdefault(route.container_id, route)
+        if first is not route:
+            problems.append(
+                Problem(
+                    Severity.WARNING,
+                    route.container_name,
+                    "",
+                    None,
+                    f"routes {_route_label(first)} and {_route_label(route)} both serve pool "
+                    f"{identifier}; keeping {_route_label(first)}",
+                )
+            )
+    unique = list(kept.values())  # still oldest first
+    settings = unique[0].settings
+    problems.extend(_conflicts(identifier, unique, prefix))
+    ordered = sorted((r for r in unique if r.serving), key=_selection_order)
+    weights = split_weights(ordered, settings.split)
+    if weights is None:
+        weights = [r.weight for r in ordered]
+    else:
+        settings = dataclasses.replace(settings, lb_policy="weighted_round_robin")
+    members = tuple(
+        Member(
+            address=r.address,
+            container_id=r.container_id,
+            container_name=r.container_name,
+            weight=weight,
+            track=r.track,
+            origin=r.origin,
+        )
+        for r, weight in zip(ordered, weights, strict=True)
+    )
+    retries = resolve_retries(settings.lb_retries, len(members), dynamic=dynamic)
+    shape = PoolShape(id=identifier, hosts=hosts, path=path, settings=settings, retries=retries)
+    return Pool(shape=shape, members=members)
+
+
+def _route_label(route: Route) -> str:
+    return repr(route.route_name) if route.route_name else "(default)"
+
+
+def _conflicts(identifier: str, routes: list[Route], prefix: str) -> list[Problem]:
+    """One WARNING per pool key the members disagree on; the oldest (first) route wins."""
+    flat = [_label_values(r.settings) for r in routes]
+    keys = sorted({key for values in flat for key in values})
+    problems: list[Problem] = []
+    for key in keys:
+        applicable = [
+            (r, values) for r, values in zip(routes, flat, strict=True) if _applies(key, r.settings)
+        ]
+        seen: dict[str, list[str]] = {}
+        for route, values in applicable:
+            names = seen.setdefault(values.get(key, _UNSET), [])
+            if route.container_name not in names:
+                names.append(route.container_name)
+        if len(seen) < 2:
+            continue
+        winner_route, winner_values = applicable[0]
+        winner = winner_values.get(key, _UNSET)
+        losers = sorted({n for value, names in seen.items() if value != winner for n in names})
+        summary = "; ".join(f"{value!r} from {', '.join(names)}" for value, names in seen.items())
+        problems.append(
+            Problem(
+                Severity.WARNING,
+                ", ".join(losers),
+                f"{prefix}.{key}",
+                None,
+                f"members of pool {identifier} disagree ({summary}); using {winner!r} "
+                f"of the oldest member {winner_route.container_name!r}",
+            )
+        )
+    return problems
+
+
+def _applies(key: str, settings: PoolSettings) -> bool:
+    """Sub-keys of a health check are compared only between members that have one."""
+    if key.startswith("health.passive."):
+        return settings.passive is not None
+    if key.startswith("health.") and key not in ("health.path", "health.passive"):
+        return settings.active is not None
+    return True
+
+
+def _label_values(settings: PoolSettings) -> dict[str, str]:
+    """A route's pool keys as label key -> value, written the way a user would."""
+
+    def text(value: object) -> str:
+        if value is None:
+            return _UNSET
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        return str(value)
+
+    values = {
+        "scheme": settings.scheme,
+        "tls.skip_verify": text(settings.tls_skip_verify),
+        "tls.server_name": text(settings.tls_server_name),
+        "split": text(settings.split),
+        "lb.policy": settings.lb_policy,
+        "lb.key": text(settings.lb_key),
+        "lb.choose": text(settings.lb_choose),
+        "lb.retries": text(settings.lb_retries),
+        "lb.try_duration": text(settings.lb_try_duration),
+        "lb.try_interval": text(settings.lb_try_interval),
+        "health.path": text(settings.active and settings.active.path),
+        "health.passive": "on" if settings.passive else "off",
+        "timeout.dial": text(settings.timeout_dial),
+        "timeout.response_header": text(settings.timeout_response_header),
+    }
+    if (active := settings.active) is not None:
+        status = active.expect_status
+        values |= {
+            "health.interval": active.interval,
+            "health.timeout": active.timeout,
+            "health.status": f"{status}xx" if status < 10 else str(status),
+            "health.port": text(active.port),
+            "health.body": text(active.body),
+            "health.passes": str(active.passes),
+            "health.fails": str(active.fails),
+        }
+        values |= {f"health.headers.{name}": value for name, value in active.headers}
+    if (passive := settings.passive) is not None:
+        values |= {
+            "health.passive.fail_duration": passive.fail_duration,
+            "health.passive.max_fails": str(passive.max_fails),
+            "health.passive.unhealthy_latency": text(passive.unhealthy_latency),
+            "health.passive.unhealthy_status": ",".join(
+                f"{s}xx" if s < 10 else str(s) for s in passive.unhealthy_status
+            )
+            or _UNSET,
+        }
+    return values
+
+
+def _caddy_order(pool: Pool) -> tuple[bool, int, str, bool, tuple[str, ...]]:
+    """Paths before catch-alls, longer paths first, exact hosts before wildcards."""
+    path = pool.shape.path
+    hosts = pool.shape.hosts
+    wildcard = any(h.startswith("*.") for h in hosts)
+    return (path is None, -len(path or ""), path or "", wildcard, hosts)
+
+
+def _problem_order(problem: Problem) -> tuple[str, str, str, str, str]:
+    return (problem.container, problem.key, problem.severity, problem.message, problem.value or "")

@@ -1,0 +1,280 @@
+"""The loop: Docker events -> debounce -> snapshot -> core -> diff -> apply.
+
+Everything between the snapshot and the admin requests is the pure core; this module
+only decides *when* to run it and what to do when an edge is unavailable:
+
+- bursts coalesce: a quiet window of `debounce`, never longer than `debounce_max`;
+- a container leaves on the first of kill/stop/die/pause/destroy, before Docker's
+  listing says so, and membership is re-published at once (no debounce);
+- Docker unreachable: nothing is written; on reconnect everything is re-listed;
+- Caddy unreachable: retried with capped backoff; a stale ETag (someone else wrote
+  meanwhile) re-reads and re-diffs, so their change is neither overwritten nor lost;
+- every `resync_interval` the owned routes are compared with Caddy's, which restores
+  a restarted or drifted Caddy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from loguru import logger
+
+from labelsync.caddy.admin import CaddyAdmin
+from labelsync.changes import describe_changes
+from labelsync.diff import diff_routes
+from labelsync.errors import CaddyConflict, CaddyError, CaddyUnavailable, DockerUnavailable
+from labelsync.logs import log_problems
+from labelsync.model import ContainerInfo, DesiredState, Problem
+from labelsync.operations import Operation
+from labelsync.pools import build_desired
+from labelsync.render import RenderOptions, render_routes, render_server
+from labelsync.settings import Settings
+from labelsync.sources.docker import DockerEvent, DockerSource
+from labelsync.sources.static import StaticFile
+
+LEAVE_ACTIONS = frozenset({"kill", "stop", "die", "pause", "destroy"})
+JOIN_ACTIONS = frozenset({"start", "unpause"})
+CONFLICT_RETRIES = 5
+CADDY_BACKOFF = (0.25, 10.0)
+
+
+class MembershipChannel(Protocol):
+    """Where live membership goes when it does not go into Caddy's JSON."""
+
+    def publish(self, desired: DesiredState) -> None: ...
+
+
+def render_options(settings: Settings) -> RenderOptions:
+    return RenderOptions(
+        upstreams=settings.upstreams,
+        resolver=settings.resolver_address,
+        resolver_refresh=settings.resolver_refresh,
+        stream_close_delay=settings.stream_close_delay,
+    )
+
+
+@dataclass
+class SyncState:
+    """What the loop knows; read by status, metrics and /healthz."""
+
+    docker_up: bool = False
+    caddy_up: bool = False
+    last_apply_ok: bool = False
+    last_error: str | None = None
+    applies: int = 0
+    admin_writes: int = 0
+    desired: DesiredState | None = None
+    containers: tuple[ContainerInfo, ...] = ()
+    synced: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class Reconciler:
+    """Keeps the routes labelsync owns in Caddy equal to what the labels say."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        docker: DockerSource,
+        caddy: CaddyAdmin,
+        *,
+        static: StaticFile | None = None,
+        membership: MembershipChannel | None = None,
+        on_applied: Callable[[list[Operation], float | None], Awaitable[None] | None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.docker = docker
+        self.caddy = caddy
+        self.static = static
+        self.membership = membership
+        self.on_applied = on_applied
+        self.state = SyncState()
+        self._dirty = asyncio.Event()
+        self._first_event: float | None = None  # wall-clock seconds of the oldest pending event
+        self._leaving: set[str] = set()
+        self._logged_problems: frozenset[Problem] = frozenset()
+        self._caddy_backoff = CADDY_BACKOFF[0]
+        self._retry_handle: asyncio.TimerHandle | None = None
+
+    # --- signals in -------------------------------------------------------------------
+    def notify(self, *, event_time: float | None = None) -> None:
+        """Something may have changed: schedule a sync after the debounce window."""
+        if self._first_event is None:
+            self._first_event = event_time if event_time is not None else time.time()
+        self._dirty.set()
+
+    def handle_event(self, event: DockerEvent) -> None:
+        """React to one Docker event."""
+        event_time = event.time_ns / 1e9 if event.time_ns else None
+        if event.kind == "stream-down":
+            self.state.docker_up = False
+            logger.warning("Docker event stream lost; Caddy stays as it is until it is back")
+            return
+        if event.kind == "stream-up":
+            self.state.docker_up = True
+            self.notify()
+            return
+        action = event.action.split(":", 1)[0].strip()
+        if event.container_id and action in LEAVE_ACTIONS:
+            if event.container_id not in self._leaving:
+                self._leaving.add(event.container_id)
+                self._publish_fast()
+        elif event.container_id and action in JOIN_ACTIONS:
+            self._leaving.discard(event.container_id)
+        self.notify(event_time=event_time)
+
+    def _publish_fast(self) -> None:
+        """Withdraw leaving containers from the resolver now, from the last snapshot."""
+        if self.membership is None or not self.state.containers:
+            return
+        desired = self._build(self.state.containers)
+        self.membership.publish(desired)
+
+    # --- the core, once ---------------------------------------------------------------
+    def _build(self, containers: tuple[ContainerInfo, ...]) -> DesiredState:
+        everything = [*containers, *(self.static.containers if self.static else ())]
+        desired = build_desired(
+            everything,
+            prefix=self.settings.label_prefix,
+            default_network=self.settings.network,
+            dynamic=self.settings.upstreams == "dynamic",
+            withdrawn=self._leaving,
+        )
+        if self.static is not None and self.static.problems:
+            desired = DesiredState(desired.pools, self.static.problems + desired.problems)
+        return desired
+
+    async def sync_once(self) -> bool:
+        """Snapshot, build, apply. False when an edge was unavailable (nothing changed)."""
+        first_event, self._first_event = self._first_event, None
+        try:
+            containers = tuple(await self.docker.snapshot())
+        except DockerUnavailable as exc:
+            if self.state.docker_up or self.state.last_error != str(exc):
+                logger.warning(f"{exc}; Caddy stays as it is until Docker answers")
+            self.state.docker_up = False
+            self.state.last_error = str(exc)
+            return False
+        self.state.docker_up = True
+        self._leaving &= {c.id for c in containers}
+        self.state.containers = containers
+        desired = self._build(containers)
+        self._log_new_problems(desired.problems)
+        if self.membership is not None:
+            self.membership.publish(desired)
+        routes = render_routes(desired, render_options(self.settings))
+        try:
+            operations = await self._apply(routes)
+        except CaddyError as exc:
+            self.state.caddy_up = not isinstance(exc, CaddyUnavailable)
+            self.state.last_apply_ok = False
+            self.state.last_error = str(exc)
+            logger.error(f"applying to Caddy failed: {exc}; retrying in {self._caddy_backoff}s")
+            self._schedule_retry(first_event)
+            return False
+        self._caddy_backoff = CADDY_BACKOFF[0]
+        self.state.caddy_up = True
+        self.state.last_apply_ok = True
+        self.state.last_error = None
+        latency = time.time() - first_event if first_event is not None else None
+        changes = describe_changes(self.state.desired, desired)
+        self.state.desired = desired
+        if changes or operations:
+            took = f" in {latency * 1000:.0f} ms" if latency is not None else ""
+            what = "; ".join(changes) or "restored routes in Caddy"
+            logger.bind(writes=len(operations)).info(
+                f"applied: {what} ({len(operations)} admin operation(s)){took}"
+            )
+            self.state.applies += 1
+        if self.on_applied is not None:
+            result = self.on_applied(operations, latency)
+            if result is not None:
+                await result
+        self.state.synced.set()
+        return True
+
+    def _log_new_problems(self, problems: tuple[Problem, ...]) -> None:
+        current = frozenset(problems)
+        log_problems(p for p in problems if p not in self._logged_problems)
+        self._logged_problems = current
+
+    async def _apply(self, routes: list[dict[str, Any]]) -> list[Operation]:
+        name = self.settings.caddy_server
+        for _ in range(CONFLICT_RETRIES):
+            server, etag = await self.caddy.server(name)
+            if server is None:
+                created = render_server(
+                    self.settings.listen_addresses, self.settings.auto_https, []
+                )
+                if await self.caddy.ensure_server(name, created):
+                    logger.info(f"created Caddy server {name!r} on {self.settings.listen}")
+                continue
+            current = list(server.get("routes") or [])
+            operations = diff_routes(current, routes)
+            if not operations:
+                return []
+            try:
+                await self.caddy.apply(name, current, operations, etag)
+            except CaddyConflict:
+                logger.info("Caddy's config changed while we wrote; re-reading and retrying")
+                continue
+            self.state.admin_writes += 1
+            return operations
+        raise CaddyConflict(f"config kept changing under us ({CONFLICT_RETRIES} tries)")
+
+    def _schedule_retry(self, first_event: float | None) -> None:
+        delay = self._caddy_backoff
+        self._caddy_backoff = min(self._caddy_backoff * 2, CADDY_BACKOFF[1])
+        if self._retry_handle is not None:
+            self._retry_handle.cancel()
+        loop = asyncio.get_running_loop()
+        self._retry_handle = loop.call_later(delay, lambda: self.notify(event_time=first_event))
+
+    # --- the loops --------------------------------------------------------------------
+    async def _debounced_syncs(self) -> None:
+        quiet = self.settings.debounce_seconds
+        longest = self.settings.debounce_max_seconds
+        while True:
+            await self._dirty.wait()
+            deadline = time.monotonic() + longest
+            while True:
+                self._dirty.clear()
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                try:
+                    await asyncio.wait_for(self._dirty.wait(), timeout=min(quiet, remaining))
+                except TimeoutError:
+                    break
+            self._dirty.clear()
+            await self.sync_once()
+
+    async def _events(self) -> None:
+        async for event in self.docker.events():
+            self.handle_event(event)
+
+    async def _resyncs(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.resync_seconds)
+            self.notify()
+
+    async def _static_changes(self) -> None:
+        assert self.static is not None
+        async for _ in self.static.changes():
+            logger.info(f"static file {self.static.path} changed")
+            self.notify()
+
+    async def run(self) -> None:
+        """Run until cancelled."""
+        if self.static is not None:
+            self.static.reload()
+        self.notify()
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(self._debounced_syncs())
+            tasks.create_task(self._events())
+            tasks.create_task(self._resyncs())
+            if self.static is not None:
+                tasks.create_task(self._static_changes())

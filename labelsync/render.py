@@ -1,0 +1,250 @@
+"""Pools -> Caddy JSON: one route per pool, addressed by the pool's stable `@id`.
+
+The output is plain data, built the same way every time: the same pools give
+byte-identical JSON (with sorted keys), so `diff` sees no change where there is none.
+Durations are always written as strings, because Caddy reads an integer duration
+as nanoseconds.
+
+Two upstream modes:
+
+* `static`: members are written into the route (`upstreams`), and Caddy runs the
+  active health checks.
+* `dynamic` (default): the route holds only the pool's shape; Caddy asks
+  labelsync's resolver for the members (SRV records under `pool_dns_name`), and
+  labelsync probes members itself. Membership changes then change no Caddy config.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from labelsync.durations import normalize_duration
+from labelsync.model import (
+    ActiveHealth,
+    DesiredState,
+    PassiveHealth,
+    Pool,
+    PoolSettings,
+)
+
+JSON = dict[str, Any]
+
+POOL_DOMAIN = "pool.labelsync.internal"
+# How long Caddy keeps the last SRV answer when the resolver does not answer
+# (labelsync restarting): serving the old members beats serving none.
+DYNAMIC_GRACE_PERIOD = "1h"
+DEFAULT_COOKIE_NAME = "lb"
+
+# The one policy that needs a per-member list (weights) Caddy pairs with upstreams by index.
+_WEIGHTED = "weighted_round_robin"
+
+
+@dataclass(frozen=True)
+class RenderOptions:
+    """How pools are written into Caddy's JSON (from the settings of the same names)."""
+
+    upstreams: Literal["dynamic", "static"] = "dynamic"
+    resolver: str = "127.0.0.1:8053"
+    """host:port at which Caddy reaches labelsync's resolver (dynamic mode)."""
+    resolver_refresh: str = "250ms"
+    """How often Caddy re-reads a pool's members (dynamic mode)."""
+    stream_close_delay: str = "10m"
+    """How long upgraded connections (websockets) outlive a Caddy reload."""
+
+
+def pool_dns_name(pool_id: str) -> str:
+    """The SRV name under which the resolver serves a pool's members.
+
+    A hash keeps the name a valid, fixed-length DNS label whatever the hosts and
+    path of the pool are.
+    """
+    digest = hashlib.sha256(pool_id.encode("utf-8")).hexdigest()[:16]
+    return f"{digest}.{POOL_DOMAIN}"
+
+
+def selection_policy(settings: PoolSettings) -> str:
+    """The Caddy selection policy of a pool when members are written into the JSON.
+
+    A canary split is carried by member weights, so it needs `weighted_round_robin`.
+    """
+    if settings.split > 0:
+        return _WEIGHTED
+    return settings.lb_policy
+
+
+def dynamic_policy(settings: PoolSettings) -> str:
+    """The Caddy selection policy of a pool whose members come from the resolver.
+
+    Caddy cannot hold a weight list for members it does not know, so weighted pools
+    (and canary splits) become `round_robin` and the resolver repeats each SRV target
+    as many times as its weight. `first` stays `first`: the resolver encodes member
+    order as SRV priority, and Caddy keeps the answer in priority order.
+    """
+    policy = selection_policy(settings)
+    if policy == _WEIGHTED:
+        return "round_robin"
+    return policy
+
+
+def render_route(pool: Pool, options: RenderOptions) -> JSON:
+    """The Caddy route of one pool: match its hosts and path, proxy to its members."""
+    shape = pool.shape
+    match: JSON = {"host": list(shape.hosts)}
+    if shape.path:
+        match["path"] = [shape.path]
+    return {
+        "@id": shape.id,
+        "match": [match],
+        "handle": [_reverse_proxy(pool, options)],
+        "terminal": True,
+    }
+
+
+def render_routes(desired: DesiredState, options: RenderOptions) -> list[JSON]:
+    """labelsync's routes, in the order they must appear in the server."""
+    return [render_route(pool, options) for pool in desired.pools]
+
+
+def render_server(listen: Sequence[str], auto_https: str, routes: list[JSON]) -> JSON:
+    """The server object labelsync creates when its server does not exist yet.
+
+    `auto_https` is the setting: `on` (Caddy's default), `off`, or `disable_redirects`.
+    """
+    server: JSON = {"listen": list(listen), "routes": routes}
+    if auto_https == "off":
+        server["automatic_https"] = {"disable": True}
+    elif auto_https == "disable_redirects":
+        server["automatic_https"] = {"disable_redirects": True}
+    elif auto_https != "on":
+        raise ValueError(f"auto_https must be on, off or disable_redirects, not {auto_https!r}")
+    return server
+
+
+def render_config(
+    desired: DesiredState,
+    options: RenderOptions,
+    *,
+    server_name: str = "labelsync",
+    listen: Sequence[str] = (":80", ":443"),
+    auto_https: str = "on",
+) -> JSON:
+    """A whole Caddy config holding only labelsync's server (`labelsync render`)."""
+    server = render_server(listen, auto_https, render_routes(desired, options))
+    return {"apps": {"http": {"servers": {server_name: server}}}}
+
+
+def _reverse_proxy(pool: Pool, options: RenderOptions) -> JSON:
+    settings = pool.shape.settings
+    dynamic = options.upstreams == "dynamic"
+    handler: JSON = {"handler": "reverse_proxy"}
+    if dynamic:
+        handler["dynamic_upstreams"] = {
+            "source": "srv",
+            "name": pool_dns_name(pool.id),
+            "refresh": normalize_duration(options.resolver_refresh),
+            "resolver": _resolver(options),
+            "grace_period": DYNAMIC_GRACE_PERIOD,
+        }
+    elif pool.members:
+        handler["upstreams"] = [{"dial": member.address} for member in pool.members]
+    handler["load_balancing"] = _load_balancing(pool, dynamic=dynamic)
+    health_checks: JSON = {}
+    if settings.active is not None and not dynamic:
+        # In dynamic mode labelsync probes members itself: Caddy runs no active
+        # checks on dynamic upstreams, and its check state would not survive reloads.
+        health_checks["active"] = _active_health(settings.active)
+    if settings.passive is not None:
+        health_checks["passive"] = _passive_health(settings.passive)
+    if health_checks:
+        handler["health_checks"] = health_checks
+    handler["transport"] = _transport(settings, options if dynamic else None)
+    handler["stream_close_delay"] = normalize_duration(options.stream_close_delay)
+    return handler
+
+
+def _resolver(options: RenderOptions) -> JSON:
+    return {"addresses": [f"udp/{options.resolver}"]}
+
+
+def _load_balancing(pool: Pool, *, dynamic: bool) -> JSON:
+    settings = pool.shape.settings
+    policy = dynamic_policy(settings) if dynamic else selection_policy(settings)
+    selection: JSON = {"policy": policy}
+    if policy == "cookie":
+        selection["name"] = settings.lb_key or DEFAULT_COOKIE_NAME
+    elif policy == "header" and settings.lb_key:
+        selection["field"] = settings.lb_key
+    elif policy == "query" and settings.lb_key:
+        selection["key"] = settings.lb_key
+    elif policy == "random_choose":
+        selection["choose"] = settings.lb_choose
+    elif policy == _WEIGHTED:
+        # One weight per upstream, in upstream order: Caddy pairs them by index.
+        selection["weights"] = [member.weight for member in pool.members]
+    load_balancing: JSON = {"selection_policy": selection}
+    if pool.shape.retries:
+        load_balancing["retries"] = pool.shape.retries
+    if settings.lb_try_duration:
+        load_balancing["try_duration"] = normalize_duration(settings.lb_try_duration)
+    if settings.lb_try_interval:
+        load_balancing["try_interval"] = normalize_duration(settings.lb_try_interval)
+    return load_balancing
+
+
+def _active_health(active: ActiveHealth) -> JSON:
+    check: JSON = {
+        "uri": active.path,
+        "interval": normalize_duration(active.interval),
+        "timeout": normalize_duration(active.timeout),
+        "expect_status": active.expect_status,
+        "passes": active.passes,
+        "fails": active.fails,
+    }
+    if active.port is not None:
+        check["port"] = active.port
+    if active.body:
+        check["expect_body"] = active.body
+    if active.headers:
+        headers: dict[str, list[str]] = {}
+        for name, value in active.headers:
+            headers.setdefault(name, []).append(value)
+        check["headers"] = headers
+    return check
+
+
+def _passive_health(passive: PassiveHealth) -> JSON:
+    check: JSON = {
+        "fail_duration": normalize_duration(passive.fail_duration),
+        "max_fails": passive.max_fails,
+    }
+    if passive.unhealthy_latency is not None:
+        latency = normalize_duration(passive.unhealthy_latency)
+        if latency != "0s":  # 0 means off, which is Caddy's default
+            check["unhealthy_latency"] = latency
+    if passive.unhealthy_status:
+        check["unhealthy_status"] = list(passive.unhealthy_status)
+    return check
+
+
+def _transport(settings: PoolSettings, dynamic: RenderOptions | None) -> JSON:
+    transport: JSON = {"protocol": "http"}
+    if settings.scheme == "https":
+        tls: JSON = {}
+        if settings.tls_skip_verify:
+            tls["insecure_skip_verify"] = True
+        if settings.tls_server_name:
+            tls["server_name"] = settings.tls_server_name
+        transport["tls"] = tls
+    elif settings.scheme == "h2c":
+        transport["versions"] = ["h2c", "2"]
+    if settings.timeout_dial:
+        transport["dial_timeout"] = normalize_duration(settings.timeout_dial)
+    if settings.timeout_response_header:
+        transport["response_header_timeout"] = normalize_duration(settings.timeout_response_header)
+    if dynamic is not None:
+        # SRV targets are member names only the resolver knows.
+        transport["resolver"] = _resolver(dynamic)
+    return transport

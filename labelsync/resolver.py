@@ -1,0 +1,456 @@
+"""labelsync's built-in DNS resolver: pool membership, served live to Caddy.
+
+Caddy's `dynamic_upstreams` (source `srv`) asks for a pool's SRV name every `refresh`
+and dials each target through the transport resolver, both pointed here. It answers:
+
+- SRV for every pool name given to `update` (TTL 0: Caddy's own refresh is the cache);
+- A / AAAA for member target names (`10-0-0-5.ip4.labelsync.internal.`), read from the
+  name itself, so a member is dialable the moment it is answered, and still while a
+  request that picked it just before it left is in flight;
+- A / AAAA for host-name targets that some pool answers (members given by host name),
+  looked up in the system resolver; never for any other name (no open resolver);
+- NXDOMAIN for other names in `labelsync.internal`, REFUSED outside it.
+
+It must always answer, and fast: Caddy holds one lock over all SRV upstreams while a
+lookup runs, so a query left unanswered stalls every dynamic pool for Go's resolver
+timeout (10 s measured). So the server runs on its own thread and event loop, where a
+busy main loop cannot delay it; `update` swaps an immutable snapshot. Malformed packets
+are counted and dropped. UDP answers fit the client's buffer (1232 bytes for Go): a
+longer answer becomes a window of its records with TC set (see `_fit`). TCP is served
+on the same port for clients configured with `tcp/` addresses, and for `dig +tcp`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import errno
+import ipaddress
+import random
+import socket
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+from dnslib import AAAA, EDNS0, QTYPE, RCODE, RR, SRV, A, DNSHeader, DNSRecord
+from loguru import logger
+
+from labelsync.srv_records import ZONE, SrvAnswer, target_ip
+
+TTL = 0
+# The EDNS buffer size we announce and the most we send over UDP to anyone: Go asks
+# with 1232 (the DNS-flag-day size), and loopback needs no more.
+EDNS_UDP_SIZE = 1232
+CLASSIC_UDP_SIZE = 512
+TCP_MESSAGE_LIMIT = 65535
+TCP_IDLE_SECONDS = 10.0
+
+_IN = 1
+_ANY_CLASS = 255
+_EMPTY_RESULT_ERRNOS = {
+    socket.EAI_NONAME,
+    getattr(socket, "EAI_NODATA", socket.EAI_NONAME),
+    getattr(socket, "EAI_ADDRFAMILY", socket.EAI_NONAME),
+}
+
+
+class _CompressedSRV(SRV):  # type: ignore[misc]
+    """SRV whose target may point into names already in the message.
+
+    RFC 2782 asks for uncompressed targets, but Go parses compressed ones (measured),
+    and compression is what lets 32-40 distinct IPv4 members (21 IPv6) fit one
+    1232-byte answer instead of ~20.
+    """
+
+    def pack(self, buffer: object) -> None:
+        buffer.pack("!HHH", self.priority, self.weight, self.port)  # type: ignore[attr-defined]
+        buffer.encode_name(self.target)  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True)
+class _Served:
+    """What the resolver answers, replaced whole by `update`."""
+
+    pools: Mapping[str, tuple[SrvAnswer, ...]] = field(default_factory=dict)
+    hostnames: frozenset[str] = frozenset()
+
+
+def _normal(name: str) -> str:
+    return name.rstrip(".").lower()
+
+
+def _in_zone(name: str) -> bool:
+    return name == ZONE or name.endswith("." + ZONE)
+
+
+def _parse_listen(listen: str) -> tuple[str, int]:
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"resolver listen address must be host:port, not {listen!r}")
+    host = host.strip("[]") or "127.0.0.1"
+    return host, int(port)
+
+
+def _format_address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class Resolver:
+    """The DNS server Caddy asks for pool members.
+
+        resolver = Resolver("127.0.0.1:8053")
+        await resolver.start()
+        resolver.update({pool_dns_name(pool.id): srv_answers(pool, healthy=...)})
+        ...
+        await resolver.stop()
+
+    Counters for metrics: `queries` (messages received), `malformed` (dropped),
+    `truncated` (UDP answers cut to fit, TC set), `lookup_failures` (host-name
+    targets the system resolver did not answer).
+    """
+
+    def __init__(self, listen: str = "127.0.0.1:8053", *, lookup_timeout: float = 2.0) -> None:
+        self._listen = _parse_listen(listen)
+        self._lookup_timeout = lookup_timeout
+        self._served = _Served()
+        self._bound: str | None = None
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopping: asyncio.Event | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._warned_truncation: set[str] = set()
+        self.tcp_enabled = False
+        self.queries = 0
+        self.malformed = 0
+        self.truncated = 0
+        self.lookup_failures = 0
+
+    @property
+    def bound_address(self) -> str:
+        """`host:port` the resolver answers on (the real port when asked for port 0)."""
+        if self._bound is None:
+            raise RuntimeError("resolver not started")
+        return self._bound
+
+    def update(self, pools: Mapping[str, Sequence[SrvAnswer]]) -> None:
+        """Serve exactly these pools from now on, keyed by DNS name; thread-safe."""
+        served = {_normal(name): tuple(records) for name, records in pools.items()}
+        hostnames = frozenset(
+            _normal(record.target)
+            for records in served.values()
+            for record in records
+            if target_ip(record.target) is None
+        )
+        self._served = _Served(pools=served, hostnames=hostnames)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Bind UDP (and TCP on the same port) and answer from a thread of its own.
+
+        Raises OSError when the UDP address cannot be bound.
+        """
+        if self._thread is not None:
+            raise RuntimeError("resolver already started")
+        ready: concurrent.futures.Future[str] = concurrent.futures.Future()
+        thread = threading.Thread(
+            target=self._run, args=(ready,), name="labelsync-resolver", daemon=True
+        )
+        thread.start()
+        try:
+            self._bound = await asyncio.wrap_future(ready)
+        except BaseException:
+            await asyncio.to_thread(thread.join)
+            raise
+        self._thread = thread
+
+    async def stop(self) -> None:
+        """Stop answering and release the sockets; a no-op when not started."""
+        thread, loop, stopping = self._thread, self._loop, self._stopping
+        if thread is None or loop is None or stopping is None:
+            return
+        loop.call_soon_threadsafe(stopping.set)
+        await asyncio.to_thread(thread.join)
+        self._thread = None
+
+    def _run(self, ready: concurrent.futures.Future[str]) -> None:
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        try:
+            loop.run_until_complete(self._serve(ready))
+        finally:
+            loop.run_until_complete(loop.shutdown_default_executor())
+            loop.close()
+
+    async def _serve(self, ready: concurrent.futures.Future[str]) -> None:
+        self._stopping = asyncio.Event()
+        try:
+            udp, tcp, address = await self._bind()
+        except BaseException as exc:
+            ready.set_exception(exc)
+            return
+        ready.set_result(address)
+        try:
+            await self._stopping.wait()
+        finally:
+            udp.close()
+            if tcp is not None:
+                tcp.close()
+            for task in list(self._tasks):
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+            if tcp is not None:
+                await tcp.wait_closed()
+
+    async def _bind(
+        self,
+    ) -> tuple[asyncio.DatagramTransport, asyncio.Server | None, str]:
+        host, port = self._listen
+        loop = asyncio.get_running_loop()
+        # With port 0 the kernel picks a UDP port that may be taken for TCP: try again.
+        for attempt in range(5):
+            udp, _ = await loop.create_datagram_endpoint(
+                lambda: _UdpProtocol(self), local_addr=(host, port)
+            )
+            bound_host, bound_port = udp.get_extra_info("sockname")[:2]
+            try:
+                tcp = await asyncio.start_server(self._serve_tcp, bound_host, bound_port)
+            except OSError as exc:
+                if port == 0 and exc.errno == errno.EADDRINUSE and attempt < 4:
+                    udp.close()
+                    continue
+                logger.warning(
+                    f"resolver: TCP {_format_address(bound_host, bound_port)} unavailable "
+                    f"({exc}); answering over UDP only"
+                )
+                tcp = None
+            self.tcp_enabled = tcp is not None
+            return udp, tcp, _format_address(bound_host, bound_port)
+        raise OSError("resolver: no port free for both UDP and TCP")  # pragma: no cover
+
+    # -- transports --------------------------------------------------------------------------
+
+    def _on_datagram(
+        self, data: bytes, addr: tuple[str, int], udp: asyncio.DatagramTransport
+    ) -> None:
+        request = self._parse(data)
+        if request is None:
+            return
+        reply = self._reply(request)
+        if reply is not None:
+            packed = self._pack(request, reply, self._udp_limit(request))
+            udp.sendto(packed, addr)
+            return
+        task = asyncio.get_running_loop().create_task(self._answer_later(request, addr, udp))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _answer_later(
+        self, request: DNSRecord, addr: tuple[str, int], udp: asyncio.DatagramTransport
+    ) -> None:
+        reply = await self._reply_by_lookup(request)
+        if not udp.is_closing():
+            udp.sendto(self._pack(request, reply, self._udp_limit(request)), addr)
+
+    async def _serve_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
+        try:
+            while True:
+                length = await asyncio.wait_for(reader.readexactly(2), TCP_IDLE_SECONDS)
+                data = await asyncio.wait_for(
+                    reader.readexactly(int.from_bytes(length, "big")), TCP_IDLE_SECONDS
+                )
+                request = self._parse(data)
+                if request is None:
+                    break  # a stream that sent garbage is not worth reading further
+                reply = self._reply(request) or await self._reply_by_lookup(request)
+                packed = self._pack(request, reply, None)
+                writer.write(len(packed).to_bytes(2, "big") + packed)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, TimeoutError, ConnectionError):
+            pass
+        finally:
+            if task is not None:
+                self._tasks.discard(task)
+            writer.close()
+            with contextlib.suppress(ConnectionError, asyncio.CancelledError):
+                await writer.wait_closed()
+
+    # -- answering ---------------------------------------------------------------------------
+
+    def _parse(self, data: bytes) -> DNSRecord | None:
+        self.queries += 1
+        try:
+            request = DNSRecord.parse(data)
+        except Exception:  # dnslib raises several types on garbage; all mean "drop it"
+            self.malformed += 1
+            return None
+        if request.header.qr:  # a response: never answer one (no loops)
+            self.malformed += 1
+            return None
+        return request
+
+    def _new_reply(self, request: DNSRecord, rcode: int = RCODE.NOERROR) -> DNSRecord:
+        header = DNSHeader(
+            id=request.header.id, qr=1, aa=1, ra=0, rd=request.header.rd, rcode=rcode
+        )
+        reply = DNSRecord(header, q=request.q if request.questions else None)
+        if any(rr.rtype == QTYPE.OPT for rr in request.ar):
+            reply.add_ar(EDNS0(udp_len=EDNS_UDP_SIZE))
+        return reply
+
+    def _reply(self, request: DNSRecord) -> DNSRecord | None:
+        """The reply, or None when it needs a system lookup (`_reply_by_lookup`)."""
+        header = request.header
+        if header.opcode != 0:
+            return self._new_reply(request, RCODE.NOTIMP)
+        if len(request.questions) != 1:
+            return self._new_reply(request, RCODE.FORMERR)
+        question = request.q
+        name, qtype = _normal(str(question.qname)), question.qtype
+        if question.qclass not in (_IN, _ANY_CLASS):
+            return self._refused(request)
+        served = self._served
+        reply = self._new_reply(request)
+        records = served.pools.get(name)
+        if records is not None:
+            if qtype in (QTYPE.SRV, QTYPE.ANY):
+                for record in records:
+                    rdata = _CompressedSRV(
+                        record.priority, record.weight, record.port, record.target
+                    )
+                    reply.add_answer(RR(question.qname, QTYPE.SRV, ttl=TTL, rdata=rdata))
+            return reply
+        ip = target_ip(name)
+        if ip is not None:
+            if isinstance(ip, ipaddress.IPv4Address) and qtype in (QTYPE.A, QTYPE.ANY):
+                reply.add_answer(RR(question.qname, QTYPE.A, ttl=TTL, rdata=A(str(ip))))
+            elif isinstance(ip, ipaddress.IPv6Address) and qtype in (QTYPE.AAAA, QTYPE.ANY):
+                reply.add_answer(RR(question.qname, QTYPE.AAAA, ttl=TTL, rdata=AAAA(str(ip))))
+            return reply
+        if _in_zone(name):
+            reply.header.rcode = RCODE.NXDOMAIN
+            return reply
+        if name in served.hostnames:
+            return None if qtype in (QTYPE.A, QTYPE.AAAA) else reply
+        return self._refused(request)
+
+    def _refused(self, request: DNSRecord) -> DNSRecord:
+        reply = self._new_reply(request, RCODE.REFUSED)
+        reply.header.aa = 0
+        return reply
+
+    async def _reply_by_lookup(self, request: DNSRecord) -> DNSRecord:
+        """A / AAAA for a host-name target, from the system resolver."""
+        question = request.q
+        name = _normal(str(question.qname))
+        v6 = question.qtype == QTYPE.AAAA
+        loop = asyncio.get_running_loop()
+        reply = self._new_reply(request)
+        try:
+            infos = await asyncio.wait_for(
+                loop.getaddrinfo(
+                    name,
+                    None,
+                    family=socket.AF_INET6 if v6 else socket.AF_INET,
+                    type=socket.SOCK_STREAM,
+                ),
+                self._lookup_timeout,
+            )
+        except socket.gaierror as exc:
+            if exc.errno in _EMPTY_RESULT_ERRNOS:
+                return reply  # the name serves a pool: say "no address of this type"
+            self.lookup_failures += 1
+            reply.header.rcode = RCODE.SERVFAIL
+            return reply
+        except (TimeoutError, OSError):
+            self.lookup_failures += 1
+            reply.header.rcode = RCODE.SERVFAIL
+            return reply
+        addresses = sorted({str(info[4][0]) for info in infos})
+        for address in addresses:
+            rdata = AAAA(address) if v6 else A(address)
+            reply.add_answer(RR(question.qname, question.qtype, ttl=TTL, rdata=rdata))
+        return reply
+
+    # -- size --------------------------------------------------------------------------------
+
+    @staticmethod
+    def _udp_limit(request: DNSRecord) -> int:
+        for rr in request.ar:
+            if rr.rtype == QTYPE.OPT:
+                return max(CLASSIC_UDP_SIZE, min(int(rr.rclass), EDNS_UDP_SIZE))
+        return CLASSIC_UDP_SIZE
+
+    def _pack(self, request: DNSRecord, reply: DNSRecord, limit: int | None) -> bytes:
+        packed: bytes = reply.pack()
+        if len(packed) <= (limit or TCP_MESSAGE_LIMIT):
+            return packed
+        if limit is None:
+            raise ValueError("answer larger than a DNS message")  # 65535 bytes: not reachable
+        return self._fit(request, reply, limit)
+
+    def _fit(self, request: DNSRecord, reply: DNSRecord, limit: int) -> bytes:
+        """The most records that fit `limit`, with TC set.
+
+        Go's resolver, on TC, asks again "over TCP", but Caddy's dialer sends that query
+        over UDP too and Go then takes the truncated answer as it is (measured). So a
+        pool whose answer does not fit gets a window of its records: for records of one
+        priority the window starts at a random record, so that every member is seen
+        over successive refreshes (and repeated weights keep their shares on average);
+        for prioritised records (`first`) the window is the head of the list.
+        """
+        records = list(reply.rr)
+        name = _normal(str(request.q.qname))
+        start = 0
+        if records and len({rr.rdata.priority for rr in records if rr.rtype == QTYPE.SRV}) == 1:
+            start = random.randrange(len(records))
+        rotated = records[start:] + records[:start]
+
+        def packed_with(count: int) -> bytes:
+            reply.rr = rotated[:count]
+            reply.header.tc = 1
+            data: bytes = reply.pack()
+            return data
+
+        low, high = 0, len(rotated)  # largest count whose packing fits
+        while low < high:
+            middle = (low + high + 1) // 2
+            if len(packed_with(middle)) <= limit:
+                low = middle
+            else:
+                high = middle - 1
+        self.truncated += 1
+        if name not in self._warned_truncation:
+            self._warned_truncation.add(name)
+            logger.warning(
+                f"resolver: the answer for {name} has {len(records)} records; {low} fit "
+                f"one UDP message, so each lookup gets a window of them (TC set)"
+            )
+        return packed_with(low)
+
+
+class _UdpProtocol(asyncio.DatagramProtocol):
+    def __init__(self, resolver: Resolver) -> None:
+        self._resolver = resolver
+        self._transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.DatagramTransport, transport)
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        if self._transport is None:
+            return
+        try:
+            self._resolver._on_datagram(data, addr, self._transport)
+        except Exception:  # one bad query must never take the server down
+            self._resolver.malformed += 1
+            logger.opt(exception=True).debug("resolver: query dropped")
+
+    def error_received(self, exc: Exception) -> None:
+        # ICMP errors for answers to clients that went away: nothing to do.
+        pass

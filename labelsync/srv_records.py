@@ -1,0 +1,205 @@
+"""What the built-in resolver answers for a pool: its members as SRV records, as data.
+
+Caddy's `dynamic_upstreams` (source `srv`) turns each SRV record into one upstream
+`<target>:<port>` and dials the target through the transport's resolver, which is
+labelsync's resolver too. So every member gets a target name the resolver can answer
+A/AAAA for without any state: the member's IP spelled inside labelsync's zone
+(`10-0-0-5.ip4.labelsync.internal.`). Go refuses SRV targets that look like IP
+addresses (`10.0.0.5.`), so the IP cannot be the target itself. A member given by host
+name (`address=backend.example.com:443`) keeps its name as the target; the resolver
+looks such names up in the system resolver for Caddy.
+
+How a pool's policy is carried by the records (see notes/dynamic-upstreams.md for the
+measurements behind each rule):
+
+- `first`: one record per member, priority = position (0, 1, 2 ...). Go sorts the
+  answer by priority and Caddy's `first` takes the first available one.
+- weighted pools (`weighted_round_robin`, canary splits): Caddy cannot hold weights
+  for members it does not know, so the route uses `round_robin` and each member's
+  record is repeated in proportion to its weight (reduced by their gcd, apportioned
+  down to `MAX_WEIGHTED_RECORDS` when the sum is larger), interleaved smoothly.
+- every other policy: one record per member, in member order.
+
+Unhealthy members are withheld. When no member is healthy all of them are answered,
+so clients get the backends' own errors instead of Caddy's "no upstreams"; the caller
+detects that case with `no_healthy_member` to log it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from labelsync.model import Member, Pool
+
+ZONE = "labelsync.internal"
+IPV4_ZONE = f"ip4.{ZONE}"
+IPV6_ZONE = f"ip6.{ZONE}"
+
+# Upper bound on the records of a weighted pool: split is a whole percent, so 100 slots
+# carry any split of one stable and one canary member exactly. Over UDP (Caddy's
+# default) an answer of more than ~55 records does not fit Go's 1232-byte buffer; the
+# resolver then answers a random window of the records with TC set, which keeps the
+# shares right on average over refreshes. Over TCP the whole list is answered.
+MAX_WEIGHTED_RECORDS = 100
+
+WEIGHTED_POLICY = "weighted_round_robin"
+FIRST_POLICY = "first"
+
+
+@dataclass(frozen=True)
+class SrvAnswer:
+    """One SRV record: `target` is an absolute name (trailing dot)."""
+
+    priority: int
+    weight: int
+    port: int
+    target: str
+
+
+def member_target(address: str) -> tuple[str, int]:
+    """The SRV target name and port for a member address `ip:port`, `[ip6]:port` or
+    `host:port`; ValueError when the address has no valid port.
+
+    >>> member_target("10.0.0.5:8080")
+    ('10-0-0-5.ip4.labelsync.internal.', 8080)
+    """
+    host, port = _split_address(address)
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return f"{host.rstrip('.').lower()}.", port
+    if isinstance(ip, ipaddress.IPv4Address):
+        return f"{str(ip).replace('.', '-')}.{IPV4_ZONE}.", port
+    # The full 32 hex digits: `::` compressions would put dashes at label edges.
+    return f"{ip.exploded.replace(':', '')}.{IPV6_ZONE}.", port
+
+
+def target_ip(name: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The IP a member target name spells (`member_target`'s inverse), or None when
+    `name` is not such a name. Case and a trailing dot do not matter."""
+    labels = name.rstrip(".").lower().split(".")
+    if len(labels) < 2:
+        return None
+    head, zone = labels[0], ".".join(labels[1:])
+    try:
+        if zone == IPV4_ZONE and head.count("-") == 3:
+            return ipaddress.IPv4Address(head.replace("-", "."))
+        if zone == IPV6_ZONE and len(head) == 32:
+            groups = [head[i : i + 4] for i in range(0, 32, 4)]
+            return ipaddress.IPv6Address(":".join(groups))
+    except ValueError:
+        return None
+    return None
+
+
+def member_address_of(target: str, port: int) -> str:
+    """The member address an upstream `target:port` from Caddy stands for: the IP for
+    labelsync's own target names, the host name otherwise (for `labelsync status`)."""
+    ip = target_ip(target)
+    if ip is None:
+        return f"{target.rstrip('.')}:{port}"
+    if isinstance(ip, ipaddress.IPv6Address):
+        return f"[{ip}]:{port}"
+    return f"{ip}:{port}"
+
+
+def is_weighted(pool: Pool) -> bool:
+    settings = pool.shape.settings
+    return settings.lb_policy == WEIGHTED_POLICY or settings.split > 0
+
+
+def no_healthy_member(pool: Pool, *, healthy: Callable[[Member], bool]) -> bool:
+    """True when the pool has members and none is healthy (answered all the same)."""
+    return bool(pool.members) and not any(healthy(m) for m in pool.members)
+
+
+def srv_answers(
+    pool: Pool,
+    *,
+    healthy: Callable[[Member], bool],
+    max_records: int = MAX_WEIGHTED_RECORDS,
+) -> list[SrvAnswer]:
+    """The SRV records of a pool, in the order Caddy should see them.
+
+    An empty list when the pool has no members (Caddy then answers 503).
+    """
+    live = [m for m in pool.members if healthy(m)] or list(pool.members)
+    if not live:
+        return []
+    policy = pool.shape.settings.lb_policy
+    if policy == FIRST_POLICY and not is_weighted(pool):
+        return [_record(member, priority=index) for index, member in enumerate(live)]
+    if is_weighted(pool):
+        counts = apportion([m.weight for m in live], max_records)
+        return [_record(live[index]) for index in interleave(counts)]
+    return [_record(member) for member in live]
+
+
+def _record(member: Member, *, priority: int = 0) -> SrvAnswer:
+    target, port = member_target(member.address)
+    # Weight 0 everywhere: Go shuffles records of equal priority by SRV weight, and
+    # only all-zero weights keep the order labelsync chose.
+    return SrvAnswer(priority=min(priority, 65535), weight=0, port=port, target=target)
+
+
+def apportion(weights: Sequence[int], total_bound: int) -> list[int]:
+    """How many records each weight gets: the weights reduced by their gcd, or
+    apportioned to `total_bound` records (largest remainders) when they sum to more.
+
+    A weight of 0 gets no record unless every weight is 0 (then all count the same).
+    Every positive weight keeps at least one record, so with more positive weights than
+    `total_bound` the result sums to more than the bound. When every exact share is at
+    least one record, each count is within one record of its share.
+    """
+    positive = [w if w > 0 else 0 for w in weights]
+    if not any(positive):
+        return [1] * len(weights)
+    divisor = math.gcd(*(w for w in positive if w))
+    reduced = [w // divisor for w in positive]
+    total = sum(reduced)
+    if total <= total_bound:
+        return reduced
+    quotas = [w * total_bound / total for w in reduced]
+    counts = [max(1, math.floor(q)) if w else 0 for w, q in zip(reduced, quotas, strict=True)]
+    # The minimum of one may overshoot: take back from the most over-served first.
+    while sum(counts) > total_bound:
+        over = [i for i, count in enumerate(counts) if count > 1]
+        if not over:
+            break
+        counts[max(over, key=lambda i: (counts[i] - quotas[i], -i))] -= 1
+    positive = [i for i, w in enumerate(reduced) if w]
+    while sum(counts) < total_bound:
+        counts[max(positive, key=lambda i: (quotas[i] - counts[i], -i))] += 1
+    return counts
+
+
+def interleave(counts: Sequence[int]) -> list[int]:
+    """Indexes repeated `counts[i]` times, spread evenly (smooth weighted round robin):
+    [3, 1] gives [0, 0, 1, 0] rather than [0, 0, 0, 1]."""
+    total = sum(counts)
+    current = [0] * len(counts)
+    order: list[int] = []
+    for _ in range(total):
+        for index, count in enumerate(counts):
+            current[index] += count
+        chosen = max(range(len(counts)), key=lambda i: (current[i], -i))
+        current[chosen] -= total
+        order.append(chosen)
+    return order
+
+
+def _split_address(address: str) -> tuple[str, int]:
+    host, sep, port_text = address.strip().rpartition(":")
+    if not sep or not host or not port_text.isdigit():
+        raise ValueError(f"not a host:port address: {address!r}")
+    port = int(port_text)
+    if not 0 < port < 65536:
+        raise ValueError(f"port out of range in {address!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise ValueError(f"IPv6 address without brackets: {address!r}")
+    return host, port

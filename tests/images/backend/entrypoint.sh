@@ -1,0 +1,35 @@
+#!/bin/sh
+# Test backend: answers every HTTP request with the container's name.
+#   PORT        port(s) to serve, comma- or space-separated (default 8080)
+#   NAME        name put in every response (default: the hostname)
+#   HEALTHY     "0" starts with /health failing (default 1)
+#   STOP_DELAY  seconds to keep serving after SIGTERM (default 0), to model graceful shutdown
+# Paths: any path -> 200 "<name>"; /health -> 200 while /www/health exists, else 503;
+# /slow?N -> sleeps N seconds first; /status/CODE -> answers CODE.
+# busybox httpd cannot answer 200 on arbitrary paths (404 for missing files, CGI only under
+# /cgi-bin/), so each connection is handed to handler.sh by `nc -ll -e`, which forks per
+# connection: a slow request never blocks the others.
+PORT="${PORT:-8080}"
+NAME="${NAME:-$(hostname)}"
+export NAME
+
+mkdir -p /www /tmp
+if [ "${HEALTHY:-1}" != "0" ]; then
+  touch /www/health
+fi
+
+on_term() {
+  sleep "${STOP_DELAY:-0}"
+  exit 0
+}
+# PID 1 ignores SIGTERM unless it traps it: without this, `docker stop` waits 10 s.
+trap on_term TERM INT
+
+for port in $(echo "$PORT" | tr ',' ' '); do
+  nc -ll -p "$port" -e /handler.sh &
+done
+echo "backend $NAME serving on $PORT"
+# `wait` returns early when a trapped signal arrives, so loop until told to stop.
+while true; do
+  wait
+done

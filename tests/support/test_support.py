@@ -1,0 +1,102 @@
+"""The test fixtures themselves: images answer as documented, Caddy routes by Host."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import httpx
+
+from tests.support.caddy import CaddyProcess
+from tests.support.containers import TEST_ID_LABEL, ContainerHandle
+
+
+def _get(url: str, **options: object) -> httpx.Response:
+    with httpx.Client(trust_env=False, timeout=10, verify=False) as client:
+        return client.get(url, **options)  # type: ignore[arg-type]
+
+
+def test_backend_answers_any_path_with_its_name(backend: Callable[..., ContainerHandle]) -> None:
+    handle = backend(name="anypath")
+    for path in ("/", "/api/", "/api/users/42", "/deep/er/path?x=1"):
+        response = _get(handle.url(path))
+        assert response.status_code == 200, path
+        assert response.text.strip() == handle.name
+        assert response.headers["x-backend"] == handle.name
+
+
+def test_backend_health_can_be_failed_and_restored(backend: Callable[..., ContainerHandle]) -> None:
+    handle = backend()
+    assert _get(handle.url("/health")).status_code == 200
+    handle.set_healthy(False)
+    failing = _get(handle.url("/health"))
+    assert failing.status_code == 503
+    assert handle.name in failing.text
+    handle.set_healthy(True)
+    assert _get(handle.url("/health")).status_code == 200
+
+
+def test_backend_slow_path_and_status_path(backend: Callable[..., ContainerHandle]) -> None:
+    handle = backend()
+    slow = _get(handle.url("/slow?0.2"))
+    assert (slow.status_code, slow.text.strip()) == (200, handle.name)
+    assert _get(handle.url("/status/502")).status_code == 502
+
+
+def test_backend_serves_every_exposed_port(backend: Callable[..., ContainerHandle]) -> None:
+    handle = backend(ports=[8080, 9090])
+    for port in (8080, 9090):
+        assert _get(handle.url("/", port=port)).text.strip() == handle.name
+
+
+def test_docker_healthcheck_follows_the_health_file(
+    backend: Callable[..., ContainerHandle],
+) -> None:
+    handle = backend(healthcheck=True)
+    handle.wait_health("healthy")
+    handle.set_healthy(False)
+    handle.wait_health("unhealthy")
+
+
+def test_containers_carry_the_test_label_not_the_product_prefix(
+    backend: Callable[..., ContainerHandle],
+) -> None:
+    handle = backend(labels={"labelsync.host": "x.test"})
+    labels = handle.container.labels
+    assert TEST_ID_LABEL in labels
+    assert labels["labelsync.host"] == "x.test"
+    assert not [key for key in labels if key.startswith("labelsync.") and key != "labelsync.host"]
+
+
+def test_https_image_serves_tls_with_its_name(backend: Callable[..., ContainerHandle]) -> None:
+    handle = backend(image="https")
+    response = _get(handle.url("/anything", scheme="https"))
+    assert (response.status_code, response.text.strip()) == (200, handle.name)
+
+
+def test_backend_on_a_user_network(
+    backend: Callable[..., ContainerHandle], docker_network: Callable[..., str]
+) -> None:
+    network = docker_network()
+    handle = backend(network=[network, "bridge"])
+    assert set(handle.networks) == {network, "bridge"}
+    assert handle.network == network
+    assert _get(handle.url("/")).text.strip() == handle.name
+
+
+def test_caddy_routes_by_host(caddy: CaddyProcess, make_host: Callable[[str], str]) -> None:
+    mine, other = make_host("mine"), make_host("other")
+    caddy.add_routes(
+        [
+            {
+                "match": [{"host": [mine]}],
+                "handle": [{"handler": "static_response", "body": "mine"}],
+            }
+        ]
+    )
+    try:
+        assert caddy.request(mine, "/x").text == "mine"
+        # No route for `other`: Caddy's empty 200 for an unmatched request.
+        assert caddy.request(other, "/x").text == ""
+    finally:
+        caddy.delete_routes_with_host({mine})
+    assert caddy.request(mine, "/x").text == ""

@@ -1,0 +1,216 @@
+"""EmbeddedCaddy: the bundled binary as a supervised child, its admin API on a unix socket."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import stat
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import httpx
+import pytest
+
+from labelsync.caddy.admin import CaddyAdmin
+from labelsync.caddy.embedded import EmbeddedCaddy, default_runtime_dir
+from labelsync.errors import CaddyUnavailable
+from labelsync.operations import AddRoute
+from labelsync.render import render_server
+from tests.support.caddy import free_port
+from tests.support.waiting import eventually
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+
+@pytest.fixture(autouse=True)
+def private_caddy_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Children inherit the environment: keep Caddy's data and config out of $HOME."""
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+
+
+@pytest.fixture
+async def make_caddy(tmp_path: Path) -> AsyncIterator[Callable[..., EmbeddedCaddy]]:
+    """Factory for EmbeddedCaddy instances in the test's runtime dir; all stopped after."""
+    made: list[EmbeddedCaddy] = []
+
+    def make(**options: object) -> EmbeddedCaddy:
+        options.setdefault("runtime_dir", tmp_path / "run")
+        options.setdefault("listen", [f"127.0.0.1:{free_port()}"])
+        options.setdefault("auto_https", "off")
+        caddy = EmbeddedCaddy(**options)  # type: ignore[arg-type]
+        made.append(caddy)
+        return caddy
+
+    yield make
+    for caddy in made:
+        await caddy.stop()
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A killed child stays a zombie until reaped; it no longer runs.
+    status = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+    return status != "Z"
+
+
+async def get_text(url: str, host: str) -> tuple[int, str]:
+    async with httpx.AsyncClient(trust_env=False, timeout=5.0) as client:
+        response = await client.get(url, headers={"Host": host})
+        return response.status_code, response.text
+
+
+async def test_start_answers_on_the_socket_and_serves_on_the_listen_address(
+    make_caddy: Callable[..., EmbeddedCaddy],
+) -> None:
+    port = free_port()
+    caddy = make_caddy(listen=[f"127.0.0.1:{port}"])
+    await caddy.start()
+
+    assert caddy.admin_endpoint == f"unix://{caddy.runtime_dir}/admin.sock"
+    assert stat.S_IMODE(caddy.runtime_dir.stat().st_mode) == 0o700
+    admin = CaddyAdmin(caddy.admin_endpoint)
+    try:
+        assert await admin.ping()
+        skeleton = render_server([f"127.0.0.1:{port}"], "off", [])
+        server, etag = await admin.server("labelsync")
+        assert server == skeleton
+        assert await admin.ensure_server("labelsync", skeleton) is False
+
+        route = {
+            "@id": "labelsync-hello",
+            "match": [{"host": ["hello.test"]}],
+            "handle": [{"handler": "static_response", "body": "hello"}],
+        }
+        await admin.apply("labelsync", [], [AddRoute(0, route)], etag)
+        assert await get_text(f"http://127.0.0.1:{port}/", "hello.test") == (200, "hello")
+    finally:
+        await admin.aclose()
+
+    pid = caddy.pid
+    assert pid is not None
+    await caddy.stop()
+    assert caddy.pid is None
+    assert not alive(pid)
+    assert not caddy.pid_path.exists()
+    assert "admin endpoint started" in caddy.log_path.read_text()
+
+
+async def test_nothing_is_autosaved(
+    make_caddy: Callable[..., EmbeddedCaddy], tmp_path: Path
+) -> None:
+    caddy = make_caddy()
+    await caddy.start()
+    admin = CaddyAdmin(caddy.admin_endpoint)
+    try:
+        await admin.ensure_server("other", {"listen": [f"127.0.0.1:{free_port()}"]})
+    finally:
+        await admin.aclose()
+    await caddy.stop()
+    assert not list((tmp_path / "config").rglob("autosave.json"))
+
+
+async def test_supervise_restarts_a_killed_child_from_the_base_config(
+    make_caddy: Callable[..., EmbeddedCaddy],
+) -> None:
+    restarted = asyncio.Event()
+    port = free_port()
+    caddy = make_caddy(listen=[f"127.0.0.1:{port}"], on_restart=restarted.set)
+    await caddy.start()
+    supervisor = asyncio.create_task(caddy.supervise())
+    first_pid = caddy.pid
+    assert first_pid is not None
+
+    os.kill(first_pid, signal.SIGKILL)
+    await asyncio.wait_for(restarted.wait(), timeout=20)
+
+    assert caddy.restarts == 1
+    assert caddy.pid not in (None, first_pid)
+    admin = CaddyAdmin(caddy.admin_endpoint)
+    try:
+        server, _ = await admin.server("labelsync")
+        assert server == render_server([f"127.0.0.1:{port}"], "off", [])
+    finally:
+        await admin.aclose()
+    # The listener is back (no routes yet: Caddy answers an empty 200).
+    assert await eventually(lambda: get_text(f"http://127.0.0.1:{port}/", "any.test"))
+
+    second_pid = caddy.pid
+    assert second_pid is not None
+    await caddy.stop()
+    await asyncio.wait_for(supervisor, timeout=10)
+    assert not alive(second_pid)
+
+
+async def test_start_fails_with_caddys_output_when_the_port_is_taken(
+    make_caddy: Callable[..., EmbeddedCaddy],
+) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        caddy = make_caddy(listen=[f"127.0.0.1:{port}"])
+        with pytest.raises(CaddyUnavailable) as caught:
+            await caddy.start()
+    assert "exited with code 1" in str(caught.value)
+    assert "address already in use" in str(caught.value)
+
+
+async def test_a_child_that_never_answers_is_killed(
+    make_caddy: Callable[..., EmbeddedCaddy], tmp_path: Path
+) -> None:
+    """A child ignoring SIGTERM is SIGKILLed after the grace period; start() reports it."""
+    stubborn = tmp_path / "stubborn-caddy"
+    stubborn.write_text("#!/bin/sh\ntrap '' TERM\necho 'not really caddy'\nexec sleep 60\n")
+    stubborn.chmod(0o755)
+    caddy = make_caddy(binary=stubborn, start_timeout=0.5)
+
+    with pytest.raises(CaddyUnavailable) as caught:
+        await caddy.start()
+
+    assert "did not answer" in str(caught.value)
+    assert "not really caddy" in str(caught.value)
+    assert caddy.pid is None
+
+
+async def test_start_stops_a_child_left_by_an_earlier_run(
+    make_caddy: Callable[..., EmbeddedCaddy],
+) -> None:
+    """A labelsync killed with -9 leaves its Caddy running; the next start ends it."""
+    port = free_port()
+    earlier = make_caddy(listen=[f"127.0.0.1:{port}"])
+    await earlier.start()
+    orphan = earlier.pid
+    assert orphan is not None
+
+    later = make_caddy(listen=[f"127.0.0.1:{port}"])
+    await later.start()
+
+    assert not alive(orphan)
+    assert later.pid not in (None, orphan)
+    admin = CaddyAdmin(later.admin_endpoint)
+    try:
+        assert await admin.ping()
+    finally:
+        await admin.aclose()
+
+
+async def test_default_runtime_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    assert default_runtime_dir() == tmp_path / "labelsync"
+
+    monkeypatch.delenv("XDG_RUNTIME_DIR")
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    assert default_runtime_dir() == Path("/run/labelsync")
+
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr("tempfile.tempdir", None)
+    private = default_runtime_dir()
+    assert private.parent == tmp_path and private.name.startswith("labelsync-")
+    assert stat.S_IMODE(private.stat().st_mode) == 0o700
