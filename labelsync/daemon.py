@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
+import os
 import signal
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 from loguru import logger
 
@@ -64,8 +67,10 @@ async def caddy_endpoints(
         return
     from labelsync.caddy.embedded import EmbeddedCaddy, default_runtime_dir
 
+    runtime_dir = default_runtime_dir()
+    _lock_runtime_dir(runtime_dir)
     embedded = EmbeddedCaddy(
-        runtime_dir=default_runtime_dir(),
+        runtime_dir=runtime_dir,
         listen=settings.listen_addresses,
         server_name=settings.caddy_server,
         auto_https=settings.auto_https,
@@ -80,6 +85,27 @@ async def caddy_endpoints(
         with contextlib.suppress(asyncio.CancelledError):
             await supervisor
         await embedded.stop()
+
+
+def _lock_runtime_dir(runtime_dir: Path) -> None:
+    """One labelsync per runtime directory: a second one must not touch the first's Caddy.
+
+    The lock lives as long as the process (the descriptor is deliberately kept open).
+    """
+    runtime_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    descriptor = os.open(runtime_dir / "labelsync.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError as exc:
+        os.close(descriptor)
+        raise ConfigError(
+            f"another labelsync runs with the bundled Caddy in {runtime_dir}; stop it, or set "
+            "XDG_RUNTIME_DIR to give this one its own"
+        ) from exc
+    _HELD_LOCKS.append(descriptor)
+
+
+_HELD_LOCKS: list[int] = []
 
 
 def _membership(
@@ -133,9 +159,11 @@ async def run_daemon(settings: Settings) -> int:
         for reconciler in reconcilers:
             reconciler.notify()
 
+    # The resolver binds first: Caddy's routes point at it, and a busy port should stop
+    # us before anything else is started.
     async with (
-        caddy_endpoints(settings, restore_routes) as endpoints,
         _membership(settings) as membership,
+        caddy_endpoints(settings, restore_routes) as endpoints,
     ):
         admins = [CaddyAdmin(endpoint) for endpoint in endpoints]
         sources = [DockerSource(settings.docker_host) for _ in endpoints]

@@ -122,12 +122,20 @@ class _Problems:
 
 
 def parse_container(
-    container: ContainerInfo, *, prefix: str = "labelsync", default_network: str | None = None
+    container: ContainerInfo,
+    *,
+    prefix: str = "labelsync",
+    default_network: str | None = None,
+    shape_only: bool = False,
 ) -> tuple[list[Route], list[Problem]]:
     """The routes a container's labels describe, and what is wrong with them.
 
     Never raises: bad values become ERROR problems and drop the routes using them;
     unknown keys and keys that have no effect become WARNINGs.
+
+    `shape_only` is for stopped containers: they still shape their pools but are no
+    members, and Docker reports neither an IP nor exposed ports for them, so no address
+    is resolved (Route.address is "" unless `address` is set).
     """
     base = prefix + "."
     ours = {k[len(base) :]: val for k, val in container.labels.items() if k.startswith(base)}
@@ -159,7 +167,7 @@ def parse_container(
         if "host" not in labels:
             continue
         route = _RouteBuilder(
-            container, prefix, route_name, labels, own, default_network, problems
+            container, prefix, route_name, labels, own, default_network, problems, shape_only
         ).build()
         if route is not None:
             routes.append(route)
@@ -182,7 +190,9 @@ class _RouteBuilder:
         own: dict[str, _Label],
         default_network: str | None,
         problems: _Problems,
+        shape_only: bool = False,
     ) -> None:
+        self.shape_only = shape_only
         self.container = container
         self.prefix = prefix
         self.route_name = route_name
@@ -267,6 +277,8 @@ class _RouteBuilder:
             )
 
     def _address(self) -> str | None:
+        if self.shape_only and "address" not in self.labels:
+            return ""
         address = self.text("address")
         if "address" in self.labels:
             for key in ("port", "network"):
@@ -287,6 +299,14 @@ class _RouteBuilder:
         if port is None or ip is None:
             return None
         return v.member_address(ip, port)
+
+    def _known_port(self) -> int:
+        """The member port when it is known without resolving an address, else 0."""
+        port = self.value("port")
+        if isinstance(port, int) and not isinstance(port, bool):
+            return port
+        exposed = {p for p in self.container.exposed_ports if 0 < p < 65536}
+        return exposed.pop() if len(exposed) == 1 else 0
 
     def _port(self) -> int | None:
         if "port" in self.labels:
@@ -346,7 +366,7 @@ class _RouteBuilder:
         return ip
 
     def _settings(self, address: str | None) -> PoolSettings:
-        port = v.address_port(address) if address else 0
+        port = v.address_port(address) if address else self._known_port()
         scheme = self.text("scheme") or ("https" if port in HTTPS_PORTS else "http")
         tls_keys = [k for k in ("tls.skip_verify", "tls.server_name") if k in self.labels]
         if scheme != "https":

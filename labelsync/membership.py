@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 
 from loguru import logger
 
+from labelsync.errors import ConfigError
 from labelsync.health import ActiveChecker
 from labelsync.model import DesiredState, Member
 from labelsync.render import pool_dns_name
@@ -35,7 +36,13 @@ class DynamicMembership:
     @contextlib.asynccontextmanager
     async def running(cls, settings: Settings) -> AsyncIterator[DynamicMembership]:
         resolver = Resolver(settings.resolver_listen)
-        await resolver.start()
+        try:
+            await resolver.start()
+        except OSError as exc:
+            raise ConfigError(
+                f"the resolver cannot listen on {settings.resolver_listen}: {exc.strerror}; "
+                "set LABELSYNC_RESOLVER_LISTEN to a free address"
+            ) from exc
         membership: DynamicMembership | None = None
 
         def on_change(pool_id: str, address: str, healthy: bool, reason: str) -> None:

@@ -119,13 +119,14 @@ def build_desired(
     routes: list[Route] = []
     problems: list[Problem] = []
     for container in containers:
-        found, found_problems = parse_container(
-            container, prefix=prefix, default_network=default_network
-        )
         running = container.state in ("running", "paused")
+        found, found_problems = parse_container(
+            container, prefix=prefix, default_network=default_network, shape_only=not running
+        )
         serving = container.is_serving and container.id not in withdrawn
         routes.extend(dataclasses.replace(r, running=running, serving=serving) for r in found)
-        problems.extend(found_problems)
+        if running:  # a stopped container's label problems are reported when it runs
+            problems.extend(found_problems)
     pools, pool_problems = build_pools(routes, dynamic=dynamic, prefix=prefix)
     all_problems = sorted({*problems, *pool_problems}, key=_problem_order)
     return DesiredState(pools=pools, problems=tuple(all_problems))

@@ -33,9 +33,11 @@ from labelsync.model import (
 JSON = dict[str, Any]
 
 POOL_DOMAIN = "pool.labelsync.internal"
-# How long Caddy keeps the last SRV answer when the resolver does not answer
-# (labelsync restarting): serving the old members beats serving none.
-DYNAMIC_GRACE_PERIOD = "1h"
+# How long Caddy keeps the last SRV answer when a lookup fails (labelsync restarting):
+# serving the old members beats a 503. Kept short on purpose: after a failed lookup
+# Caddy does not ask again for the whole grace period, so a long one would pin stale
+# members (measured on 2.11.7: one second rides through a resolver restart).
+DYNAMIC_GRACE_PERIOD = "1s"
 DEFAULT_COOKIE_NAME = "lb"
 
 # The one policy that needs a per-member list (weights) Caddy pairs with upstreams by index.
@@ -62,7 +64,7 @@ def pool_dns_name(pool_id: str) -> str:
     path of the pool are.
     """
     digest = hashlib.sha256(pool_id.encode("utf-8")).hexdigest()[:16]
-    return f"{digest}.{POOL_DOMAIN}"
+    return f"{digest}.{POOL_DOMAIN}."
 
 
 def selection_policy(settings: PoolSettings) -> str:

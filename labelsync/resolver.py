@@ -89,7 +89,7 @@ def _parse_listen(listen: str) -> tuple[str, int]:
     host, sep, port = listen.rpartition(":")
     if not sep or not port.isdigit():
         raise ValueError(f"resolver listen address must be host:port, not {listen!r}")
-    host = host.strip("[]") or "127.0.0.1"
+    host = host.strip("[]") or "0.0.0.0"  # ":8053": every interface, as in Go
     return host, int(port)
 
 
@@ -267,7 +267,9 @@ class Resolver:
                 request = self._parse(data)
                 if request is None:
                     break  # a stream that sent garbage is not worth reading further
-                reply = self._reply(request) or await self._reply_by_lookup(request)
+                reply = self._reply(request)
+                if reply is None:
+                    reply = await self._reply_by_lookup(request)
                 packed = self._pack(request, reply, None)
                 writer.write(len(packed).to_bytes(2, "big") + packed)
                 await writer.drain()

@@ -23,6 +23,12 @@ measurements behind each rule):
 Unhealthy members are withheld. When no member is healthy all of them are answered,
 so clients get the backends' own errors instead of Caddy's "no upstreams"; the caller
 detects that case with `no_healthy_member` to log it.
+
+A pool without members is never answered empty: Go reports an empty answer as a failed
+lookup, and Caddy, with a `grace_period`, then keeps dialling the pool's last members
+for as long as lookups keep failing (measured), even after their IPs went to other
+containers. It gets one record for `NO_MEMBERS_TARGET`, a name the resolver does not
+resolve, so Caddy answers 502 at once and logs the name.
 """
 
 from __future__ import annotations
@@ -37,6 +43,10 @@ from labelsync.model import Member, Pool
 ZONE = "labelsync.internal"
 IPV4_ZONE = f"ip4.{ZONE}"
 IPV6_ZONE = f"ip6.{ZONE}"
+
+# The target of the one record of a pool without members: NXDOMAIN in the resolver.
+NO_MEMBERS_TARGET = f"no-members.{ZONE}."
+NO_MEMBERS_PORT = 9  # "discard"; never dialled, the name does not resolve
 
 # Upper bound on the records of a weighted pool: split is a whole percent, so 100 slots
 # carry any split of one stable and one canary member exactly. Over UDP (Caddy's
@@ -122,13 +132,10 @@ def srv_answers(
     healthy: Callable[[Member], bool],
     max_records: int = MAX_WEIGHTED_RECORDS,
 ) -> list[SrvAnswer]:
-    """The SRV records of a pool, in the order Caddy should see them.
-
-    An empty list when the pool has no members (Caddy then answers 503).
-    """
+    """The SRV records of a pool, in the order Caddy should see them; never empty."""
     live = [m for m in pool.members if healthy(m)] or list(pool.members)
     if not live:
-        return []
+        return [SrvAnswer(priority=0, weight=0, port=NO_MEMBERS_PORT, target=NO_MEMBERS_TARGET)]
     policy = pool.shape.settings.lb_policy
     if policy == FIRST_POLICY and not is_weighted(pool):
         return [_record(member, priority=index) for index, member in enumerate(live)]

@@ -22,6 +22,7 @@ from tests.support.containers import (
     short_uuid,
     slug,
     sweep_session,
+    sweep_stale,
 )
 from tests.support.images import TestImages, ensure_images
 
@@ -57,6 +58,7 @@ def docker_client() -> Iterator[docker.DockerClient]:
     except docker.errors.DockerException as exc:
         _unavailable(f"no Docker engine answers: {exc}")
         raise  # unreachable: skip/fail raise
+    sweep_stale(client)
     try:
         yield client
     finally:
@@ -100,6 +102,8 @@ def backend(container_factory: ContainerFactory) -> StartBackend:
     - `healthcheck`: `True` for a fast HEALTHCHECK passing while `/www/health` exists
       (`handle.set_healthy(False)` flips it), or a dict from `support.containers.health_check`.
     - `network`: a network name, a list of names (first is primary), or "host".
+    - Returns once the container runs and (for the two test images) accepts connections on
+      every exposed port; `wait_running=False` / `wait_listening=False` skip that.
     Containers are force-removed when the test ends.
     """
     return container_factory.start

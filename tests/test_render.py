@@ -102,7 +102,7 @@ def test_dynamic_upstreams_point_at_the_resolver() -> None:
         "name": pool_dns_name("labelsync-app"),
         "refresh": "1s",
         "resolver": {"addresses": ["udp/127.0.0.1:9053"]},
-        "grace_period": "1h",
+        "grace_period": "1s",
     }
     assert handler["transport"]["resolver"] == {"addresses": ["udp/127.0.0.1:9053"]}
 
@@ -115,7 +115,7 @@ def test_dynamic_json_does_not_depend_on_members() -> None:
 
 def test_pool_dns_name_is_a_stable_hash_under_the_pool_domain() -> None:
     name = pool_dns_name("labelsync-app")
-    assert re.fullmatch(r"[0-9a-f]{16}\.pool\.labelsync\.internal", name)
+    assert re.fullmatch(r"[0-9a-f]{16}\.pool\.labelsync\.internal\.", name)  # fully qualified
     assert name == pool_dns_name("labelsync-app")
     assert name != pool_dns_name("labelsync-other")
 

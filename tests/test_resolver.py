@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import threading
+import time
 from collections import Counter
 from collections.abc import AsyncIterator
 
@@ -161,11 +163,16 @@ async def test_queries_are_counted(resolver: Resolver) -> None:
 
 def weighted_pool(weights: list[int]) -> Pool:
     settings = PoolSettings(lb_policy="weighted_round_robin", split=1)
-    shape = PoolShape(id="labelsync-w", hosts=("w.test",), path=None, settings=settings,
-                      retries=None)  # fmt: skip
+    shape = PoolShape(
+        id="labelsync-w", hosts=("w.test",), path=None, settings=settings, retries=None
+    )
     members = tuple(
-        Member(address=f"172.18.{i // 250}.{2 + i % 250}:8080", container_id=str(i),
-               container_name=str(i), weight=w)  # fmt: skip
+        Member(
+            address=f"172.18.{i // 250}.{2 + i % 250}:8080",
+            container_id=str(i),
+            container_name=str(i),
+            weight=w,
+        )
         for i, w in enumerate(weights)
     )
     return Pool(shape=shape, members=members)
@@ -270,3 +277,21 @@ async def test_a_taken_udp_port_fails_start() -> None:
         port = taken.getsockname()[1]
         with pytest.raises(OSError):
             await Resolver(f"127.0.0.1:{port}").start()
+
+
+async def test_answers_while_the_daemons_event_loop_is_busy(resolver: Resolver) -> None:
+    # Caddy holds one lock over every SRV pool during a lookup: the resolver runs on its
+    # own thread so a busy daemon loop never delays an answer.
+    resolver.update({POOL: [record("10.0.0.5:80")]})
+    host, port = _host_port(resolver)
+    answers: list[DNSRecord] = []
+
+    def ask() -> None:
+        raw = DNSRecord.question(POOL, "SRV").send(host, port, timeout=2)
+        answers.append(DNSRecord.parse(raw))
+
+    asker = threading.Thread(target=ask)
+    asker.start()
+    time.sleep(0.5)  # blocks this event loop, as a slow render or a sync call would
+    asker.join()
+    assert len(answers) == 1 and len(srv_targets(answers[0])) == 1

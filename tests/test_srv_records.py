@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from labelsync.model import Member, Pool, PoolSettings, PoolShape
 from labelsync.srv_records import (
     MAX_WEIGHTED_RECORDS,
+    NO_MEMBERS_TARGET,
     SrvAnswer,
     apportion,
     interleave,
@@ -77,9 +78,14 @@ def test_member_address_of_inverts_member_target(address: str) -> None:
 
 @pytest.mark.parametrize(
     "name",
-    ["10-0-0.ip4.labelsync.internal", "1-2-3-999.ip4.labelsync.internal", "abc.ip6.labelsync.internal",
-     "10-0-0-5.pool.labelsync.internal", "10-0-0-5"],
-)  # fmt: skip
+    [
+        "10-0-0.ip4.labelsync.internal",
+        "1-2-3-999.ip4.labelsync.internal",
+        "abc.ip6.labelsync.internal",
+        "10-0-0-5.pool.labelsync.internal",
+        "10-0-0-5",
+    ],
+)
 def test_names_that_spell_no_ip_give_none(name: str) -> None:
     assert target_ip(name) is None
 
@@ -88,8 +94,9 @@ def test_names_that_spell_no_ip_give_none(name: str) -> None:
 
 
 def test_first_gives_distinct_priorities_in_member_order() -> None:
-    pool = make_pool(member("10.0.0.3:80"), member("10.0.0.1:80"), member("10.0.0.2:80"),
-                     policy="first")  # fmt: skip
+    pool = make_pool(
+        member("10.0.0.3:80"), member("10.0.0.1:80"), member("10.0.0.2:80"), policy="first"
+    )
     answers = srv_answers(pool, healthy=everyone)
     assert [a.priority for a in answers] == [0, 1, 2]
     assert targets(answers) == ["10.0.0.3:80", "10.0.0.1:80", "10.0.0.2:80"]
@@ -118,8 +125,11 @@ def test_split_of_ten_percent_repeats_the_stable_member_nine_times() -> None:
 
 
 def test_weights_are_reduced_by_their_gcd() -> None:
-    pool = make_pool(member("10.0.0.1:80", weight=20), member("10.0.0.2:80", weight=40),
-                     policy="weighted_round_robin")  # fmt: skip
+    pool = make_pool(
+        member("10.0.0.1:80", weight=20),
+        member("10.0.0.2:80", weight=40),
+        policy="weighted_round_robin",
+    )
     answers = srv_answers(pool, healthy=everyone)
     assert Counter(targets(answers)) == {"10.0.0.1:80": 1, "10.0.0.2:80": 2}
 
@@ -147,21 +157,28 @@ def test_weights_beyond_the_bound_are_apportioned_and_keep_every_member() -> Non
 
 
 def test_a_member_of_weight_zero_gets_no_record() -> None:
-    pool = make_pool(member("10.0.0.1:80", weight=0), member("10.0.0.2:80", weight=3),
-                     policy="weighted_round_robin")  # fmt: skip
+    pool = make_pool(
+        member("10.0.0.1:80", weight=0),
+        member("10.0.0.2:80", weight=3),
+        policy="weighted_round_robin",
+    )
     assert targets(srv_answers(pool, healthy=everyone)) == ["10.0.0.2:80"]
 
 
 def test_all_weights_zero_count_the_same() -> None:
-    pool = make_pool(member("10.0.0.1:80", weight=0), member("10.0.0.2:80", weight=0),
-                     policy="weighted_round_robin")  # fmt: skip
+    pool = make_pool(
+        member("10.0.0.1:80", weight=0),
+        member("10.0.0.2:80", weight=0),
+        policy="weighted_round_robin",
+    )
     assert targets(srv_answers(pool, healthy=everyone)) == ["10.0.0.1:80", "10.0.0.2:80"]
 
 
 def test_unhealthy_canary_leaves_all_traffic_to_stable() -> None:
     canary = member("10.0.0.2:80", weight=1, track="canary")
-    pool = make_pool(member("10.0.0.1:80", weight=9), canary, policy="weighted_round_robin",
-                     split=10)  # fmt: skip
+    pool = make_pool(
+        member("10.0.0.1:80", weight=9), canary, policy="weighted_round_robin", split=10
+    )
     assert set(targets(srv_answers(pool, healthy=lambda m: m != canary))) == {"10.0.0.1:80"}
 
 
@@ -195,9 +212,12 @@ def test_when_no_member_is_healthy_all_are_answered_and_the_caller_can_tell() ->
     assert no_healthy_member(pool, healthy=nobody)
 
 
-def test_a_pool_without_members_has_no_records() -> None:
+def test_a_pool_without_members_answers_one_record_that_does_not_resolve() -> None:
+    # Never empty: Caddy would keep the last members of a pool answered empty.
     pool = make_pool()
-    assert srv_answers(pool, healthy=everyone) == []
+    answers = srv_answers(pool, healthy=everyone)
+    assert [a.target for a in answers] == [NO_MEMBERS_TARGET]
+    assert target_ip(NO_MEMBERS_TARGET) is None
     assert not no_healthy_member(pool, healthy=everyone)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import threading
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
@@ -217,12 +218,26 @@ class DockerSource:
         """The engine address this source uses, for messages."""
         return self._endpoint
 
+    def _check_unix_socket(self, timeout: float) -> None:
+        """Fail early, and without leaking, when the engine's unix socket cannot be opened.
+
+        docker-py's unix transport never closes a socket whose connect() failed; the leak
+        shows up as a ResourceWarning on every retry while the engine is down.
+        """
+        if not self._endpoint.startswith("unix://"):
+            return
+        path = self._endpoint.removeprefix("unix://")
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            probe.settimeout(timeout)
+            probe.connect(path)
+
     def _connect(self, timeout: float) -> Any:
         """A client speaking the engine's own API version, so old engines work too.
 
         docker-py's version="auto" asks inside the constructor and leaks the half-built
         client's socket when the engine is down; asking with a probe we close avoids that.
         """
+        self._check_unix_socket(timeout)
         probe = docker.APIClient(version=PROBE_API_VERSION, timeout=timeout, **self._client_options)
         try:
             api_version = str(probe.version(api_version=False)["ApiVersion"])
@@ -236,7 +251,10 @@ class DockerSource:
         )
 
     def list_containers(self) -> list[ContainerInfo]:
-        """Running (and paused) containers, in one API call.
+        """Every container, stopped ones included, in one API call.
+
+        Stopped containers keep shaping their pools (a crash must not write Caddy
+        config); only serving ones become members.
 
         Raises `DockerUnavailable` naming the endpoint when the engine does not answer.
         """
@@ -244,8 +262,12 @@ class DockerSource:
             try:
                 if self._list_client is None:
                     self._list_client = self._connect(self._timeout)
-                summaries = self._list_client.containers(all=False)
-            except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+                summaries = self._list_client.containers(all=True)
+            except (
+                docker.errors.DockerException,
+                requests.exceptions.RequestException,
+                OSError,
+            ) as exc:
                 # Start afresh next time: the engine may come back on a new socket.
                 if self._list_client is not None:
                     _close_quietly(self._list_client)

@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import re
 import socket
+import time
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -292,4 +293,16 @@ def sweep_session(client: docker.DockerClient, session_id: str = SESSION_ID) -> 
     for network in client.api.networks(filters=selector):
         _remove_network(client, network["Name"])
         removed += 1
+    return removed
+
+
+def sweep_stale(client: docker.DockerClient, older_than: float = 3600.0) -> int:
+    """Remove test containers that an interrupted run left, once they are old enough that no
+    run still going can own them (a whole run takes well under an hour)."""
+    cutoff = time.time() - older_than
+    removed = 0
+    for summary in client.api.containers(all=True, filters={"label": TEST_ID_LABEL}):
+        if float(summary.get("Created") or 0) < cutoff:
+            _remove_container(client, summary["Id"])
+            removed += 1
     return removed

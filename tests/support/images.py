@@ -10,11 +10,13 @@ script gives a new tag and an unchanged one is not rebuilt.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
 import subprocess
 import tarfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +30,7 @@ REPOSITORY = "labelsync-test"
 
 # Part of every image's content hash: bump to force a rebuild after changing this module.
 BUILD_RECIPE_VERSION = "1"
+STALE_IMAGE_SECONDS = 3600.0
 
 
 @dataclass(frozen=True)
@@ -167,7 +170,24 @@ def _ensure_image(client: docker.DockerClient, name: str, rootfs: bytes, changes
 
 def ensure_images(client: docker.DockerClient) -> TestImages:
     """Build (or reuse) every test image; safe to call many times."""
-    return TestImages(
+    images = TestImages(
         backend=_ensure_image(client, "backend", backend_rootfs(), BACKEND_CHANGES),
         https=_ensure_image(client, "https", https_rootfs(), HTTPS_CHANGES),
     )
+    _prune_outdated(client, keep={images.backend, images.https})
+    return images
+
+
+def _prune_outdated(
+    client: docker.DockerClient, keep: set[str], older_than: float = STALE_IMAGE_SECONDS
+) -> None:
+    """Drop test images built from older scripts, once no run can still be starting on them."""
+    cutoff = time.time() - older_than
+    for image in client.api.images(name=f"{REPOSITORY}/*"):
+        if float(image.get("Created") or 0) >= cutoff:
+            continue
+        for reference in image.get("RepoTags") or []:
+            if reference.startswith(f"{REPOSITORY}/") and reference not in keep:
+                # In use by a container (another run's, or a leftover): leave it for later.
+                with contextlib.suppress(docker.errors.APIError):
+                    client.api.remove_image(reference)

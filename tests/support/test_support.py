@@ -45,7 +45,9 @@ def test_backend_slow_path_and_status_path(backend: Callable[..., ContainerHandl
 def test_backend_serves_every_exposed_port(backend: Callable[..., ContainerHandle]) -> None:
     handle = backend(ports=[8080, 9090])
     for port in (8080, 9090):
-        assert _get(handle.url("/", port=port)).text.strip() == handle.name
+        response = _get(handle.url("/", port=port))
+        assert response.text.strip() == handle.name
+        assert response.headers["x-server-port"] == str(port)
 
 
 def test_docker_healthcheck_follows_the_health_file(

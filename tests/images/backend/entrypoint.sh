@@ -26,7 +26,7 @@ on_term() {
 trap on_term TERM INT
 
 for port in $(echo "$PORT" | tr ',' ' '); do
-  nc -ll -p "$port" -e /handler.sh &
+  nc -ll -p "$port" -e /handler.sh "$port" &
 done
 echo "backend $NAME serving on $PORT"
 # `wait` returns early when a trapped signal arrives, so loop until told to stop.

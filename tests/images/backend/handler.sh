@@ -1,5 +1,6 @@
 #!/bin/sh
 # Answers one HTTP/1.1 request on stdin/stdout, then closes the connection.
+# $1: the port the connection came in on (reported as X-Server-Port).
 CR="$(printf '\r')"
 read -r method target version || exit 0
 length=0
@@ -51,8 +52,8 @@ case "$path" in
     ;;
 esac
 
-printf 'HTTP/1.1 %s\r\nContent-Type: text/plain\r\nContent-Length: %s\r\nX-Backend: %s\r\nX-Request-Host: %s\r\nX-Request-Path: %s\r\nConnection: close\r\n\r\n' \
-  "$status" "$((${#body} + 1))" "$NAME" "$host" "$path"
+printf 'HTTP/1.1 %s\r\nContent-Type: text/plain\r\nContent-Length: %s\r\nX-Backend: %s\r\nX-Request-Host: %s\r\nX-Request-Path: %s\r\nX-Server-Port: %s\r\nConnection: close\r\n\r\n' \
+  "$status" "$((${#body} + 1))" "$NAME" "$host" "$path" "${1:-}"
 if [ "$method" != "HEAD" ]; then
   printf '%s\n' "$body"
 fi

@@ -1,0 +1,174 @@
+"""`labelsync run` as a real subprocess against the session Caddy.
+
+Each daemon writes into a server of its own (own name, own loopback port) and answers
+DNS on its own loopback port, so tests sharing one Caddy never see each other's routes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from .caddy import LOG_DIR, CaddyProcess, free_port
+from .waiting import wait_until
+
+
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class Daemon:
+    """One `labelsync run`; `request()` goes through the server it owns in Caddy."""
+
+    def __init__(
+        self,
+        caddy: CaddyProcess,
+        *,
+        name: str,
+        upstreams: str = "dynamic",
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.caddy = caddy
+        self.server = name
+        self.http_port = free_port()
+        self.resolver_port = free_udp_port()
+        LOG_DIR.mkdir(exist_ok=True)
+        self.log_path = LOG_DIR / f"daemon-{name}.log"
+        self.env = {
+            **os.environ,
+            "LABELSYNC_CADDY_ADMIN": caddy.admin_url,
+            "LABELSYNC_CADDY_SERVER": name,
+            "LABELSYNC_LISTEN": f"127.0.0.1:{self.http_port}",
+            "LABELSYNC_AUTO_HTTPS": "off",
+            "LABELSYNC_UPSTREAMS": upstreams,
+            "LABELSYNC_RESOLVER_LISTEN": f"127.0.0.1:{self.resolver_port}",
+            "LABELSYNC_LOG_LEVEL": "DEBUG",
+            "LABELSYNC_RESYNC_INTERVAL": "60s",
+            **(env or {}),
+        }
+        self.process: subprocess.Popen[bytes] | None = None
+        self._client = httpx.Client(trust_env=False, timeout=10.0)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def server_path(self) -> str:
+        return f"/config/apps/http/servers/{self.server}"
+
+    def start(self, *, wait_synced: bool = True) -> Daemon:
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "labelsync.cli", "run"],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=self.env,
+            )
+        if wait_synced:
+            # The first sync ends with the server present in Caddy.
+            wait_until(self._server_exists, timeout=20, message=f"daemon {self.server} to sync")
+        return self
+
+    def _server_exists(self) -> bool:
+        self._raise_if_exited()
+        response = self._client.get(f"{self.caddy.admin_url}{self.server_path}")
+        return response.status_code == 200 and response.json() is not None
+
+    def _raise_if_exited(self) -> None:
+        if self.process is not None and self.process.poll() is not None:
+            raise AssertionError(
+                f"labelsync exited with {self.process.returncode}:\n{self.logs()[-3000:]}"
+            )
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int | None:
+        """Signal the daemon and wait; its exit code (None when it was not running)."""
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+        code = self.process.returncode
+        self.process = None
+        return code
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+        self.process = None
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def wait_log(self, pattern: str, *, timeout: float = 15.0, after: int = 0) -> re.Match[str]:
+        """Wait for a log line matching `pattern` (searching from character `after`)."""
+        regex = re.compile(pattern)
+
+        def found() -> re.Match[str] | None:
+            self._raise_if_exited()
+            return regex.search(self.logs(), after)
+
+        return wait_until(found, timeout=timeout, message=f"log line /{pattern}/")
+
+    def request(self, host: str, path: str = "/", **options: Any) -> httpx.Response:
+        """One request through this daemon's Caddy server, on a fresh connection."""
+        headers = {"Host": host, "Connection": "close", **options.pop("headers", {})}
+        return self._client.get(f"{self.url}{path}", headers=headers, **options)
+
+    def body(self, host: str, path: str = "/") -> str | None:
+        """The answering backend's name, or None when the request failed or was not 200."""
+        try:
+            response = self.request(host, path, timeout=5.0)
+        except httpx.HTTPError:
+            return None
+        return response.text.strip() if response.status_code == 200 else None
+
+    def routes(self) -> list[dict[str, Any]]:
+        response = self._client.get(f"{self.caddy.admin_url}{self.server_path}/routes")
+        return list(response.json() or []) if response.status_code == 200 else []
+
+    def config_etag(self) -> str:
+        """The Etag of Caddy's whole config: unchanged means no admin write happened."""
+        response = self._client.get(f"{self.caddy.admin_url}/config/")
+        return response.headers["Etag"]
+
+    def remove_server(self) -> None:
+        with contextlib.suppress(httpx.HTTPError):
+            self._client.delete(f"{self.caddy.admin_url}{self.server_path}")
+
+    def close(self) -> None:
+        self.stop()
+        self.remove_server()
+        self._client.close()
+
+
+def wait_routed(
+    daemon: Daemon, host: str, expected: set[str], *, timeout: float = 15.0, path: str = "/"
+) -> None:
+    """Wait until requests to `host` reach exactly the backends in `expected`."""
+    deadline = time.monotonic() + timeout
+    seen: set[str | None] = set()
+    while time.monotonic() < deadline:
+        seen = {daemon.body(host, path) for _ in range(max(4, 3 * len(expected)))}
+        if seen == expected or (not expected and seen <= {None}):
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"{host}{path}: routed to {seen}, wanted {expected}")
