@@ -154,14 +154,19 @@ def test_health_follows_the_docker_healthcheck(backend: StartBackend, source: Do
     assert not record.is_serving
 
 
-def test_stopped_containers_are_not_listed_and_paused_ones_say_so(
+def test_stopped_and_paused_containers_are_listed_but_not_serving(
     backend: StartBackend, source: DockerSource
 ) -> None:
+    """Stopped containers still shape their pools (a crash writes no Caddy config)."""
     stopped, paused = backend(), backend()
     stopped.container.stop(timeout=5)
     paused.container.pause()
     try:
-        assert _record(source, stopped.id) is None
+        gone = _record(source, stopped.id)
+        assert gone is not None
+        assert gone.state == "exited"
+        assert gone.networks == {}
+        assert not gone.is_serving
         record = _record(source, paused.id)
         assert record is not None
         assert record.state == "paused"
