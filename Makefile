@@ -6,9 +6,13 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: test venv docker lint format-check typecheck imports pytest fmt clean-test-containers
+.PHONY: run test venv docker lint format-check typecheck imports pytest fmt clean-test-containers
 
 test: venv docker lint format-check typecheck imports pytest
+
+# The daemon, on the bundled Caddy unless one answers on localhost:2019 (LABELSYNC_* pass through).
+run: venv
+	$(BIN)/labelsync run
 
 venv:
 	@VENV=$(VENV) scripts/ensure-venv.sh

@@ -106,9 +106,10 @@ class Resolver:
         ...
         await resolver.stop()
 
-    Counters for metrics: `queries` (messages received), `malformed` (dropped),
-    `truncated` (UDP answers cut to fit, TC set), `lookup_failures` (host-name
-    targets the system resolver did not answer).
+    Counters for metrics: `queries` (messages received), `pool_queries` (questions
+    for a served pool name: Caddy at work), `malformed` (dropped), `truncated` (UDP
+    answers cut to fit, TC set), `lookup_failures` (host-name targets the system
+    resolver did not answer).
     """
 
     def __init__(self, listen: str = "127.0.0.1:8053", *, lookup_timeout: float = 2.0) -> None:
@@ -123,6 +124,7 @@ class Resolver:
         self._warned_truncation: set[str] = set()
         self.tcp_enabled = False
         self.queries = 0
+        self.pool_queries = 0
         self.malformed = 0
         self.truncated = 0
         self.lookup_failures = 0
@@ -320,6 +322,7 @@ class Resolver:
         reply = self._new_reply(request)
         records = served.pools.get(name)
         if records is not None:
+            self.pool_queries += 1
             if qtype in (QTYPE.SRV, QTYPE.ANY):
                 for record in records:
                     rdata = _CompressedSRV(

@@ -135,12 +135,21 @@ class Settings(BaseSettings):
 
 
 def load_settings() -> Settings:
-    """Read settings; a broken TOML file raises ConfigError naming the file."""
+    """Read settings; ConfigError with one line naming each bad variable (or the file)."""
+    from pydantic import ValidationError
+
     from labelsync.errors import ConfigError
 
     try:
         return Settings()
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{os.environ.get('LABELSYNC_CONFIG')}: {exc}") from exc
-    except ValueError as exc:
+    except ValidationError as exc:
+        reasons = "; ".join(
+            f"LABELSYNC_{'_'.join(str(p) for p in error['loc']).upper()}="
+            f"{error.get('input')!r}: {error['msg'].removeprefix('Value error, ')}"
+            for error in exc.errors()
+        )
+        raise ConfigError(reasons) from exc
+    except (OSError, ValueError) as exc:
         raise ConfigError(str(exc)) from exc

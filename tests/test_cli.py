@@ -1,0 +1,92 @@
+"""The CLI's promises: exit codes, one-line reasons, `check` of compose files."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+COMPOSE = """
+services:
+  web:
+    image: example/web
+    expose: ["8080"]
+    labels:
+      labelsync.host: web.example.com
+      labelsync.lb.policy: round_robin
+  api:
+    image: example/api
+    ports: ["127.0.0.1:9000:8000/tcp"]
+    deploy:
+      labels:
+        labelsync.host: api.example.com
+        labelsync.lb.policy: rond_robin
+  worker:
+    image: example/worker
+"""
+
+
+def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "labelsync.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def test_version_names_the_bundled_caddy() -> None:
+    result = run("version")
+    assert result.returncode == 0
+    assert "labelsync" in result.stdout and "Caddy 2.11" in result.stdout
+
+
+def test_check_of_a_compose_file_reports_each_problem_and_exits_1(tmp_path: Path) -> None:
+    compose = tmp_path / "compose.yaml"
+    compose.write_text(COMPOSE)
+    result = run("check", str(compose))
+    assert result.returncode == 1
+    assert (
+        "error: container 'api': labelsync.lb.policy='rond_robin': unknown policy; "
+        "did you mean 'round_robin'?" in result.stdout
+    )
+    assert "1 error(s)" in result.stdout
+
+
+def test_check_of_a_clean_compose_file_exits_0(tmp_path: Path) -> None:
+    compose = tmp_path / "compose.yaml"
+    compose.write_text(COMPOSE.replace("rond_robin", "round_robin"))
+    result = run("check", str(compose))
+    assert result.returncode == 0, result.stdout
+    assert "0 error(s)" in result.stdout
+
+
+def test_a_file_that_is_not_compose_is_a_usage_error(tmp_path: Path) -> None:
+    bogus = tmp_path / "x.yaml"
+    bogus.write_text("just: text\n")
+    result = run("check", str(bogus))
+    assert result.returncode == 2
+    assert "services" in result.stderr
+
+
+@pytest.mark.parametrize("command", ["render", "check"])
+def test_unreachable_docker_is_one_line_naming_the_socket(command: str, tmp_path: Path) -> None:
+    socket = f"unix://{tmp_path}/docker.sock"
+    result = run(command, env={"LABELSYNC_DOCKER_HOST": socket})
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert socket in lines[0]
+
+
+def test_bad_settings_are_a_usage_error() -> None:
+    result = run("version", env={"LABELSYNC_DEBOUNCE": "fast"})
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "labelsync: settings: LABELSYNC_DEBOUNCE='fast': not a duration: 'fast' "
+        "(use a number and a unit: 250ms, 5s, 1m30s)"
+    )

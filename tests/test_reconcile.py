@@ -1,0 +1,267 @@
+"""The loop's decisions, against a real Caddy, with container records fed in directly.
+
+The source is a stand-in with DockerSource's interface (snapshot, events): the loop
+must not care where records come from. Caddy is the real session Caddy; each test
+writes into a server of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from labelsync.caddy.admin import CaddyAdmin
+from labelsync.errors import DockerUnavailable
+from labelsync.model import ContainerInfo
+from labelsync.reconcile import Reconciler
+from labelsync.settings import Settings
+from labelsync.sources.docker import DockerEvent
+from tests.support.caddy import CaddyProcess, free_port
+from tests.support.containers import short_uuid
+
+
+class ListedContainers:
+    """Container records to list, an outage switch, and an event queue."""
+
+    endpoint = "test://listing"
+
+    def __init__(self) -> None:
+        self.containers: list[ContainerInfo] = []
+        self.reachable = True
+        self.queue: asyncio.Queue[DockerEvent] = asyncio.Queue()
+
+    async def snapshot(self) -> list[ContainerInfo]:
+        if not self.reachable:
+            raise DockerUnavailable(f"cannot reach the Docker engine at {self.endpoint}")
+        return list(self.containers)
+
+    async def events(self) -> AsyncIterator[DockerEvent]:
+        yield DockerEvent("stream-up", "", None, 0)
+        while True:
+            yield await self.queue.get()
+
+    def close(self) -> None:
+        pass
+
+
+def container(name: str, host: str, ip: str = "127.0.0.2", **labels: str) -> ContainerInfo:
+    return ContainerInfo(
+        id=f"id-{name}",
+        name=name,
+        created=time.time(),
+        labels={"labelsync.host": host, **{f"labelsync.{k}": v for k, v in labels.items()}},
+        networks={"bridge": ip},
+        exposed_ports=(8080,),
+    )
+
+
+@pytest.fixture
+def settings() -> Settings:
+    return Settings(
+        caddy_server=f"reconcile-{short_uuid()}",
+        listen=f"127.0.0.1:{free_port()}",
+        auto_https="off",
+        upstreams="static",
+        debounce="50ms",
+        debounce_max="500ms",
+    )
+
+
+@pytest.fixture
+def listing() -> ListedContainers:
+    return ListedContainers()
+
+
+@pytest.fixture
+async def reconciler(
+    caddy: CaddyProcess, settings: Settings, listing: ListedContainers
+) -> AsyncIterator[Reconciler]:
+    admin = CaddyAdmin(caddy.admin_url)
+    loop = Reconciler(settings, listing, admin)  # type: ignore[arg-type]
+    yield loop
+    await admin.aclose()
+    with contextlib.suppress(AssertionError):
+        caddy.admin("DELETE", f"/config/apps/http/servers/{settings.caddy_server}")
+
+
+@contextlib.asynccontextmanager
+async def running(loop: Reconciler) -> AsyncIterator[None]:
+    task = asyncio.create_task(loop.run())
+    try:
+        await asyncio.wait_for(loop.state.synced.wait(), timeout=10)
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+def owned(caddy: CaddyProcess, settings: Settings) -> list[dict[str, Any]]:
+    routes = caddy.get_config(f"apps/http/servers/{settings.caddy_server}/routes") or []
+    return [r for r in routes if str(r.get("@id", "")).startswith("labelsync-")]
+
+
+def dials(route: dict[str, Any]) -> list[str]:
+    return [u["dial"] for u in route["handle"][0].get("upstreams", [])]
+
+
+async def settle(loop: Reconciler, seconds: float = 0.8) -> None:
+    """Let the debounce window pass and the sync finish."""
+    await asyncio.sleep(seconds)
+
+
+async def test_a_burst_of_changes_is_one_admin_write(
+    caddy: CaddyProcess, settings: Settings, listing: ListedContainers, reconciler: Reconciler
+) -> None:
+    """100 containers across pools starting together reload Caddy once, not 100 times."""
+    async with running(reconciler):
+        writes = reconciler.state.admin_writes
+        for i in range(30):
+            listing.containers.append(container(f"burst-{i}", f"burst{i % 5}.test"))
+            reconciler.notify()
+            await asyncio.sleep(0.005)
+        await settle(reconciler)
+        assert reconciler.state.admin_writes - writes == 1
+        assert len(owned(caddy, settings)) == 5
+
+
+async def test_an_unchanged_state_writes_nothing(
+    settings: Settings, listing: ListedContainers, reconciler: Reconciler
+) -> None:
+    """Resyncs with nothing new send no admin write (each write reloads Caddy)."""
+    listing.containers.append(container("same", "same.test"))
+    assert await reconciler.sync_once()
+    writes = reconciler.state.admin_writes
+    requests = reconciler.caddy.requests_sent
+    assert await reconciler.sync_once()
+    assert reconciler.state.admin_writes == writes
+    assert reconciler.caddy.requests_sent - requests == 1  # the read, nothing else
+
+
+async def test_docker_outage_changes_nothing_in_caddy(
+    caddy: CaddyProcess, settings: Settings, listing: ListedContainers, reconciler: Reconciler
+) -> None:
+    """While Docker cannot be asked, no route is removed; afterwards it converges."""
+    listing.containers.append(container("keep", "keep.test"))
+    assert await reconciler.sync_once()
+    before = owned(caddy, settings)
+    listing.reachable = False
+    listing.containers.clear()
+    assert not await reconciler.sync_once()
+    assert owned(caddy, settings) == before
+    assert not reconciler.state.docker_up
+    listing.reachable = True
+    assert await reconciler.sync_once()
+    assert owned(caddy, settings) == []
+
+
+async def test_kill_withdraws_a_member_before_the_listing_says_so(
+    caddy: CaddyProcess, settings: Settings, listing: ListedContainers, reconciler: Reconciler
+) -> None:
+    """A container leaves on `kill`, while Docker still lists it as running."""
+    first = container("first", "kill.test", ip="127.0.0.2")
+    second = container("second", "kill.test", ip="127.0.0.3")
+    listing.containers += [first, second]
+    async with running(reconciler):
+        assert len(dials(owned(caddy, settings)[0])) == 2
+        listing.queue.put_nowait(DockerEvent("container", "kill", second.id, time.time_ns()))
+        await settle(reconciler)
+        assert dials(owned(caddy, settings)[0]) == ["127.0.0.2:8080"]
+        listing.queue.put_nowait(DockerEvent("container", "start", second.id, time.time_ns()))
+        await settle(reconciler)
+        assert len(dials(owned(caddy, settings)[0])) == 2
+
+
+async def test_a_concurrent_edit_is_neither_overwritten_nor_lost(
+    caddy: CaddyProcess, settings: Settings, listing: ListedContainers, reconciler: Reconciler
+) -> None:
+    """Someone else writes between our read and our write: we re-read and keep their edit."""
+    listing.containers.append(container("one", "one.test"))
+    assert await reconciler.sync_once()
+    user_route = {"@id": "user-route", "handle": [{"handler": "static_response", "body": "x"}]}
+    real_apply = reconciler.caddy.apply
+    interfered = False
+
+    async def apply_after_someone_else(*args: Any, **kwargs: Any) -> None:
+        nonlocal interfered
+        if not interfered:
+            interfered = True
+            caddy.admin(
+                "POST", f"/config/apps/http/servers/{settings.caddy_server}/routes", user_route
+            )
+        await real_apply(*args, **kwargs)
+
+    reconciler.caddy.apply = apply_after_someone_else  # type: ignore[method-assign]
+    listing.containers.append(container("two", "two.test"))
+    assert await reconciler.sync_once()
+    routes = caddy.get_config(f"apps/http/servers/{settings.caddy_server}/routes")
+    assert interfered
+    assert [r.get("@id") for r in routes][-1] == "user-route"
+    assert len(owned(caddy, settings)) == 2
+
+
+async def test_drift_in_caddy_is_restored(
+    caddy: CaddyProcess, settings: Settings, listing: ListedContainers, reconciler: Reconciler
+) -> None:
+    """An owned route deleted or edited behind our back comes back on the next sync."""
+    listing.containers.append(container("drift", "drift.test"))
+    assert await reconciler.sync_once()
+    route_id = owned(caddy, settings)[0]["@id"]
+    caddy.admin("DELETE", f"/id/{route_id}")
+    assert await reconciler.sync_once()
+    assert [r["@id"] for r in owned(caddy, settings)] == [route_id]
+
+
+async def test_a_restarted_caddy_gets_the_server_and_routes_back(
+    caddy_factory: Any, listing: ListedContainers
+) -> None:
+    """Caddy restarted with its base config (no labelsync server): everything returns."""
+    private = caddy_factory()
+    settings = Settings(
+        caddy_server="fresh",
+        listen=f"127.0.0.1:{free_port()}",
+        auto_https="off",
+        upstreams="static",
+    )
+    listing.containers.append(container("back", "back.test"))
+    admin = CaddyAdmin(private.admin_url)
+    loop = Reconciler(settings, listing, admin)  # type: ignore[arg-type]
+    try:
+        assert await loop.sync_once()
+        private.reset()  # as if Caddy restarted from its own config file
+        assert private.get_config("apps/http/servers/fresh") is None
+        assert await loop.sync_once()
+        routes = private.get_config("apps/http/servers/fresh/routes")
+        assert [r["match"][0]["host"] for r in routes] == [["back.test"]]
+    finally:
+        await admin.aclose()
+
+
+async def test_caddy_down_is_retried_and_nothing_is_lost(
+    caddy_factory: Any, listing: ListedContainers
+) -> None:
+    """Caddy unreachable: the sync fails cleanly and is retried with backoff."""
+    private = caddy_factory()
+    settings = Settings(
+        caddy_server="gone",
+        listen=f"127.0.0.1:{free_port()}",
+        auto_https="off",
+        upstreams="static",
+    )
+    listing.containers.append(container("wait", "wait.test"))
+    admin = CaddyAdmin(private.admin_url, timeout=2.0)
+    loop = Reconciler(settings, listing, admin)  # type: ignore[arg-type]
+    private.stop()
+    try:
+        assert not await loop.sync_once()
+        assert not loop.state.caddy_up
+        assert loop.state.last_error
+    finally:
+        await admin.aclose()
+        if loop._retry_handle is not None:
+            loop._retry_handle.cancel()

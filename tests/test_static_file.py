@@ -1,0 +1,86 @@
+"""Static routes: a TOML file of non-container backends, through the same core as labels."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+from labelsync.model import Severity
+from labelsync.pools import build_desired
+from labelsync.sources.static import StaticFile, static_containers
+
+FAILOVER = """
+[routes.ollama]
+host = "ollama.example.com"
+upstreams = ["192.168.1.5:11434", "192.168.1.6:11434"]
+lb.policy = "first"
+health.path = "/api/tags"
+health.interval = "10s"
+"""
+
+
+def test_a_failover_pair_becomes_one_first_pool_in_listed_order(tmp_path: Path) -> None:
+    """Seed: the `192.168.1.5:11434` failover pair, primary first."""
+    document = tomllib.loads(FAILOVER)
+    containers, problems = static_containers(document, file="static.toml")
+    assert problems == []
+    desired = build_desired(containers, dynamic=False)
+    (pool,) = desired.pools
+    assert pool.shape.hosts == ("ollama.example.com",)
+    assert pool.shape.settings.lb_policy == "first"
+    assert pool.shape.settings.active is not None
+    assert [m.address for m in pool.members] == ["192.168.1.5:11434", "192.168.1.6:11434"]
+    assert {m.origin for m in pool.members} == {"static"}
+    assert desired.problems == ()
+
+
+def test_static_and_container_members_share_a_pool() -> None:
+    from labelsync.model import ContainerInfo
+
+    document = {"routes": {"app": {"host": "app.test", "upstreams": ["10.9.9.9:80"]}}}
+    static, _ = static_containers(document, file="s.toml")
+    web = ContainerInfo(
+        id="c1",
+        name="web",
+        created=100.0,
+        labels={"labelsync.host": "app.test"},
+        networks={"net": "172.18.0.2"},
+        exposed_ports=(8080,),
+    )
+    (pool,) = build_desired([web, *static], dynamic=False).pools
+    assert sorted(m.address for m in pool.members) == ["10.9.9.9:80", "172.18.0.2:8080"]
+
+
+def test_bad_keys_are_reported_like_labels_and_name_the_file_and_route() -> None:
+    document = {
+        "routes": {
+            "api": {"host": "api.test", "upstreams": ["h:1"], "lb": {"policy": "rond_robin"}}
+        }
+    }
+    containers, _ = static_containers(document, file="static.toml")
+    desired = build_desired(containers, dynamic=False)
+    assert desired.pools == ()
+    (problem,) = {p for p in desired.problems if p.severity is Severity.ERROR}
+    assert "static:static.toml[api]" in str(problem)
+    assert "did you mean 'round_robin'" in str(problem)
+
+
+def test_a_route_without_upstreams_is_an_error() -> None:
+    _, problems = static_containers({"routes": {"x": {"host": "x.test"}}}, file="f.toml")
+    (problem,) = problems
+    assert problem.severity is Severity.ERROR
+    assert problem.key == "upstreams"
+
+
+def test_a_broken_file_keeps_the_last_good_version(tmp_path: Path) -> None:
+    path = tmp_path / "static.toml"
+    path.write_text(FAILOVER)
+    static = StaticFile(path)
+    assert static.reload()
+    good = static.containers
+    path.write_text("[routes.ollama\nhost = ")
+    assert not static.reload()
+    assert static.containers == good
+    path.write_text(FAILOVER.replace("192.168.1.6", "192.168.1.7"))
+    assert static.reload()
+    assert static.containers != good
