@@ -45,3 +45,13 @@ fmt: venv
 clean-test-containers:
 	@ids="$$(docker ps -aq --filter label=io.labelsync.test-id)"; \
 	if [ -n "$$ids" ]; then docker rm -f $$ids >/dev/null; fi
+
+# Benchmarks against real dockerd and the bundled Caddy (README, "Performance"): one table
+# on stdout, every figure in bench/results/. `bench` runs the quick sizes (a few minutes
+# per scenario on 2 cores), `bench-full` the documented full sizes.
+.PHONY: bench bench-full
+bench: venv docker
+	$(BIN)/python -m bench --quick
+
+bench-full: venv docker
+	$(BIN)/python -m bench --full

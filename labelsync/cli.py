@@ -30,7 +30,7 @@ def _fail(message: str) -> int:
 def _running_containers(settings: Settings) -> list[ContainerInfo]:
     from labelsync.sources.docker import DockerSource
 
-    source = DockerSource(settings.docker_host)
+    source = DockerSource(settings.docker_host, swarm=settings.swarm)
     try:
         return source.list_containers()
     finally:

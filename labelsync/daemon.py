@@ -20,7 +20,9 @@ from loguru import logger
 from labelsync.caddy.admin import CaddyAdmin
 from labelsync.errors import ConfigError
 from labelsync.logs import setup_logging
+from labelsync.observability import Observability
 from labelsync.reconcile import MembershipChannel, Reconciler
+from labelsync.sdnotify import SystemdNotifier
 from labelsync.settings import Settings, load_settings
 from labelsync.sources.docker import DockerSource
 from labelsync.sources.static import StaticFile
@@ -118,6 +120,21 @@ def _membership(
     return DynamicMembership.running(settings)
 
 
+def _reachability_check(
+    reconciler: Reconciler, membership: MembershipChannel | None, settings: Settings
+) -> asyncio.Task[None] | None:
+    """Dynamic mode: confirm once that Caddy asks the resolver (see reachability.py)."""
+    from labelsync.membership import DynamicMembership
+
+    if not isinstance(membership, DynamicMembership):
+        return None
+    from labelsync.reachability import check_after_first_sync
+
+    return asyncio.create_task(
+        check_after_first_sync(reconciler.state, reconciler.caddy, membership.resolver, settings)
+    )
+
+
 def _reload_settings(reconcilers: list[Reconciler], static: StaticFile | None) -> None:
     try:
         fresh = load_settings()
@@ -145,6 +162,8 @@ def _reload_settings(reconcilers: list[Reconciler], static: StaticFile | None) -
 
 async def run_daemon(settings: Settings) -> int:
     """Run until SIGTERM/SIGINT; the exit code."""
+    # Taken (and unset) before the bundled Caddy starts: it would report to systemd too.
+    notifier = SystemdNotifier.from_environment()
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     static = (
@@ -166,7 +185,7 @@ async def run_daemon(settings: Settings) -> int:
         caddy_endpoints(settings, restore_routes) as endpoints,
     ):
         admins = [CaddyAdmin(endpoint) for endpoint in endpoints]
-        sources = [DockerSource(settings.docker_host) for _ in endpoints]
+        sources = [DockerSource(settings.docker_host, swarm=settings.swarm) for _ in endpoints]
         for admin, source in zip(admins, sources, strict=True):
             reconcilers.append(
                 Reconciler(settings, source, admin, static=static, membership=membership)
@@ -175,13 +194,18 @@ async def run_daemon(settings: Settings) -> int:
             f"labelsync running: Caddy {', '.join(endpoints)}, Docker {sources[0].endpoint}, "
             f"upstreams {settings.upstreams}"
         )
+        observability = Observability(settings, reconcilers, endpoints, membership, notifier)
+        await observability.start()
         tasks = [asyncio.create_task(r.run()) for r in reconcilers]
         stopper = asyncio.create_task(stop.wait())
+        check = _reachability_check(reconcilers[0], membership, settings)
         done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
-        for task in [*tasks, stopper]:
+        extras = [stopper] if check is None else [stopper, check]
+        for task in [*tasks, *extras]:
             task.cancel()
-        await asyncio.gather(*tasks, stopper, return_exceptions=True)
+        await asyncio.gather(*tasks, *extras, return_exceptions=True)
         crashed = [t.exception() for t in done if t is not stopper and not t.cancelled()]
+        await observability.aclose()
         for admin in admins:
             await admin.aclose()
         for source in sources:

@@ -10,7 +10,7 @@ connections).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from loguru import logger
 
@@ -31,6 +31,8 @@ class DynamicMembership:
         self.checker = checker
         self._desired: DesiredState | None = None
         self._all_down: set[str] = set()
+        # Called after each health flip, once the new membership is published.
+        self.on_health_change: list[Callable[[str, str, bool, str], None]] = []
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -50,6 +52,8 @@ class DynamicMembership:
             logger.bind(pool=pool_id, member=address).info(f"member {address} is {state}")
             if membership is not None:
                 membership.republish()
+                for listener in membership.on_health_change:
+                    listener(pool_id, address, healthy, reason)
 
         checker = ActiveChecker(on_change=on_change)
         membership = cls(resolver, checker)

@@ -48,6 +48,18 @@ class MembershipChannel(Protocol):
     def publish(self, desired: DesiredState) -> None: ...
 
 
+class SyncObserver(Protocol):
+    """Sees every Docker event and every sync (metrics, state file, systemd status).
+
+    `result` is `applied` (admin writes), `unchanged`, `docker_unavailable` or
+    `caddy_failed`; `latency` runs from the oldest event the sync covers to the end.
+    """
+
+    def on_event(self, event: DockerEvent) -> None: ...
+
+    def on_sync(self, result: str, seconds: float, latency: float | None) -> None: ...
+
+
 def render_options(settings: Settings) -> RenderOptions:
     return RenderOptions(
         upstreams=settings.upstreams,
@@ -92,6 +104,7 @@ class Reconciler:
         self.membership = membership
         self.on_applied = on_applied
         self.state = SyncState()
+        self.observers: list[SyncObserver] = []
         self._dirty = asyncio.Event()
         self._first_event: float | None = None  # wall-clock seconds of the oldest pending event
         self._leaving: set[str] = set()
@@ -108,6 +121,8 @@ class Reconciler:
 
     def handle_event(self, event: DockerEvent) -> None:
         """React to one Docker event."""
+        for observer in self.observers:
+            observer.on_event(event)
         event_time = event.time_ns / 1e9 if event.time_ns else None
         if event.kind == "stream-down":
             self.state.docker_up = False
@@ -245,12 +260,30 @@ class Reconciler:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
+                # Not asyncio.wait_for: on Python 3.11 it swallows a cancellation that
+                # arrives just after an event set `_dirty`, and this loop then never ends
+                # (a stop during a burst of events hung on shutdown).
                 try:
-                    await asyncio.wait_for(self._dirty.wait(), timeout=min(quiet, remaining))
+                    async with asyncio.timeout(min(quiet, remaining)):
+                        await self._dirty.wait()
                 except TimeoutError:
                     break
             self._dirty.clear()
-            await self.sync_once()
+            await self._observed_sync()
+
+    async def _observed_sync(self) -> None:
+        """`sync_once`, timed and reported to the observers."""
+        first_event, writes = self._first_event, self.state.admin_writes
+        started = time.monotonic()
+        ok = await self.sync_once()
+        seconds = time.monotonic() - started
+        if ok:
+            result = "applied" if self.state.admin_writes > writes else "unchanged"
+        else:
+            result = "caddy_failed" if self.state.docker_up else "docker_unavailable"
+        latency = time.time() - first_event if ok and first_event is not None else None
+        for observer in self.observers:
+            observer.on_sync(result, seconds, latency)
 
     async def _events(self) -> None:
         async for event in self.docker.events():

@@ -38,6 +38,13 @@ POOL_DOMAIN = "pool.labelsync.internal"
 # Caddy does not ask again for the whole grace period, so a long one would pin stale
 # members (measured on 2.11.7: one second rides through a resolver restart).
 DYNAMIC_GRACE_PERIOD = "1s"
+# The wait between a dynamic pool's retries when `lb.try_interval` is unset. While
+# labelsync restarts, its resolver is gone for about a second and Caddy cannot look up
+# member targets for new upstream connections; a failed dial also drops the pool's cached
+# members (measured on 2.11.7: every request then fails with 503 until the resolver is
+# back, grace period or not). Retries spaced this far apart (`lb.retries=auto` is 2 in
+# dynamic mode) ride through that gap; Caddy's default is to retry at once.
+DYNAMIC_TRY_INTERVAL = "1s"
 DEFAULT_COOKIE_NAME = "lb"
 
 # The one policy that needs a per-member list (weights) Caddy pairs with upstreams by index.
@@ -193,6 +200,8 @@ def _load_balancing(pool: Pool, *, dynamic: bool) -> JSON:
         load_balancing["try_duration"] = normalize_duration(settings.lb_try_duration)
     if settings.lb_try_interval:
         load_balancing["try_interval"] = normalize_duration(settings.lb_try_interval)
+    elif dynamic and pool.shape.retries:
+        load_balancing["try_interval"] = DYNAMIC_TRY_INTERVAL
     return load_balancing
 
 

@@ -71,6 +71,8 @@ class Settings(BaseSettings):
     """How long upgraded connections (websockets) outlive a Caddy reload."""
     docker_host: str | None = None
     """Docker endpoint; DOCKER_HOST or the local socket when unset."""
+    state_file: Path | None = None
+    """Where the daemon writes its live state for `labelsync status`; see state_file.py."""
 
     @field_validator(
         "debounce", "debounce_max", "resync_interval", "resolver_refresh", "stream_close_delay"
@@ -91,6 +93,7 @@ class Settings(BaseSettings):
         "resolver_advertise",
         "static_file",
         "docker_host",
+        "state_file",
         mode="before",
     )
     @classmethod

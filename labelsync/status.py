@@ -1,10 +1,172 @@
-"""`labelsync status`: each pool's upstreams with health and counts."""
+"""`labelsync status`: find the daemon's state and Caddy, read both, print the report.
+
+- the daemon's state file (`state_file.py`): which containers form each pool, Docker's
+  health, and the verdicts of labelsync's own active checks (dynamic mode);
+- Caddy's admin API: the owned routes (hosts, path, policy, passive checks, and the
+  members themselves in static mode), `GET /reverse_proxy/upstreams` for in-flight
+  requests and passive failures, and in static mode Caddy's own active-check verdicts
+  (the `caddy_reverse_proxy_upstreams_healthy` gauge of its `/metrics`, which Caddy
+  refreshes about every 10 s).
+
+Caddy 2.11 reports per upstream only `num_requests` (requests in flight) and `fails`
+(failures inside the passive `fail_duration` window), and no total: `total_requests`
+stays null. In dynamic mode Caddy names an upstream by its SRV target
+(`10-0-0-5.ip4.labelsync.internal.:8080`), mapped back with `member_address_of`. An
+address in several pools shares one set of counts: Caddy keeps them per address. The
+merge itself is `status_report.py`.
+"""
 
 from __future__ import annotations
 
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, TextIO
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+from labelsync.caddy.admin import CaddyAdmin
+from labelsync.errors import CaddyError, CaddyUnavailable
 from labelsync.settings import Settings
+from labelsync.state_file import (
+    SYSTEM_RUNTIME_DIR,
+    process_alive,
+    read_state_file,
+    state_file_candidates,
+)
+from labelsync.status_report import (
+    StatusReport,
+    build_report,
+    caddy_runs_active_checks,
+    render_table,
+    report_json,
+)
+
+JSON = dict[str, Any]
+DEFAULT_ADMIN = "http://localhost:2019"
+CADDY_HEALTHY_METRIC = "caddy_reverse_proxy_upstreams_healthy"
 
 
-async def run_status(settings: Settings, *, as_json: bool) -> int:
-    """Print the status table (or JSON); the exit code."""
-    raise NotImplementedError
+def live_state(settings: Settings) -> tuple[JSON | None, list[str]]:
+    """The state of a running daemon, and notes about state files that were skipped."""
+    notes: list[str] = []
+    for path in state_file_candidates(settings):
+        state = read_state_file(path)
+        if state is None:
+            continue
+        if process_alive(int(state.get("pid") or 0)):
+            return state, notes
+        notes.append(f"{path} is from labelsync pid {state.get('pid')}, which is not running")
+    return None, notes
+
+
+def _embedded_sockets() -> list[Path]:
+    dirs = []
+    if xdg := os.environ.get("XDG_RUNTIME_DIR"):
+        dirs.append(Path(xdg) / "labelsync")
+    dirs.append(SYSTEM_RUNTIME_DIR)
+    return [d / "admin.sock" for d in dict.fromkeys(dirs)]
+
+
+async def _answers(endpoint: str) -> bool:
+    admin = CaddyAdmin(endpoint, timeout=2.0)
+    try:
+        return await admin.ping()
+    finally:
+        await admin.aclose()
+
+
+async def find_admin(settings: Settings, state: JSON | None) -> str:
+    """The admin endpoint to read: the setting, else the running daemon's, else
+    localhost:2019, else the bundled Caddy's socket. CaddyUnavailable names what was tried."""
+    wanted = [e.strip() for e in settings.caddy_admin.split(",") if e.strip()]
+    daemon_endpoints = list((state or {}).get("caddy_admin") or [])
+    if wanted and wanted[0] not in ("auto", "embedded"):
+        candidates = [wanted[0]]
+    elif daemon_endpoints:
+        candidates = [daemon_endpoints[0]]
+    else:
+        sockets = [f"unix://{path}" for path in _embedded_sockets()]
+        candidates = sockets if wanted[:1] == ["embedded"] else [DEFAULT_ADMIN, *sockets]
+    for endpoint in candidates:
+        if await _answers(endpoint):
+            return endpoint
+    raise CaddyUnavailable(f"Caddy's admin API did not answer (tried {', '.join(candidates)})")
+
+
+async def caddy_active_health(endpoint: str) -> dict[str, bool] | None:
+    """Caddy's active-check verdicts by upstream address, from its `/metrics`."""
+    if endpoint.startswith("unix://"):
+        base = "http://localhost"
+        transport = httpx.AsyncHTTPTransport(uds=endpoint.removeprefix("unix://"))
+    else:
+        base = endpoint if "://" in endpoint else f"http://{endpoint}"
+        transport = httpx.AsyncHTTPTransport()
+    async with httpx.AsyncClient(
+        base_url=base, transport=transport, timeout=5.0, trust_env=False
+    ) as client:
+        try:
+            response = await client.get("/metrics")
+        except httpx.HTTPError:
+            return None
+    if response.status_code != 200:
+        return None
+    verdicts = {}
+    for family in text_string_to_metric_families(response.text):
+        if family.name != CADDY_HEALTHY_METRIC:
+            continue
+        for sample in family.samples:
+            if "upstream" in sample.labels:
+                verdicts[sample.labels["upstream"]] = sample.value >= 1
+    return verdicts
+
+
+async def gather_status(settings: Settings) -> StatusReport:
+    """Read the state file and Caddy; CaddyError when Caddy cannot be read."""
+    state, notes = live_state(settings)
+    endpoint = await find_admin(settings, state)
+    server_name = str((state or {}).get("caddy_server") or settings.caddy_server)
+    admin = CaddyAdmin(endpoint, timeout=5.0)
+    try:
+        server, _ = await admin.server(server_name)
+        upstreams = await admin.upstreams()
+    finally:
+        await admin.aclose()
+    routes: list[JSON] = list((server or {}).get("routes") or [])
+    if server is None:
+        notes.append(f"Caddy has no server named {server_name!r}")
+    caddy_health = None
+    if caddy_runs_active_checks(routes):
+        caddy_health = await caddy_active_health(endpoint)
+    if state is None:
+        notes.append("labelsync is not running: health and containers are Caddy's view only")
+    return build_report(
+        caddy_admin=endpoint,
+        caddy_server=server_name,
+        routes=routes,
+        upstreams=upstreams,
+        caddy_health=caddy_health,
+        state=state,
+        notes=notes,
+    )
+
+
+def _colour_wanted(stream: TextIO) -> bool:
+    return stream.isatty() and not os.environ.get("NO_COLOR") and os.environ.get("TERM") != "dumb"
+
+
+async def run_status(settings: Settings, *, as_json: bool, out: TextIO | None = None) -> int:
+    """Print the status table (or JSON); the exit code (2 when Caddy cannot be read)."""
+    stream = out or sys.stdout
+    try:
+        report = await gather_status(settings)
+    except CaddyError as exc:
+        print(f"labelsync: status: {exc}", file=sys.stderr)
+        return 2
+    if as_json:
+        stream.write(json.dumps(report_json(report), indent=2) + "\n")
+    else:
+        stream.write(render_table(report, colour=_colour_wanted(stream)))
+    return 0

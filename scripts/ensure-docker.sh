@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Make sure a Docker engine answers for the test suite, installing and starting one when
-# this is a fresh Debian machine run as root (CI). Also makes sure busybox-static is there:
-# the test images are built from its static /bin/busybox.
+# this is a fresh Debian machine run as root (CI). Also makes sure busybox-static is there
+# (the test images are built from its static /bin/busybox) and systemd-analyze (the unit
+# file test).
 #
 # Exit status: 0 when the engine answers. When it cannot be brought up: non-zero under CI
 # (CI set), else a warning and 0, so a developer without Docker can still run the fast tests
@@ -66,6 +67,12 @@ main() {
   if ! have_static_busybox && can_install; then
     say "installing busybox-static"
     apt_install busybox-static || say "could not install busybox-static"
+  fi
+  # systemd-analyze checks systemd/labelsync.service (tests/test_sdnotify.py); it works
+  # without systemd running as PID 1.
+  if ! command -v systemd-analyze >/dev/null 2>&1 && can_install; then
+    say "installing systemd (for systemd-analyze)"
+    apt_install systemd || say "could not install systemd"
   fi
 
   if engine_answers; then

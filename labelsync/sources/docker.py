@@ -24,6 +24,7 @@ from loguru import logger
 
 from labelsync.errors import DockerUnavailable
 from labelsync.model import ContainerInfo
+from labelsync.sources.swarm import SwarmMode, SwarmReader, merge_containers
 
 DEFAULT_ENDPOINT = "unix:///var/run/docker.sock"
 COMPOSE_PROJECT_LABEL = "com.docker.compose.project"
@@ -36,6 +37,7 @@ CONTAINER_ACTIONS = frozenset(
 )
 HEALTH_ACTION_PREFIX = "health_status"
 NETWORK_ACTIONS = frozenset({"connect", "disconnect"})
+SERVICE_ACTIONS = frozenset({"create", "update", "remove"})
 
 # Any version works for the unversioned /version request that finds the engine's own.
 PROBE_API_VERSION = "1.24"
@@ -48,7 +50,7 @@ RECONNECT_MAX_DELAY = 5.0
 class DockerEvent:
     """One change signal from Docker, or a synthetic change in the stream itself."""
 
-    kind: str  # "container" | "network" | "stream-up" | "stream-down"
+    kind: str  # "container" | "network" | "service" | "swarm" | "stream-up" | "stream-down"
     action: str  # start, die, "health_status: healthy", connect, ...; "" for stream-up/down
     container_id: str | None
     time_ns: int  # Docker's timeNano; 0 for stream-up/down
@@ -56,6 +58,8 @@ class DockerEvent:
 
 STREAM_UP = DockerEvent("stream-up", "", None, 0)
 STREAM_DOWN = DockerEvent("stream-down", "", None, 0)
+# Swarm tasks changed somewhere in the cluster (seen by polling: there are no task events).
+SWARM_CHANGE = DockerEvent("swarm", "tasks-changed", None, 0)
 
 
 # -- conversion (pure) -------------------------------------------------------------------------
@@ -135,6 +139,8 @@ def event_from_message(message: Mapping[str, Any]) -> DockerEvent | None:
     if kind == "network" and action in NETWORK_ACTIONS:
         container_id = (actor.get("Attributes") or {}).get("container")
         return DockerEvent("network", action, str(container_id) if container_id else None, time_ns)
+    if kind == "service" and action in SERVICE_ACTIONS:
+        return DockerEvent("service", action, None, time_ns)
     return None
 
 
@@ -199,9 +205,12 @@ def _close_quietly(closable: Any) -> None:
 class DockerSource:
     """Reads running containers and change events from one Docker engine."""
 
-    def __init__(self, base_url: str | None = None, *, timeout: float = 10.0) -> None:
+    def __init__(
+        self, base_url: str | None = None, *, timeout: float = 10.0, swarm: SwarmMode = "auto"
+    ) -> None:
         """`base_url`: `unix:///path`, `tcp://host:port`, ...; None reads `DOCKER_HOST` (and
-        its TLS variables), else the default socket. Nothing is contacted until first use."""
+        its TLS variables), else the default socket. Nothing is contacted until first use.
+        `swarm`: read Swarm services and tasks too (`auto`: when this node is a manager)."""
         if base_url is None:
             self._client_options: dict[str, Any] = dict(kwargs_from_env())
         else:
@@ -212,6 +221,7 @@ class DockerSource:
         self._list_client: Any = None
         self._list_lock = threading.Lock()
         self._event_pumps: list[tuple[threading.Thread, threading.Event, _OpenStream]] = []
+        self._swarm = SwarmReader(swarm, self._endpoint)
 
     @property
     def endpoint(self) -> str:
@@ -254,7 +264,8 @@ class DockerSource:
         """Every container, stopped ones included, in one API call.
 
         Stopped containers keep shaping their pools (a crash must not write Caddy
-        config); only serving ones become members.
+        config); only serving ones become members. When Swarm is read, its tasks come as
+        records too and the local task containers are left out (see `sources.swarm`).
 
         Raises `DockerUnavailable` naming the endpoint when the engine does not answer.
         """
@@ -262,7 +273,9 @@ class DockerSource:
             try:
                 if self._list_client is None:
                     self._list_client = self._connect(self._timeout)
+                    self._swarm.forget()
                 summaries = self._list_client.containers(all=True)
+                swarm_records = self._swarm.records(self._list_client)
             except (
                 docker.errors.DockerException,
                 requests.exceptions.RequestException,
@@ -273,7 +286,10 @@ class DockerSource:
                     _close_quietly(self._list_client)
                     self._list_client = None
                 raise self._unavailable(exc) from exc
-        return [container_from_summary(summary) for summary in summaries]
+        containers = [container_from_summary(summary) for summary in summaries]
+        if swarm_records is None:
+            return containers
+        return merge_containers(containers, swarm_records)
 
     async def snapshot(self) -> list[ContainerInfo]:
         """`list_containers` without blocking the event loop."""
@@ -283,7 +299,8 @@ class DockerSource:
         """Change events, forever: `stream-up` once connected (re-list then), container and
         network events, `stream-down` when the stream breaks, `stream-up` again after a
         reconnect (backoff 0.1 s doubling to 5 s). Closing or cancelling the iterator stops
-        the reader thread and closes its connection."""
+        the reader thread and closes its connection. While Swarm is read, also `service`
+        events and `swarm` when a poll saw tasks change anywhere in the cluster."""
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[DockerEvent] = asyncio.Queue()
         stop = threading.Event()
@@ -304,14 +321,26 @@ class DockerSource:
         pump = (thread, stop, open_stream)
         self._event_pumps.append(pump)
         thread.start()
+        pumps = [pump]
+        if self._swarm.enabled:
+            poller = threading.Thread(
+                target=self._swarm.poll,
+                args=(lambda: self._connect(self._timeout), lambda: emit(SWARM_CHANGE), stop),
+                name="docker-swarm-poll",
+                daemon=True,
+            )
+            pumps.append((poller, stop, _OpenStream()))
+            self._event_pumps.append(pumps[-1])
+            poller.start()
         try:
             while True:
                 yield await queue.get()
         finally:
             stop.set()
             open_stream.close()
-            with contextlib.suppress(ValueError):
-                self._event_pumps.remove(pump)
+            for started in pumps:
+                with contextlib.suppress(ValueError):
+                    self._event_pumps.remove(started)
 
     def _pump_events(
         self, emit: Callable[[DockerEvent], None], stop: threading.Event, open_stream: _OpenStream
@@ -325,13 +354,15 @@ class DockerSource:
                 # docker-py reads the stream itself without a timeout: it is quiet for as
                 # long as nothing happens.
                 client = self._connect(self._timeout)
-                stream = client.events(decode=True, filters={"type": ["container", "network"]})
+                kinds = ["container", "network", *(["service"] if self._swarm.enabled else [])]
+                stream = client.events(decode=True, filters={"type": kinds})
                 if not open_stream.attach(stream):
                     break
                 # The request is answered once the engine has subscribed us, so events from
                 # here on are delivered: a re-list triggered by stream-up misses nothing.
                 connected = True
                 delay = RECONNECT_FIRST_DELAY
+                self._swarm.forget()  # the engine may have joined or left a Swarm meanwhile
                 logger.info("Docker event stream connected at {}", self._endpoint)
                 emit(STREAM_UP)
                 for message in stream:

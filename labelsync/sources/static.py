@@ -118,15 +118,30 @@ class StaticFile:
         return changed
 
     async def changes(self) -> AsyncIterator[None]:
-        """Yield after each change on disk that altered what the file yields."""
+        """Yield after each change on disk that altered what the file yields.
+
+        Both the file's own directory and its symlink target's are watched, and the
+        target is resolved again after every change: a Kubernetes ConfigMap volume
+        switches a `..data` symlink next to the file and deletes the old target's
+        directory, so watching only where the file first resolved to misses every
+        update after the first.
+        """
         from watchfiles import awatch
 
-        directory = self.path.resolve().parent
-        target = self.path.resolve()
+        link = self.path.absolute()
         while True:
+            target = self.path.resolve()
+            directories = {link.parent, target.parent}
             try:
-                async for batch in awatch(directory, debounce=50, step=20):
-                    if any(Path(p).resolve() == target for _, p in batch) and self.reload():
+                # Not recursive: a file in /etc must not watch all of /etc, and a target
+                # directory inside the file's own would be watched twice (events got lost).
+                async for batch in awatch(*directories, debounce=50, step=20, recursive=False):
+                    now = self.path.resolve()
+                    touched = {Path(p) for _, p in batch}
+                    relevant = now != target or link in touched or target in touched
+                    if relevant and self.reload():
                         yield None
+                    if now != target:
+                        break  # the file resolves elsewhere now: watch there
             except FileNotFoundError:
                 await asyncio.sleep(1.0)

@@ -55,6 +55,8 @@ class Daemon:
             "LABELSYNC_RESOLVER_LISTEN": f"127.0.0.1:{self.resolver_port}",
             "LABELSYNC_LOG_LEVEL": "DEBUG",
             "LABELSYNC_RESYNC_INTERVAL": "60s",
+            # Not the shared /run/labelsync/state.json: each test daemon keeps its own.
+            "LABELSYNC_STATE_FILE": str(LOG_DIR / f"state-{name}.json"),
             **(env or {}),
         }
         self.process: subprocess.Popen[bytes] | None = None

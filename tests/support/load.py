@@ -226,7 +226,8 @@ class Load:
                     or (response.text.strip().splitlines() or [""])[0]
                 )
             else:
-                reason = f"HTTP {status}"
+                answered_by = response.headers.get("X-Backend")
+                reason = f"HTTP {status}" + (f" from {answered_by}" if answered_by else "")
         except httpx.HTTPError as exc:
             reason = f"{type(exc).__name__}: {exc}"
         with self._lock:

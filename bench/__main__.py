@@ -1,0 +1,140 @@
+"""`python -m bench [--quick | --full] [--only SCENARIO ...]`: run, print one table, save.
+
+Results go to `bench/results/<date>-<commit>.json` (`-quick` before `.json` for quick
+runs): every figure, raw samples included, and the machine it ran on. labelsync's own
+log lines go to `.test-logs/bench-<date>.log`; progress goes to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+import traceback
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from loguru import logger
+
+from . import burst, change_cost, cold_start, reaction, zero_drop
+from .machine import REPO, machine
+from .report import render_table, rows_for
+from .rig import clear_labelsync_environment, sweep_bench_containers
+from .sizes import FULL, QUICK, Sizes
+
+RESULTS = Path(__file__).resolve().parent / "results"
+LOGS = REPO / ".test-logs"
+SCENARIOS = ("reaction", "change_cost", "burst", "cold_start", "zero_drop")
+NEEDS_DOCKER = {"reaction", "burst", "zero_drop"}
+
+_started = time.monotonic()
+
+
+def log(message: str) -> None:
+    print(f"[{time.monotonic() - _started:7.1f}s] {message}", file=sys.stderr, flush=True)
+
+
+def _scenario(name: str, sizes: Sizes) -> Callable[[], Awaitable[dict[str, Any]]]:
+    if name == "reaction":
+        return lambda: reaction.run(sizes.reaction_containers, log)
+    if name == "change_cost":
+        return lambda: change_cost.run(sizes.cost_pools, sizes.cost_reps, log)
+    if name == "burst":
+        return lambda: burst.run(sizes.burst_containers, sizes.burst_reps, log)
+    if name == "cold_start":
+        return lambda: cold_start.run(sizes.cold_containers, sizes.cold_pools, sizes.cold_reps, log)
+    if name == "zero_drop":
+        return lambda: zero_drop.run(
+            sizes.load_clients, sizes.load_seconds, sizes.rolls, sizes.setting_changes, log
+        )
+    raise ValueError(name)
+
+
+async def _run_one(name: str, sizes: Sizes) -> dict[str, Any]:
+    started = time.monotonic()
+    log(f"scenario {name} ({sizes.name})")
+    try:
+        result = await asyncio.wait_for(_scenario(name, sizes)(), sizes.scenario_timeout)
+    except Exception as exc:
+        if isinstance(exc, TimeoutError):
+            for task in asyncio.all_tasks():
+                logger.error("still running at the timeout: {}", task)
+        logger.opt(exception=exc).error(f"scenario {name} failed")
+        log(f"scenario {name} FAILED: {type(exc).__name__}: {exc}")
+        traceback.print_exc(file=sys.stderr)
+        result = {"error": f"{type(exc).__name__}: {exc}"}
+    result["seconds"] = round(time.monotonic() - started, 1)
+    log(f"scenario {name} done in {result['seconds']} s")
+    return result
+
+
+async def _main(sizes: Sizes, names: list[str]) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    for name in names:
+        results[name] = await _run_one(name, sizes)
+        if name in NEEDS_DOCKER:
+            await asyncio.to_thread(sweep_bench_containers)
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="quick sizes (the default)")
+    size.add_argument("--full", action="store_true", help="full sizes")
+    parser.add_argument("--only", nargs="+", choices=SCENARIOS, help="run only these")
+    args = parser.parse_args(argv)
+    sizes = FULL if args.full else QUICK
+    names = list(args.only or SCENARIOS)
+
+    clear_labelsync_environment()
+    stamp = datetime.now(UTC)
+    LOGS.mkdir(exist_ok=True)
+    log_path = LOGS / f"bench-{stamp:%Y%m%d-%H%M%S}.log"
+    logger.remove()
+    logger.add(log_path, level="INFO")
+    log(f"labelsync benchmarks, {sizes.name} sizes; labelsync's log: {log_path}")
+    about = machine()
+    if any(name in NEEDS_DOCKER for name in names):
+        # Leftovers of an interrupted run would join the bench pools.
+        removed = sweep_bench_containers()
+        if removed:
+            log(f"removed {removed} container(s) left by an earlier bench run")
+
+    results = asyncio.run(_main(sizes, names))
+
+    rows = rows_for(results)
+    table = render_table(rows)
+    suffix = "-quick" if sizes.name == "quick" else ""
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"{stamp:%Y-%m-%d}-{about['commit']}{suffix}.json"
+    document = {
+        "started": stamp.isoformat(timespec="seconds"),
+        "seconds": round(time.monotonic() - _started, 1),
+        "command": " ".join(["python -m bench", *(argv if argv is not None else sys.argv[1:])]),
+        "sizes": sizes.as_json(),
+        "machine": about,
+        "results": results,
+        "table": [
+            {"scenario": r.scenario, "measure": r.measure, **r.cells, "target": r.target}
+            for r in rows
+        ],
+    }
+    path.write_text(json.dumps(document, indent=2, ensure_ascii=False) + "\n")
+    print(
+        f"\nlabelsync {about['commit']}{' (modified)' if about['dirty'] else ''} · "
+        f"{about['cpu_model']}, {about['cores']} cores, {about['memory_mb']} MB · "
+        f"Python {about['python']} · Caddy {about['caddy']} · Docker {about['docker']} · "
+        f"{sizes.name} sizes\n"
+    )
+    print(table)
+    print(f"\nall figures: {path.relative_to(REPO)}")
+    return 1 if any("error" in r for r in results.values()) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,219 @@
+"""The one table `make bench` prints (a Markdown table, pasted into the README as is).
+
+Each row is one measure; the columns are labelsync's two upstream modes and the
+whole-config baseline. Where a target applies to a cell, the cell ends in ✓ or ✗.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+COLUMNS = ("dynamic", "static", "whole-config")
+OK, MISS = "✓", "✗"
+
+
+@dataclass
+class Row:
+    scenario: str
+    measure: str
+    cells: dict[str, str] = field(default_factory=dict)
+    target: str = ""
+
+
+def _mark(text: str, met: bool | None) -> str:
+    if met is None:
+        return text
+    return f"{text} {OK if met else MISS}"
+
+
+def _ms(value: Any) -> str:
+    if value is None or value != value:  # NaN
+        return "n/a"
+    return f"{value:.0f}" if value >= 10 else f"{value:.1f}"
+
+
+def _bytes(value: float) -> str:
+    if value >= 1024 * 1024:
+        return f"{value / 1024 / 1024:.1f} MB"
+    if value >= 1024:
+        return f"{value / 1024:.0f} KB"
+    return f"{value:.0f} B"
+
+
+def _pcts(stats: dict[str, Any]) -> str:
+    return f"{_ms(stats.get('p50'))} / {_ms(stats.get('p95'))} / {_ms(stats.get('p99'))}"
+
+
+def _reaction_rows(r: dict[str, Any]) -> list[Row]:
+    n = r["containers"]
+    scenario = f"1 reaction ({n} containers)"
+    rows = []
+    for change, what in (("join", "start event → routed"), ("leave", "kill event → not routed")):
+        total = Row(scenario, f"{change}: {what}, p50/p95/p99 ms", target="p50 ≤ 100, p99 ≤ 300")
+        inside = Row(scenario, f"{change}: inside labelsync (event → published/answered)")
+        for column in ("dynamic", "static"):
+            stats = r[column][change]["total_ms"]
+            met = stats["p50"] <= 100 and stats["p99"] <= 300
+            total.cells[column] = _mark(_pcts(stats), met)
+            inside.cells[column] = _pcts(r[column][change]["inside_ms"])
+        rows += [total, inside]
+    fast = r.get("dynamic-refresh-100ms")
+    if fast:
+        row = Row(scenario, "join · leave with resolver refresh 100ms, p50/p95/p99 ms")
+        row.target = "p50 ≤ 100, p99 ≤ 300"
+        marks = all(
+            fast[c]["total_ms"]["p50"] <= 100 and fast[c]["total_ms"]["p99"] <= 300
+            for c in ("join", "leave")
+        )
+        row.cells["dynamic"] = _mark(
+            f"{_pcts(fast['join']['total_ms'])} · {_pcts(fast['leave']['total_ms'])}", marks
+        )
+        rows.append(row)
+    return rows
+
+
+def _cost_rows(r: dict[str, Any]) -> list[Row]:
+    rows = []
+    largest = max(r["sizes"])
+    for pools in r["sizes"]:
+        data = r[str(pools)]
+        scenario = f"2 one change at {pools} pools"
+        for kind, label in (("add_member", "+1 member"), ("add_pool", "+1 pool")):
+            counts = Row(scenario, f"{label}: admin writes+reads, bytes sent")
+            times = Row(scenario, f"{label}: labelsync CPU / Caddy answer / routed, p50 ms")
+            target_member = kind == "add_member" and pools == 1000
+            if target_member:
+                counts.target = "dynamic 0 requests; static 1 request ≤ 2 KB"
+                times.target = "static CPU ≤ 5 ms"
+            for column in COLUMNS:
+                m = data[column][kind]
+                writes, reads = m["writes"]["p50"], m["reads"]["p50"]
+                if column == "whole-config":
+                    text = f"{writes:.0f} load, {_bytes(m['bytes']['p50'])}"
+                else:
+                    text = f"{writes:.0f}+{reads:.0f}, {_bytes(m['bytes']['p50'])}"
+                met: bool | None = None
+                if target_member and column == "dynamic":
+                    met = writes + reads == 0
+                elif target_member and column == "static":
+                    met = writes + reads == 1 and m["bytes"]["p50"] <= 2048
+                counts.cells[column] = _mark(text, met)
+                timing = (
+                    f"{_ms(m['cpu_ms']['p50'])} / {_ms(m['caddy_ms']['p50'])} / "
+                    f"{_ms(m['routed_ms']['p50'])}"
+                )
+                cpu_met = m["cpu_ms"]["p50"] <= 5 if target_member and column == "static" else None
+                times.cells[column] = _mark(timing, cpu_met)
+            rows += [counts, times]
+        if pools == largest:
+            ratio = Row(scenario, "whole-config ÷ labelsync, +1 member: bytes · Caddy time")
+            for column in ("dynamic", "static"):
+                bytes_ratio = data["ratios"].get(f"add_member.bytes.whole-config/{column}")
+                caddy_ratio = data["ratios"].get(f"add_member.caddy_ms.whole-config/{column}")
+                ratio.cells[column] = f"{_ratio(bytes_ratio)} · {_ratio(caddy_ratio)}"
+            rows.append(ratio)
+    return rows
+
+
+def _ratio(value: float | None) -> str:
+    return "∞ (0 sent)" if value is None else f"{value:g}x"
+
+
+def _burst_rows(r: dict[str, Any]) -> list[Row]:
+    scenario = f"3 burst ({r['containers']} containers, {r['pools']} pools, {r['reps']} runs)"
+    writes = Row(scenario, "admin writes, median", target="≤ 5")
+    routable = Row(scenario, "last start → all routable, median (max) ms", target="≤ 1000")
+    spread = Row(scenario, "first → last start event (Docker), median ms")
+    for column in COLUMNS:
+        m = r[column]
+        count = m["admin_writes"]["p50"]
+        writes.cells[column] = _mark(f"{count:.0f}", count <= 5)
+        stats = m["routable_after_last_start_ms"]
+        routable.cells[column] = _mark(
+            f"{_ms(stats['p50'])} ({_ms(stats['max'])})", stats["p50"] <= 1000
+        )
+        spread.cells[column] = _ms(m["start_spread_ms"]["p50"])
+    return [writes, routable, spread]
+
+
+def _cold_rows(r: dict[str, Any]) -> list[Row]:
+    scenario = f"4 cold start ({r['containers']} containers, {r['pools']} pools)"
+    ready = Row(scenario, "process start → Caddy holds all routes, median (max) s", target="≤ 2 s")
+    rss = Row(scenario, "peak RSS, max MB", target="≤ 80 MB")
+    for column in ("dynamic", "static"):
+        m = r[column]
+        stats = m["spawn_to_written_s"]
+        ready.cells[column] = _mark(f"{stats['p50']:.2f} ({stats['max']:.2f})", stats["p50"] <= 2)
+        peak = m["peak_rss_mb"]["max"]
+        rss.cells[column] = _mark(f"{peak:.0f}", peak <= 80)
+    return [ready, rss]
+
+
+def _zero_rows(r: dict[str, Any]) -> list[Row]:
+    rows = []
+    phases = (
+        ("rolling", f"(a) {r['rolls']} rolls x {r['replicas']}"),
+        ("settings", f"(b) {r['setting_changes']} policy/health changes"),
+    )
+    scenario = f"5 zero drop ({r['clients']} clients, ≥ {r['seconds']:g} s)"
+    for phase, label in phases:
+        failed = Row(scenario, f"{label}: failed / requests", target="0 failed")
+        latency = Row(scenario, f"{label}: p99 ms (stale keep-alive retries)")
+        stream = Row(scenario, f"{label}: long stream (changes it spanned)", target="intact")
+        writes = Row(scenario, f"{label}: admin writes")
+        for column in COLUMNS:
+            m = r[column][phase]
+            failed.cells[column] = _mark(f"{m['failed']} / {m['requests']}", m["failed"] == 0)
+            latency.cells[column] = (
+                f"{_ms(m['latency_ms'].get('p99'))} ({m['stale_connection_retries']})"
+            )
+            stream.cells[column] = _mark(
+                f"{'intact' if m['stream_ok'] else 'broken'} ({m['stream_spanned_changes']}"
+                f"/{m['changes']})",
+                bool(m["stream_ok"]),
+            )
+            writes.cells[column] = str(m["admin_writes"])
+        rows += [failed, latency, stream, writes]
+    return rows
+
+
+BUILDERS = {
+    "reaction": _reaction_rows,
+    "change_cost": _cost_rows,
+    "burst": _burst_rows,
+    "cold_start": _cold_rows,
+    "zero_drop": _zero_rows,
+}
+
+
+def rows_for(results: dict[str, Any]) -> list[Row]:
+    rows: list[Row] = []
+    for name, builder in BUILDERS.items():
+        result = results.get(name)
+        if result is None:
+            continue
+        if "error" in result:
+            rows.append(Row(name, f"FAILED: {result['error'][:120]}"))
+            continue
+        rows += builder(result)
+    return rows
+
+
+def render_table(rows: list[Row]) -> str:
+    """A Markdown table with padded columns, readable as plain text too."""
+    header = ["scenario", "measure", *COLUMNS, "target"]
+    lines = []
+    previous = None
+    for row in rows:
+        # The scenario is named once, on the first of its rows.
+        scenario = row.scenario if row.scenario != previous else ""
+        previous = row.scenario
+        lines.append([scenario, row.measure, *(row.cells.get(c, "—") for c in COLUMNS), row.target])
+    widths = [max(len(str(x)) for x in column) for column in zip(header, *lines, strict=True)]
+
+    def line(cells: list[str]) -> str:
+        return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)) + " |"
+
+    separator = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    return "\n".join([line(header), separator, *(line(cells) for cells in lines)])

@@ -1,0 +1,272 @@
+"""Does Caddy reach labelsync's resolver? One check after the first sync in dynamic mode.
+
+Caddy is told to ask `udp/<LABELSYNC_RESOLVER_ADVERTISE>` for every pool's members. When
+Caddy runs somewhere that address means something else (the default `127.0.0.1:8053`
+with Caddy in another container), every request to a dynamic pool fails with 502/503
+and nothing in labelsync's own logs says why. So once the first routes are written,
+labelsync watches its resolver for a question about a published pool name.
+
+Caddy looks a pool up only while it serves a request for it (measured on 2.11.7: no
+query at all in 3 s without traffic), so when no traffic brings a query, labelsync sends
+one HEAD request of its own through Caddy's listener for one pool's host. The listener
+is read from the server's `listen` in Caddy's config; a wildcard host (`:80`) means the
+admin endpoint's host. The request reaches a backend only when the resolver works.
+
+Outcomes, logged once per process:
+
+- a query arrived: INFO;
+- none arrived although Caddy answered the probe request, or labelsync's own query to
+  the advertised address does not reach this resolver either: one ERROR naming
+  `LABELSYNC_RESOLVER_ADVERTISE` / `LABELSYNC_RESOLVER_LISTEN` and what Caddy was told;
+- none arrived and the probe could not reach Caddy's listener (or only got a redirect
+  to HTTPS): one WARNING saying the check was inconclusive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from dataclasses import dataclass
+
+import httpx
+from dnslib import QTYPE, DNSRecord
+from loguru import logger
+
+from labelsync.caddy.admin import CaddyAdmin
+from labelsync.durations import parse_duration
+from labelsync.model import DesiredState, Pool
+from labelsync.reconcile import SyncState
+from labelsync.resolver import Resolver
+from labelsync.settings import Settings
+from labelsync.srv_records import member_target
+
+USER_AGENT = "labelsync-reachability-check"
+# A TEST-NET-1 address spelled as a member target: only labelsync's resolver answers
+# this name with this address, so an answer proves the packet reached it.
+SELF_CHECK_ADDRESS = "192.0.2.53"
+PROBE_ROUNDS = 2
+_WILDCARD_HOSTS = {"", "0.0.0.0", "::", "[::]"}
+
+
+@dataclass(frozen=True)
+class ProbeOutcome:
+    """What one probe request through Caddy's listener got."""
+
+    url: str
+    reached_caddy: bool  # Caddy answered with something other than a redirect
+    detail: str  # "HTTP 502", "redirect to https://...", "ConnectError: ..."
+
+
+def listener_urls(listen: list[str], admin_endpoint: str) -> list[str]:
+    """Base URLs (`http://host:port`) at which labelsync may reach Caddy's listener.
+
+    Plain HTTP listeners come first; port 443 is tried over TLS. Unix and UDP
+    (HTTP/3) listeners are skipped.
+    """
+    fallback_host = _admin_host(admin_endpoint)
+    plain: list[str] = []
+    secure: list[str] = []
+    for address in listen:
+        network, sep, rest = address.partition("/")
+        if not sep:
+            network, rest = "tcp", address
+        if not network.startswith("tcp"):
+            continue
+        host, sep, ports = rest.rpartition(":")
+        port = ports.split("-", 1)[0]
+        if not sep or not port.isdigit():
+            continue
+        if host in _WILDCARD_HOSTS:
+            host = fallback_host
+        elif ":" in host and not host.startswith("["):
+            host = f"[{host}]"
+        if port == "443":
+            secure.append(f"https://{host}:{port}")
+        else:
+            plain.append(f"http://{host}:{port}")
+    return plain + secure
+
+
+def _admin_host(admin_endpoint: str) -> str:
+    if admin_endpoint.startswith("unix://"):
+        return "127.0.0.1"
+    url = httpx.URL(admin_endpoint if "://" in admin_endpoint else f"http://{admin_endpoint}")
+    return f"[{url.host}]" if ":" in url.host else url.host
+
+
+def probe_host_and_path(pool: Pool) -> tuple[str, str]:
+    """A Host header and a path that pool's route matches."""
+    host = pool.shape.hosts[0]
+    if host.startswith("*."):
+        host = "labelsync-probe" + host[1:]
+    path = (pool.shape.path or "/").replace("*", "")
+    return host, path if path.startswith("/") else f"/{path}"
+
+
+async def send_probe(base_url: str, host: str, path: str) -> ProbeOutcome:
+    """One HEAD request through Caddy for `host`; never raises."""
+    url = f"{base_url}{path}"
+    extensions = {"sni_hostname": host} if url.startswith("https:") else {}
+    try:
+        async with httpx.AsyncClient(
+            verify=False, trust_env=False, follow_redirects=False, timeout=5.0
+        ) as client:
+            response = await client.head(
+                url,
+                headers={"Host": host, "User-Agent": USER_AGENT},
+                extensions=extensions,
+            )
+    except httpx.HTTPError as exc:
+        return ProbeOutcome(url, False, f"{type(exc).__name__}: {exc}")
+    if response.is_redirect:
+        location = response.headers.get("Location", "")
+        return ProbeOutcome(url, False, f"HTTP {response.status_code} redirect to {location}")
+    return ProbeOutcome(url, True, f"HTTP {response.status_code}")
+
+
+def resolver_answers_at(address: str, timeout: float = 1.0) -> bool:
+    """True when a query sent to `address` (host:port, as Caddy is told) reaches this
+    labelsync's resolver, seen from labelsync itself. Blocking."""
+    host, _, port = address.rpartition(":")
+    name, _ = member_target(f"{SELF_CHECK_ADDRESS}:53")
+    query = DNSRecord.question(name, "A")
+    try:
+        infos = socket.getaddrinfo(host.strip("[]"), int(port), type=socket.SOCK_DGRAM)
+    except (OSError, ValueError):
+        return False
+    for family, kind, proto, _, sockaddr in infos:
+        try:
+            with socket.socket(family, kind, proto) as sock:
+                sock.settimeout(timeout)
+                sock.connect(sockaddr)
+                sock.send(query.pack())
+                reply = DNSRecord.parse(sock.recv(4096))
+        except Exception:  # refused, timed out, or garbage: not our resolver there
+            continue
+        if reply.header.id == query.header.id and any(
+            rr.rtype == QTYPE.A and str(rr.rdata) == SELF_CHECK_ADDRESS for rr in reply.rr
+        ):
+            return True
+    return False
+
+
+class ReachabilityCheck:
+    """Confirms, once, that Caddy asks the resolver for published pools."""
+
+    def __init__(
+        self,
+        resolver: Resolver,
+        settings: Settings,
+        admin_endpoint: str,
+        *,
+        wait_seconds: float | None = None,
+    ) -> None:
+        self.resolver = resolver
+        self.settings = settings
+        self.admin_endpoint = admin_endpoint
+        refresh_seconds = parse_duration(settings.resolver_refresh)
+        # Longer than Caddy's grace period (1 s), during which a failed lookup is not retried.
+        self.wait_seconds = wait_seconds or max(1.5, 4 * refresh_seconds)
+
+    async def run(self, desired: DesiredState, listen: list[str]) -> bool:
+        """Check against `desired` (just written) and Caddy's server `listen`; log the
+        outcome; True when Caddy was seen asking."""
+        if not desired.pools:
+            return True
+        started = time.monotonic()
+        baseline = self.resolver.pool_queries
+        if await self._query_arrives(baseline, self.wait_seconds / 2):
+            return self._confirmed(started)
+        host, path = probe_host_and_path(desired.pools[0])
+        outcomes: list[ProbeOutcome] = []
+        for _ in range(PROBE_ROUNDS):
+            for base_url in listener_urls(listen, self.admin_endpoint):
+                outcomes.append(await send_probe(base_url, host, path))
+                if await self._query_arrives(baseline, self.wait_seconds):
+                    return self._confirmed(started)
+            if not any(o.reached_caddy for o in outcomes):
+                break  # nothing reached Caddy's proxy: more rounds will not either
+        waited = time.monotonic() - started
+        self_reached = await asyncio.to_thread(resolver_answers_at, self.settings.resolver_address)
+        self._report(waited, host, outcomes, self_reached)
+        return False
+
+    async def _query_arrives(self, baseline: int, seconds: float) -> bool:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if self.resolver.pool_queries > baseline:
+                return True
+            await asyncio.sleep(0.05)
+        return self.resolver.pool_queries > baseline
+
+    def _confirmed(self, started: float) -> bool:
+        took = time.monotonic() - started
+        logger.info(
+            f"Caddy reaches the resolver at {self.settings.resolver_address} "
+            f"(first pool lookup {took:.1f}s after the routes were written)"
+        )
+        return True
+
+    def _report(
+        self, waited: float, host: str, outcomes: list[ProbeOutcome], self_reached: bool
+    ) -> None:
+        told = f"udp/{self.settings.resolver_address}"
+        advertise = self.settings.resolver_advertise
+        advertised = (
+            f"LABELSYNC_RESOLVER_ADVERTISE={advertise}"
+            if advertise
+            else "LABELSYNC_RESOLVER_ADVERTISE unset, so the listen address"
+        )
+        reached = [o for o in outcomes if o.reached_caddy]
+        if reached:
+            probe = f"a request for {host} through {reached[0].url} got {reached[0].detail}"
+        elif outcomes:
+            probe = f"a request for {host} through {outcomes[0].url} got {outcomes[0].detail}"
+        else:
+            probe = "no listener of Caddy's server to send a request through"
+        listen = self.settings.resolver_listen
+        where = (
+            f"Caddy was told to ask {told} ({advertised}); the resolver listens on "
+            f"{self.resolver.bound_address} (LABELSYNC_RESOLVER_LISTEN={listen})"
+        )
+        if not self_reached:
+            why = (
+                f"a query labelsync itself sent to {self.settings.resolver_address} did not "
+                "reach its resolver either: that address is not this resolver"
+            )
+        elif reached:
+            why = (
+                f"labelsync itself reaches the resolver at {self.settings.resolver_address}, "
+                "so Caddy runs where that address means something else (another container, "
+                "host or network namespace)"
+            )
+        else:
+            logger.warning(
+                f"could not confirm that Caddy reaches labelsync's resolver: no pool lookup "
+                f"in {waited:.1f}s, and {probe}. {where}. If requests to dynamic pools fail "
+                "with 502/503, set LABELSYNC_RESOLVER_ADVERTISE to an address Caddy can reach"
+            )
+            return
+        logger.error(
+            f"Caddy is not using labelsync's resolver: no lookup of any pool name arrived in "
+            f"{waited:.1f}s after the routes were written ({probe}). {where}; {why}. Requests "
+            "to dynamic pools fail until LABELSYNC_RESOLVER_ADVERTISE names an address Caddy "
+            "can reach where LABELSYNC_RESOLVER_LISTEN listens (compose: "
+            "LABELSYNC_RESOLVER_LISTEN=0.0.0.0:8053, LABELSYNC_RESOLVER_ADVERTISE=labelsync:8053), "
+            "or LABELSYNC_UPSTREAMS=static is used"
+        )
+
+
+async def check_after_first_sync(
+    state: SyncState, caddy: CaddyAdmin, resolver: Resolver, settings: Settings
+) -> None:
+    """Wait for the first sync that wrote at least one pool, then run the check once."""
+    while state.desired is None or not state.desired.pools:
+        await asyncio.sleep(0.2)
+    try:
+        server, _ = await caddy.server(settings.caddy_server)
+        listen = [str(a) for a in (server or {}).get("listen") or []]
+        await ReachabilityCheck(resolver, settings, caddy.endpoint).run(state.desired, listen)
+    except Exception:  # a diagnostic must never take the daemon down
+        logger.opt(exception=True).warning("the resolver reachability check failed to run")

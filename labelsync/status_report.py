@@ -1,0 +1,427 @@
+"""The status report: members judged healthy, unhealthy or unknown, as a table or JSON.
+
+Pure: takes what the daemon's state file says and what Caddy's admin API answered (read
+by `labelsync.status`) and merges them. A member's health is the verdict of every source
+that has one: any failing source makes it `unhealthy` (all failing reasons are given),
+else any passing one `healthy`, else `unknown` with what is pending. The sources:
+Docker's `HEALTHCHECK` and a paused container; labelsync's own active check (dynamic
+mode); Caddy's active check (static mode); Caddy's passive failure count against the
+pool's `max_fails`. Counts that Caddy did not report stay None: null in JSON, `-` in the
+table.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from labelsync.srv_records import member_address_of
+
+JSON = dict[str, Any]
+OWNED_PREFIX = "labelsync-"
+REPORT_VERSION = 1
+CADDY_PASSIVE_MAX_FAILS = 1  # Caddy's default when passive checks are on
+
+
+@dataclass(frozen=True)
+class MemberStatus:
+    container: str | None  # container name; None when only Caddy knows the member
+    origin: str | None  # "container" or "static" (static-file route); None when unknown
+    address: str
+    health: str  # healthy | unhealthy | unknown
+    reason: str | None
+    active_requests: int | None
+    failures: int | None
+    total_requests: int | None = None  # Caddy 2.11 reports no totals
+    caddy_upstream: str | None = None  # the address as Caddy names it, when it reports it
+
+
+@dataclass(frozen=True)
+class PoolStatus:
+    id: str
+    hosts: tuple[str, ...]
+    path: str | None
+    policy: str | None
+    upstreams: str | None  # dynamic | static
+    members: tuple[MemberStatus, ...]
+    note: str | None = None
+
+
+@dataclass(frozen=True)
+class StatusReport:
+    caddy_admin: str
+    caddy_server: str
+    daemon: JSON | None  # pid, mode, Docker/Caddy reachability; None when not running
+    pools: tuple[PoolStatus, ...]
+    notes: tuple[str, ...] = ()
+
+
+# -- judging health ------------------------------------------------------------------------
+
+
+@dataclass
+class _Signals:
+    """Verdicts from every source that has one: True, False, or None (no verdict yet)."""
+
+    found: list[tuple[bool | None, str]] = field(default_factory=list)
+
+    def add(self, verdict: bool | None, reason: str) -> None:
+        self.found.append((verdict, reason))
+
+    def judge(self) -> tuple[str, str | None]:
+        failing = [why for verdict, why in self.found if verdict is False]
+        if failing:
+            return "unhealthy", "; ".join(failing)
+        passing = [why for verdict, why in self.found if verdict is True]
+        if passing:
+            return "healthy", "; ".join(passing)
+        pending = [why for verdict, why in self.found if verdict is None]
+        return "unknown", "; ".join(pending) if pending else "no health check configured"
+
+
+@dataclass(frozen=True)
+class _PoolFacts:
+    """One pool as the sources describe it, before judging."""
+
+    id: str
+    hosts: tuple[str, ...]
+    path: str | None
+    policy: str | None
+    dynamic: bool | None
+    caddy_active: bool  # Caddy runs the active checks (static mode)
+    labelsync_active: bool  # labelsync runs them (dynamic mode)
+    passive: tuple[int, str] | None  # max_fails, fail_duration
+    members: list[JSON] | None  # None: unknown
+
+
+def _route_facts(route: JSON) -> _PoolFacts:
+    match = (route.get("match") or [{}])[0]
+    handler: JSON = next(
+        (h for h in route.get("handle") or [] if h.get("handler") == "reverse_proxy"), {}
+    )
+    checks = handler.get("health_checks") or {}
+    passive = checks.get("passive")
+    selection = (handler.get("load_balancing") or {}).get("selection_policy") or {}
+    dynamic = "dynamic_upstreams" in handler
+    members = None
+    if not dynamic:
+        members = [{"address": u["dial"]} for u in handler.get("upstreams") or [] if "dial" in u]
+    return _PoolFacts(
+        id=str(route["@id"]),
+        hosts=tuple(match.get("host") or ()),
+        path=(match.get("path") or [None])[0],
+        policy=selection.get("policy", "random"),
+        dynamic=dynamic,
+        caddy_active="active" in checks,
+        labelsync_active=False,
+        passive=None
+        if passive is None
+        else (
+            int(passive.get("max_fails") or CADDY_PASSIVE_MAX_FAILS),
+            str(passive.get("fail_duration") or "0s"),
+        ),
+        members=members,
+    )
+
+
+def _state_facts(pool: JSON, dynamic: bool) -> _PoolFacts:
+    active = pool.get("active_check") is not None
+    passive = pool.get("passive")
+    return _PoolFacts(
+        id=pool["id"],
+        hosts=tuple(pool.get("hosts") or ()),
+        path=pool.get("path"),
+        policy=pool.get("policy"),
+        dynamic=dynamic,
+        caddy_active=active and not dynamic,
+        labelsync_active=active and dynamic,
+        passive=None if not passive else (int(passive["max_fails"]), passive["fail_duration"]),
+        members=list(pool.get("members") or []),
+    )
+
+
+def _merge(caddy: _PoolFacts | None, state: _PoolFacts | None) -> _PoolFacts:
+    if caddy is None:
+        assert state is not None
+        return state
+    if state is None:
+        return caddy
+    # Caddy says how the route behaves; the daemon says who the members are.
+    return _PoolFacts(
+        id=caddy.id,
+        hosts=caddy.hosts or state.hosts,
+        path=caddy.path,
+        policy=state.policy or caddy.policy,
+        dynamic=caddy.dynamic,
+        caddy_active=caddy.caddy_active,
+        labelsync_active=bool(caddy.dynamic) and state.labelsync_active,
+        passive=caddy.passive,
+        members=state.members,
+    )
+
+
+def _upstream_index(upstreams: Sequence[JSON]) -> dict[tuple[bool, str], JSON]:
+    """Caddy's upstreams by (dynamic, member address): SRV targets end with a dot."""
+    index: dict[tuple[bool, str], JSON] = {}
+    for entry in upstreams:
+        address = str(entry.get("address") or "")
+        host, _, port = address.rpartition(":")
+        if host.endswith(".") and port.isdigit():
+            index[(True, member_address_of(host, int(port)).lower())] = entry
+        else:
+            index[(False, address.lower())] = entry
+    return index
+
+
+def _judge_member(
+    fact: JSON,
+    pool: _PoolFacts,
+    counts: JSON | None,
+    caddy_health: Mapping[str, bool] | None,
+) -> tuple[str, str | None]:
+    signals = _Signals()
+    state = fact.get("container_state")
+    if state == "paused":
+        signals.add(False, "container paused")
+    docker = fact.get("docker_health")
+    if docker == "unhealthy":
+        signals.add(False, "Docker health check: unhealthy")
+    elif docker == "starting":
+        signals.add(None, "Docker health check: starting")
+    elif docker == "healthy":
+        signals.add(True, "Docker health check: healthy")
+    if pool.labelsync_active:
+        check = fact.get("check") or {}
+        verdict = check.get("healthy")
+        reason = check.get("reason") or "not checked yet"
+        if verdict is True:
+            signals.add(True, "active check passing")
+        elif verdict is False:
+            signals.add(False, f"active check failing: {reason}")
+        else:
+            signals.add(None, f"active check: {reason}")
+    if pool.caddy_active:
+        address = str(counts["address"]) if counts else fact["address"]
+        known = None if caddy_health is None else caddy_health.get(address)
+        if known is None:
+            signals.add(None, "Caddy's active check: not reported")
+        else:
+            signals.add(known, f"Caddy's active check {'passing' if known else 'failing'}")
+    if pool.passive is not None and counts is not None:
+        max_fails, window = pool.passive
+        fails = int(counts.get("fails") or 0)
+        if fails >= max_fails:
+            signals.add(False, f"{fails} failed request(s) within {window} (max_fails {max_fails})")
+        else:
+            signals.add(True, f"passive: {fails}/{max_fails} failures")
+    if fact.get("in_pool") is False and not signals.found:
+        signals.add(False, "not serving")
+    return signals.judge()
+
+
+def _member_status(
+    fact: JSON,
+    pool: _PoolFacts,
+    index: Mapping[tuple[bool, str], JSON],
+    caddy_health: Mapping[str, bool] | None,
+) -> MemberStatus:
+    address = str(fact["address"])
+    counts = index.get((bool(pool.dynamic), address.lower()))
+    health, reason = _judge_member(fact, pool, counts, caddy_health)
+    return MemberStatus(
+        container=fact.get("container") if fact.get("origin") != "static" else None,
+        origin=fact.get("origin"),
+        address=address,
+        health=health,
+        reason=reason,
+        active_requests=None if counts is None else int(counts.get("num_requests") or 0),
+        failures=None if counts is None else int(counts.get("fails") or 0),
+        caddy_upstream=None if counts is None else str(counts.get("address")),
+    )
+
+
+def build_report(
+    *,
+    caddy_admin: str,
+    caddy_server: str,
+    routes: Sequence[JSON] | None,
+    upstreams: Sequence[JSON],
+    caddy_health: Mapping[str, bool] | None,
+    state: JSON | None,
+    notes: Sequence[str] = (),
+) -> StatusReport:
+    """Merge Caddy's view and the daemon's state into one report (pure).
+
+    `routes` are the routes of labelsync's server in Caddy (None: not read, use the
+    state's pools alone); `caddy_health` maps Caddy's upstream addresses to its active
+    check verdicts (None when not read).
+    """
+    state_dynamic = state is not None and state.get("upstreams") == "dynamic"
+    from_state = {p["id"]: _state_facts(p, state_dynamic) for p in (state or {}).get("pools", [])}
+    owned = [r for r in routes or () if str(r.get("@id", "")).startswith(OWNED_PREFIX)]
+    from_caddy = {str(r["@id"]): _route_facts(r) for r in owned}
+    order = list(from_caddy) + [pid for pid in from_state if pid not in from_caddy]
+    index = _upstream_index(upstreams)
+    pools = []
+    for pid in order:
+        facts = _merge(from_caddy.get(pid), from_state.get(pid))
+        note = None
+        if routes is not None and pid not in from_caddy:
+            note = "not in Caddy's config (yet)"
+        if facts.members is None:
+            note = "members unknown: labelsync is not running, and its resolver serves them"
+        members = tuple(
+            _member_status(fact, facts, index, caddy_health) for fact in facts.members or ()
+        )
+        pools.append(
+            PoolStatus(
+                id=pid,
+                hosts=facts.hosts,
+                path=facts.path,
+                policy=facts.policy,
+                upstreams=None
+                if facts.dynamic is None
+                else ("dynamic" if facts.dynamic else "static"),
+                members=members,
+                note=note,
+            )
+        )
+    daemon = None
+    if state is not None:
+        daemon = {
+            "pid": state.get("pid"),
+            "upstreams": state.get("upstreams"),
+            "docker_up": state.get("docker_up"),
+            "caddy_up": all(state.get("caddy_up") or [False]),
+            "last_apply_ok": state.get("last_apply_ok"),
+            "last_error": state.get("last_error"),
+            "updated": state.get("written_at"),
+        }
+    return StatusReport(caddy_admin, caddy_server, daemon, tuple(pools), tuple(notes))
+
+
+# -- output ----------------------------------------------------------------------------------
+
+
+def report_json(report: StatusReport) -> JSON:
+    """The stable JSON form of `status --json` (documented in the README)."""
+    return {
+        "version": REPORT_VERSION,
+        "caddy": {"admin": report.caddy_admin, "server": report.caddy_server},
+        "daemon": report.daemon,
+        "pools": [
+            {
+                "id": pool.id,
+                "hosts": list(pool.hosts),
+                "path": pool.path,
+                "policy": pool.policy,
+                "upstreams": pool.upstreams,
+                "note": pool.note,
+                "members": [
+                    {
+                        "container": m.container,
+                        "origin": m.origin,
+                        "address": m.address,
+                        "health": m.health,
+                        "reason": m.reason,
+                        "active_requests": m.active_requests,
+                        "failures": m.failures,
+                        "total_requests": m.total_requests,
+                        "caddy_upstream": m.caddy_upstream,
+                    }
+                    for m in pool.members
+                ],
+            }
+            for pool in report.pools
+        ],
+        "notes": list(report.notes),
+    }
+
+
+COLOURS = {"healthy": "\x1b[32m", "unhealthy": "\x1b[31m", "unknown": "\x1b[33m"}
+RESET = "\x1b[0m"
+HEADER = ("MEMBER", "ADDRESS", "HEALTH", "ACTIVE", "FAILS", "TOTAL", "WHY")
+
+
+def _cell(value: object) -> str:
+    return "-" if value is None else str(value)
+
+
+def _daemon_line(report: StatusReport) -> str:
+    where = f"Caddy {report.caddy_admin}, server {report.caddy_server!r}"
+    daemon = report.daemon
+    if daemon is None:
+        return f"{where}; labelsync is not running"
+    parts = [
+        f"Docker {'up' if daemon['docker_up'] else 'DOWN'}",
+        f"Caddy {'up' if daemon['caddy_up'] else 'DOWN'}",
+        f"last apply {'ok' if daemon['last_apply_ok'] else 'FAILED'}",
+    ]
+    line = f"{where}; labelsync pid {daemon['pid']} ({daemon['upstreams']}): {', '.join(parts)}"
+    if daemon.get("last_error"):
+        line += f"\n  last error: {daemon['last_error']}"
+    return line
+
+
+def render_table(report: StatusReport, *, colour: bool = False) -> str:
+    """The human form: one block per pool, columns aligned across the whole output."""
+    rows: list[list[tuple[str, ...]]] = []
+    for pool in report.pools:
+        rows.append(
+            [
+                (
+                    m.container or ("(static)" if m.origin == "static" else "-"),
+                    m.address,
+                    m.health,
+                    _cell(m.active_requests),
+                    _cell(m.failures),
+                    _cell(m.total_requests),
+                    m.reason or "",
+                )
+                for m in pool.members
+            ]
+        )
+    widths = [len(h) for h in HEADER]
+    for block in rows:
+        for row in block:
+            widths = [max(w, len(c)) for w, c in zip(widths, row, strict=True)]
+    numeric = {3, 4, 5}
+
+    def line(row: tuple[str, ...], health: str | None = None) -> str:
+        cells = []
+        for i, cell in enumerate(row):
+            text = cell.rjust(widths[i]) if i in numeric else cell.ljust(widths[i])
+            if colour and i == 2 and health in COLOURS:
+                text = f"{COLOURS[health]}{text}{RESET}"
+            cells.append(text)
+        return "  " + "  ".join(cells).rstrip()
+
+    out = [_daemon_line(report)]
+    if not report.pools:
+        out.append("no pools")
+    for pool, block in zip(report.pools, rows, strict=True):
+        target = ", ".join(pool.hosts) + (pool.path or "")
+        mode = f", {pool.upstreams}" if pool.upstreams else ""
+        out.append("")
+        out.append(f"{target}  policy {pool.policy or '-'}{mode}  [{pool.id}]")
+        if pool.note:
+            out.append(f"  ({pool.note})")
+        if not block:
+            if pool.note is None:
+                out.append("  (no members)")
+            continue
+        out.append(line(HEADER))
+        out.extend(line(row, row[2]) for row in block)
+    for note in report.notes:
+        out.append(f"note: {note}")
+    return "\n".join(out) + "\n"
+
+
+def is_owned(route: JSON) -> bool:
+    return str(route.get("@id", "")).startswith(OWNED_PREFIX)
+
+
+def caddy_runs_active_checks(routes: Sequence[JSON]) -> bool:
+    """True when one of labelsync's routes has Caddy run active checks (static mode)."""
+    return any(_route_facts(route).caddy_active for route in routes if is_owned(route))
