@@ -18,7 +18,7 @@ from pathlib import Path
 from loguru import logger
 
 from labelsync.caddy.admin import CaddyAdmin
-from labelsync.errors import ConfigError
+from labelsync.errors import ConfigError, LabelsyncError
 from labelsync.logs import setup_logging
 from labelsync.observability import Observability
 from labelsync.reconcile import MembershipChannel, Reconciler
@@ -160,6 +160,19 @@ def _reload_settings(reconcilers: list[Reconciler], static: StaticFile | None) -
     logger.info("SIGHUP: settings and static file reloaded; resyncing")
 
 
+async def _leave_fallbacks(reconcilers: list[Reconciler]) -> None:
+    """Before exiting, let Caddy's dynamic routes fall back to today's members.
+
+    Bounded: SIGTERM must stop us within a second, and a Caddy that does not answer
+    keeps the fallback of the last write, which still serves.
+    """
+    for reconciler in reconcilers:
+        try:
+            await asyncio.wait_for(reconciler.refresh_fallbacks(), timeout=0.6)
+        except (TimeoutError, LabelsyncError) as exc:
+            logger.warning(f"could not refresh Caddy's fallback members on exit: {exc}")
+
+
 async def run_daemon(settings: Settings) -> int:
     """Run until SIGTERM/SIGINT; the exit code."""
     # Taken (and unset) before the bundled Caddy starts: it would report to systemd too.
@@ -205,6 +218,7 @@ async def run_daemon(settings: Settings) -> int:
             task.cancel()
         await asyncio.gather(*tasks, *extras, return_exceptions=True)
         crashed = [t.exception() for t in done if t is not stopper and not t.cancelled()]
+        await _leave_fallbacks(reconcilers)
         await observability.aclose()
         for admin in admins:
             await admin.aclose()

@@ -61,14 +61,16 @@ def diff_routes(
         delete(route_id)
 
     kept = [rid for rid in layout if rid is not None]
-    changed = {rid for rid in kept if current_by_id[rid] != desired[desired_position[rid]]}
+    changed = {
+        rid for rid in kept if not _same_shape(current_by_id[rid], desired[desired_position[rid]])
+    }
     staying = set(_longest_increasing(kept, desired_position, changed))
     for route_id in [rid for rid in kept if rid not in staying]:
         delete(route_id)
 
     for route in desired:
         route_id = route["@id"]
-        if route_id in staying and current_by_id[route_id] != route:
+        if route_id in staying and not _same_shape(current_by_id[route_id], route):
             operations.append(_replacement(current_by_id[route_id], route))
 
     for position, route in enumerate(desired):
@@ -79,6 +81,46 @@ def diff_routes(
         operations.append(AddRoute(index, route))
         layout.insert(index, route_id)
     return operations
+
+
+def refresh_fallbacks(
+    current: list[JSON], desired: list[JSON], *, owned_prefix: str = OWNED_PREFIX
+) -> list[Operation]:
+    """Operations that bring stale fallback upstreams of dynamic routes up to date.
+
+    `diff_routes` never writes for a fallback alone (membership changes must not
+    reload Caddy); this is for the moments a write is worth it, such as shutdown,
+    after which the fallback is all Caddy has.
+    """
+    wanted = {route["@id"]: route for route in desired}
+    operations: list[Operation] = []
+    for route in current:
+        route_id = _owned_id(route, owned_prefix)
+        target = wanted.get(route_id) if route_id else None
+        if route_id is None or target is None or not _is_dynamic(target):
+            continue
+        if _same_shape(route, target) and route != target:
+            operations.append(_replacement(route, target))
+    return operations
+
+
+def _is_dynamic(route: JSON) -> bool:
+    handle = route.get("handle") or [{}]
+    return isinstance(handle[0], dict) and "dynamic_upstreams" in handle[0]
+
+
+def _same_shape(current: JSON, desired: JSON) -> bool:
+    """Equal, or equal but for the fallback `upstreams` of a route with dynamic upstreams.
+
+    With dynamic upstreams Caddy asks labelsync's resolver for members and uses the
+    static list only when it cannot: that list is a fallback, refreshed whenever the
+    route is written anyway, never a reason to write on its own.
+    """
+    if current == desired:
+        return True
+    if not (_is_dynamic(current) and _is_dynamic(desired)):
+        return False
+    return _split_upstreams(current)[1] == _split_upstreams(desired)[1]
 
 
 def _owned_id(route: JSON, prefix: str) -> str | None:

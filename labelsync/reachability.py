@@ -166,7 +166,7 @@ class ReachabilityCheck:
         self.settings = settings
         self.admin_endpoint = admin_endpoint
         refresh_seconds = parse_duration(settings.resolver_refresh)
-        # Longer than Caddy's grace period (1 s), during which a failed lookup is not retried.
+        # A few of Caddy's refresh intervals: it asks again only once its answer is stale.
         self.wait_seconds = wait_seconds or max(1.5, 4 * refresh_seconds)
 
     async def run(self, desired: DesiredState, listen: list[str]) -> bool:

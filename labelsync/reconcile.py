@@ -25,7 +25,7 @@ from loguru import logger
 
 from labelsync.caddy.admin import CaddyAdmin
 from labelsync.changes import describe_changes
-from labelsync.diff import diff_routes
+from labelsync.diff import diff_routes, refresh_fallbacks
 from labelsync.errors import CaddyConflict, CaddyError, CaddyUnavailable, DockerUnavailable
 from labelsync.logs import log_problems
 from labelsync.model import ContainerInfo, DesiredState, Problem
@@ -239,6 +239,27 @@ class Reconciler:
             self.state.admin_writes += 1
             return operations
         raise CaddyConflict(f"config kept changing under us ({CONFLICT_RETRIES} tries)")
+
+    async def refresh_fallbacks(self) -> int:
+        """Write current members as the fallback of dynamic routes; the writes sent.
+
+        For shutdown: afterwards Caddy cannot reach the resolver and dials the fallback.
+        """
+        if self.state.desired is None or self.settings.upstreams != "dynamic":
+            return 0
+        name = self.settings.caddy_server
+        server, etag = await self.caddy.server(name)
+        if server is None:
+            return 0
+        current = list(server.get("routes") or [])
+        routes = render_routes(self.state.desired, render_options(self.settings))
+        operations = refresh_fallbacks(current, routes)
+        if operations:
+            await self.caddy.apply(name, current, operations, etag)
+            logger.info(
+                f"wrote the current members of {len(operations)} pool(s) as Caddy's fallback"
+            )
+        return 1 if operations else 0
 
     def _schedule_retry(self, first_event: float | None) -> None:
         delay = self._caddy_backoff

@@ -33,18 +33,9 @@ from labelsync.model import (
 JSON = dict[str, Any]
 
 POOL_DOMAIN = "pool.labelsync.internal"
-# How long Caddy keeps the last SRV answer when a lookup fails (labelsync restarting):
-# serving the old members beats a 503. Kept short on purpose: after a failed lookup
-# Caddy does not ask again for the whole grace period, so a long one would pin stale
-# members (measured on 2.11.7: one second rides through a resolver restart).
-DYNAMIC_GRACE_PERIOD = "1s"
-# The wait between a dynamic pool's retries when `lb.try_interval` is unset. While
-# labelsync restarts, its resolver is gone for about a second and Caddy cannot look up
-# member targets for new upstream connections; a failed dial also drops the pool's cached
-# members (measured on 2.11.7: every request then fails with 503 until the resolver is
-# back, grace period or not). Retries spaced this far apart (`lb.retries=auto` is 2 in
-# dynamic mode) ride through that gap; Caddy's default is to retry at once.
-DYNAMIC_TRY_INTERVAL = "1s"
+# No grace period: with one, Caddy answers a failed lookup with the member *names* of
+# its last answer, which only labelsync's resolver can turn into addresses. Without
+# one, a failed lookup falls back at once to the route's static `upstreams` (IPs).
 DEFAULT_COOKIE_NAME = "lb"
 
 # The one policy that needs a per-member list (weights) Caddy pairs with upstreams by index.
@@ -155,8 +146,11 @@ def _reverse_proxy(pool: Pool, options: RenderOptions) -> JSON:
             "name": pool_dns_name(pool.id),
             "refresh": normalize_duration(options.resolver_refresh),
             "resolver": _resolver(options),
-            "grace_period": DYNAMIC_GRACE_PERIOD,
         }
+        # The members as of this write, dialled by IP: Caddy falls back to them when
+        # the resolver does not answer (labelsync stopped or restarting), so routes
+        # keep serving without labelsync. `diff` never writes for this list alone.
+        handler["upstreams"] = [{"dial": member.address} for member in pool.members]
     elif pool.members:
         handler["upstreams"] = [{"dial": member.address} for member in pool.members]
     handler["load_balancing"] = _load_balancing(pool, dynamic=dynamic)
@@ -200,8 +194,6 @@ def _load_balancing(pool: Pool, *, dynamic: bool) -> JSON:
         load_balancing["try_duration"] = normalize_duration(settings.lb_try_duration)
     if settings.lb_try_interval:
         load_balancing["try_interval"] = normalize_duration(settings.lb_try_interval)
-    elif dynamic and pool.shape.retries:
-        load_balancing["try_interval"] = DYNAMIC_TRY_INTERVAL
     return load_balancing
 
 

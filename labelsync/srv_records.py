@@ -25,9 +25,9 @@ so clients get the backends' own errors instead of Caddy's "no upstreams"; the c
 detects that case with `no_healthy_member` to log it.
 
 A pool without members is never answered empty: Go reports an empty answer as a failed
-lookup, and Caddy, with a `grace_period`, then keeps dialling the pool's last members
-for as long as lookups keep failing (measured), even after their IPs went to other
-containers. It gets one record for `NO_MEMBERS_TARGET`, a name the resolver does not
+lookup, and Caddy then dials the route's fallback member list (or, with a
+`grace_period`, its last answer), even after those IPs went to other containers. It
+gets one record for `NO_MEMBERS_TARGET`, a name the resolver does not
 resolve, so Caddy answers 502 at once and logs the name.
 """
 

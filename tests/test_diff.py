@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from labelsync.diff import diff_routes, owned_routes
+from labelsync.diff import diff_routes, owned_routes, refresh_fallbacks
 from labelsync.operations import (
     AddRoute,
     DeleteRoute,
@@ -283,3 +283,45 @@ def test_desired_routes_must_be_owned_and_unique() -> None:
         diff_routes([], [route("other-r1")])
     with pytest.raises(ValueError, match="share the @id"):
         diff_routes([], [route("labelsync-r1"), route("labelsync-r1")])
+
+
+def dynamic_route(route_id: str, dials: tuple[str, ...], policy: str = "random") -> JSON:
+    proxy = {
+        "handler": "reverse_proxy",
+        "dynamic_upstreams": {"source": "srv", "name": f"{route_id}.pool.labelsync.internal."},
+        "upstreams": [{"dial": d} for d in dials],
+        "load_balancing": {"selection_policy": {"policy": policy}},
+    }
+    return {"@id": route_id, "handle": [proxy], "terminal": True}
+
+
+def test_a_dynamic_route_is_not_written_for_its_fallback_members_alone() -> None:
+    """Scaling in dynamic mode writes nothing: the static list is only Caddy's fallback."""
+    current = [dynamic_route("labelsync-d", ("10.0.0.2:80",))]
+    desired = [dynamic_route("labelsync-d", ("10.0.0.2:80", "10.0.0.3:80"))]
+    assert diff_routes(current, desired) == []
+
+
+def test_a_shape_change_carries_fresh_fallback_members() -> None:
+    current = [dynamic_route("labelsync-d", ("10.0.0.2:80",))]
+    desired = [dynamic_route("labelsync-d", ("10.0.0.3:80",), policy="first")]
+    assert diff_routes(current, desired) == [ReplaceRoute("labelsync-d", desired[0])]
+
+
+def test_refresh_fallbacks_replaces_only_stale_dynamic_lists() -> None:
+    """At shutdown, stale fallbacks are brought up to date, and nothing else is touched."""
+    current = [
+        user_route("user-a"),
+        dynamic_route("labelsync-stale", ("10.0.0.2:80",)),
+        dynamic_route("labelsync-fresh", ("10.0.0.5:80",)),
+        route("labelsync-static"),
+    ]
+    desired = [
+        dynamic_route("labelsync-stale", ("10.0.0.3:80",)),
+        dynamic_route("labelsync-fresh", ("10.0.0.5:80",)),
+        route("labelsync-static", dials=("10.0.0.9:80",)),
+    ]
+    assert refresh_fallbacks(current, desired) == [
+        ReplaceUpstreams("labelsync-stale", [{"dial": "10.0.0.3:80"}])
+    ]
+    assert refresh_fallbacks(current[:1], desired) == []

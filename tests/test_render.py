@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from labelsync.diff import diff_routes
 from labelsync.model import (
     ActiveHealth,
     DesiredState,
@@ -95,22 +96,28 @@ def test_static_pool_without_members_writes_no_upstreams() -> None:
 
 def test_dynamic_upstreams_point_at_the_resolver() -> None:
     options = RenderOptions(resolver="127.0.0.1:9053", resolver_refresh="1s")
-    handler = proxy(make_pool(), options)
-    assert "upstreams" not in handler
+    pool = make_pool()
+    handler = proxy(pool, options)
     assert handler["dynamic_upstreams"] == {
         "source": "srv",
         "name": pool_dns_name("labelsync-app"),
         "refresh": "1s",
         "resolver": {"addresses": ["udp/127.0.0.1:9053"]},
-        "grace_period": "1s",
     }
+    # No grace period: a failed lookup must fall back to these IPs at once.
+    assert handler["upstreams"] == [{"dial": m.address} for m in pool.members]
     assert handler["transport"]["resolver"] == {"addresses": ["udp/127.0.0.1:9053"]}
 
 
-def test_dynamic_json_does_not_depend_on_members() -> None:
+def test_dynamic_shape_does_not_depend_on_members() -> None:
+    """Scaling changes only the fallback list, which is never a reason to write."""
     one = make_pool(addresses=("10.0.0.2:80",), retries=2)
     three = make_pool(addresses=("10.0.0.2:80", "10.0.0.3:80", "10.0.0.4:80"), retries=2)
-    assert render_route(one, DYNAMIC) == render_route(three, DYNAMIC)
+    before, after = render_route(one, DYNAMIC), render_route(three, DYNAMIC)
+    assert diff_routes([before], [after]) == []
+    for route in (before, after):
+        del route["handle"][0]["upstreams"]
+    assert before == after
 
 
 def test_pool_dns_name_is_a_stable_hash_under_the_pool_domain() -> None:
@@ -407,7 +414,9 @@ def test_no_empty_or_null_fields(options: RenderOptions) -> None:
     desired = DesiredState(pools=(everything_pool(), make_pool(addresses=())))
     for key, value in walk(render_routes(desired, options)):
         assert value is not None, key
-        if key != "tls":  # an empty tls object is how Caddy spells "use TLS"
+        # An empty tls object is how Caddy spells "use TLS"; a dynamic pool keeps its
+        # (empty) fallback list so that it can be replaced in place.
+        if key != "tls" and not (key == "upstreams" and options.upstreams == "dynamic"):
             assert value not in ({}, [], ""), key
 
 

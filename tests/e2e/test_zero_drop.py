@@ -131,16 +131,15 @@ def test_restarting_labelsync_under_load_drops_no_request(
 ) -> None:
     """Seed: labelsync is restarted twice (SIGTERM, then started again with the same
     settings and server) while Caddy serves six keep-alive clients: no request fails and
-    nothing is written to Caddy. While the resolver is gone (about half a second) Caddy
-    keeps each pool's last members (grace period), but new upstream connections cannot
-    resolve member targets; the dynamic pools' retry interval (1 s, two retries) carries
-    those requests over the gap. Before that interval existed, most requests in the gap
-    failed with 503."""
+    no route changes shape. While the resolver is gone (about half a second) Caddy's
+    lookups fail and it dials each route's fallback member list instead, which the
+    stopping labelsync brought up to date. Before that fallback existed, most requests in
+    the gap failed with 503: new upstream connections could not resolve member names."""
     scenario = Scenario(start_daemon, "dynamic")
     daemon = scenario.daemon
     replicas = [backend(labels=service_labels(scenario, unique_host)) for _ in range(REPLICAS)]
     wait_routed(daemon, unique_host, {r.name for r in replicas})
-    etag = daemon.config_etag()
+    shapes = daemon.shapes()
     with Load(
         daemon.url,
         unique_host,
@@ -166,4 +165,5 @@ def test_restarting_labelsync_under_load_drops_no_request(
     )
     assert result.failed == 0, result.summary()
     assert set(result.backends) == {r.name for r in replicas}, result.summary()
-    assert daemon.config_etag() == etag, "a restart with unchanged containers wrote Caddy config"
+    assert daemon.shapes() == shapes, "a restart with unchanged containers changed a route"
+    assert sorted(*daemon.fallbacks().values()) == sorted(r.address() for r in replicas)

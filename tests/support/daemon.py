@@ -146,6 +146,23 @@ class Daemon:
         response = self._client.get(f"{self.caddy.admin_url}{self.server_path}/routes")
         return list(response.json() or []) if response.status_code == 200 else []
 
+    def shapes(self) -> list[dict[str, Any]]:
+        """The owned routes without their member lists: what a membership change leaves be."""
+        shapes = []
+        for route in self.routes():
+            if str(route.get("@id", "")).startswith("labelsync-"):
+                handler = {k: v for k, v in route["handle"][0].items() if k != "upstreams"}
+                shapes.append({**route, "handle": [handler, *route["handle"][1:]]})
+        return shapes
+
+    def fallbacks(self) -> dict[str, list[str]]:
+        """Each owned dynamic route's fallback members (dial addresses), by @id."""
+        return {
+            route["@id"]: [u["dial"] for u in route["handle"][0].get("upstreams", [])]
+            for route in self.routes()
+            if "dynamic_upstreams" in route["handle"][0]
+        }
+
     def config_etag(self) -> str:
         """The Etag of Caddy's whole config: unchanged means no admin write happened."""
         response = self._client.get(f"{self.caddy.admin_url}/config/")
