@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import signal
 import sys
 import time
 import traceback
@@ -72,7 +73,14 @@ async def _run_one(name: str, sizes: Sizes) -> dict[str, Any]:
     return result
 
 
+def _dump_tasks() -> None:
+    """SIGUSR1: write every task's stack to stderr (to see where a run hangs)."""
+    for task in asyncio.all_tasks():
+        task.print_stack(limit=12, file=sys.stderr)
+
+
 async def _main(sizes: Sizes, names: list[str]) -> dict[str, Any]:
+    asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, _dump_tasks)
     results: dict[str, Any] = {}
     for name in names:
         results[name] = await _run_one(name, sizes)

@@ -47,7 +47,10 @@ class HttpConnection:
 
     async def get(self, host_header: str, path: str = "/") -> Response:
         """One GET; raises StaleConnection, ConnectionError, TimeoutError or ValueError."""
-        return await asyncio.wait_for(self._get(host_header, path), self.timeout)
+        # Not asyncio.wait_for: on Python 3.11 it can swallow the caller's cancellation
+        # when the request completes at the same moment, and a polling loop never ends.
+        async with asyncio.timeout(self.timeout):
+            return await self._get(host_header, path)
 
     async def _get(self, host_header: str, path: str) -> Response:
         if self._writer is None:

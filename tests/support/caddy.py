@@ -25,6 +25,11 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 LOG_DIR = REPO_ROOT / ".test-logs"
 
 
+# Every config write restarts Caddy's admin listener, which resets idle keep-alive
+# connections: admin clients open a fresh connection per request.
+ADMIN_LIMITS = httpx.Limits(max_keepalive_connections=0)
+
+
 def free_port() -> int:
     """A TCP port free on 127.0.0.1 right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
@@ -66,7 +71,7 @@ class CaddyProcess:
         self.config_path = Path(self._workdir.name) / "caddy.json"
         self.config_path.write_text(json.dumps(self.base_config(), indent=2))
         self._process: subprocess.Popen[bytes] | None = None
-        self._client = httpx.Client(trust_env=False, timeout=10.0)
+        self._client = httpx.Client(trust_env=False, timeout=10.0, limits=ADMIN_LIMITS)
 
     @property
     def admin_url(self) -> str:

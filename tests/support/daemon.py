@@ -18,7 +18,7 @@ from typing import Any
 
 import httpx
 
-from .caddy import LOG_DIR, CaddyProcess, free_port
+from .caddy import ADMIN_LIMITS, LOG_DIR, CaddyProcess, free_port
 from .waiting import wait_until
 
 
@@ -60,7 +60,7 @@ class Daemon:
             **(env or {}),
         }
         self.process: subprocess.Popen[bytes] | None = None
-        self._client = httpx.Client(trust_env=False, timeout=10.0)
+        self._client = httpx.Client(trust_env=False, timeout=10.0, limits=ADMIN_LIMITS)
 
     @property
     def url(self) -> str:
