@@ -17,7 +17,7 @@ from pathlib import Path
 
 from loguru import logger
 
-from labelsync.caddy.admin import CaddyAdmin
+from labelsync.caddy.admin import CaddyAdmin, answers
 from labelsync.errors import ConfigError, LabelsyncError
 from labelsync.logs import setup_logging
 from labelsync.observability import Observability
@@ -39,14 +39,6 @@ LIVE_SETTINGS = (
 )
 
 
-async def _answers(endpoint: str) -> bool:
-    admin = CaddyAdmin(endpoint, timeout=1.0)
-    try:
-        return await admin.ping()
-    finally:
-        await admin.aclose()
-
-
 @contextlib.asynccontextmanager
 async def caddy_endpoints(
     settings: Settings, on_restart: Callable[[], None]
@@ -58,7 +50,7 @@ async def caddy_endpoints(
     """
     wanted = [e.strip() for e in settings.caddy_admin.split(",") if e.strip()]
     if wanted == ["auto"]:
-        if await _answers(DEFAULT_ADMIN):
+        if await answers(DEFAULT_ADMIN):
             logger.info(f"using the Caddy answering at {DEFAULT_ADMIN}")
             wanted = [DEFAULT_ADMIN]
         else:

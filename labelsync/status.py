@@ -27,7 +27,7 @@ from typing import Any, TextIO
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from labelsync.caddy.admin import CaddyAdmin
+from labelsync.caddy.admin import CaddyAdmin, answers
 from labelsync.errors import CaddyError, CaddyUnavailable
 from labelsync.settings import Settings
 from labelsync.state_file import (
@@ -70,14 +70,6 @@ def _embedded_sockets() -> list[Path]:
     return [d / "admin.sock" for d in dict.fromkeys(dirs)]
 
 
-async def _answers(endpoint: str) -> bool:
-    admin = CaddyAdmin(endpoint, timeout=2.0)
-    try:
-        return await admin.ping()
-    finally:
-        await admin.aclose()
-
-
 async def find_admin(settings: Settings, state: JSON | None) -> str:
     """The admin endpoint to read: the setting, else the running daemon's, else
     localhost:2019, else the bundled Caddy's socket. CaddyUnavailable names what was tried."""
@@ -91,7 +83,7 @@ async def find_admin(settings: Settings, state: JSON | None) -> str:
         sockets = [f"unix://{path}" for path in _embedded_sockets()]
         candidates = sockets if wanted[:1] == ["embedded"] else [DEFAULT_ADMIN, *sockets]
     for endpoint in candidates:
-        if await _answers(endpoint):
+        if await answers(endpoint, timeout=2.0):
             return endpoint
     raise CaddyUnavailable(f"Caddy's admin API did not answer (tried {', '.join(candidates)})")
 

@@ -296,3 +296,12 @@ def _status_error(response: httpx.Response, method: str, path: str, *, write: bo
     else:
         kind = CaddyError
     return kind(message, method=method, path=path, status=status, body=error)
+
+
+async def answers(endpoint: str, *, timeout: float = 1.0) -> bool:
+    """True when a Caddy admin API answers at `endpoint` (a one-off client, closed after)."""
+    admin = CaddyAdmin(endpoint, timeout=timeout)
+    try:
+        return await admin.ping()
+    finally:
+        await admin.aclose()
