@@ -7,9 +7,7 @@ Backends are plain HTTP servers on loopback addresses 127.0.0.2-4, answering the
 
 from __future__ import annotations
 
-import http.server
 import ssl
-import threading
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -23,6 +21,7 @@ from labelsync.model import Member, Pool, PoolSettings, PoolShape
 from labelsync.resolver import Resolver
 from labelsync.srv_records import srv_answers
 from tests.support.caddy import CaddyProcess
+from tests.support.loopback import LoopbackBackend
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -31,43 +30,9 @@ POOL_NAME = "5eed5eed5eed5eed.pool.labelsync.internal"
 HOST = "dynamic.test"
 
 
-class NamedBackend:
-    """An HTTP server on a loopback address that answers every request with its name."""
-
-    def __init__(self, name: str, host: str, context: ssl.SSLContext | None = None) -> None:
-        self.name = name
-        answer = name.encode()
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-            disable_nagle_algorithm = True  # headers and body go out as two writes
-
-            def do_GET(self) -> None:
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(answer)))
-                self.end_headers()
-                self.wfile.write(answer)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self._server = http.server.ThreadingHTTPServer((host, 0), Handler)
-        self._server.daemon_threads = True
-        if context is not None:
-            self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
-        self.address = f"{host}:{self._server.server_address[1]}"
-        threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        ).start()
-
-    def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-
-
 @pytest.fixture(scope="module")
-def backends() -> Iterator[dict[str, NamedBackend]]:
-    started = {name: NamedBackend(name, f"127.0.0.{i}") for i, name in enumerate("abc", 2)}
+def backends() -> Iterator[dict[str, LoopbackBackend]]:
+    started = {name: LoopbackBackend(name, f"127.0.0.{i}") for i, name in enumerate("abc", 2)}
     try:
         yield started
     finally:
@@ -86,7 +51,7 @@ async def resolver() -> AsyncIterator[Resolver]:
 
 
 def pool_of(
-    backends: dict[str, NamedBackend],
+    backends: dict[str, LoopbackBackend],
     names: str,
     *,
     policy: str = "round_robin",
@@ -144,7 +109,7 @@ class Proxy:
     async def answer(self) -> str:
         """Who answered one request: a backend's name, or the status code."""
         response = await self.client.get("/", headers={"Host": HOST})
-        return response.text if response.status_code == 200 else str(response.status_code)
+        return response.text.strip() if response.status_code == 200 else str(response.status_code)
 
     async def answers(self, count: int) -> list[str]:
         return [await self.answer() for _ in range(count)]
@@ -181,7 +146,7 @@ async def make_proxy(
 
 
 async def test_round_robin_cycles_through_every_member(
-    backends: dict[str, NamedBackend], resolver: Resolver, make_proxy: MakeProxy
+    backends: dict[str, LoopbackBackend], resolver: Resolver, make_proxy: MakeProxy
 ) -> None:
     publish(resolver, pool_of(backends, "abc"))
     proxy = make_proxy("round_robin")
@@ -189,7 +154,7 @@ async def test_round_robin_cycles_through_every_member(
 
 
 async def test_membership_changes_reach_caddy_without_a_config_write(
-    backends: dict[str, NamedBackend], resolver: Resolver, make_proxy: MakeProxy
+    backends: dict[str, LoopbackBackend], resolver: Resolver, make_proxy: MakeProxy
 ) -> None:
     publish(resolver, pool_of(backends, "ab"))
     proxy = make_proxy("round_robin")
@@ -205,7 +170,7 @@ async def test_membership_changes_reach_caddy_without_a_config_write(
 
 
 async def test_first_follows_priority_and_moves_on_when_a_member_is_withheld(
-    backends: dict[str, NamedBackend], resolver: Resolver, make_proxy: MakeProxy
+    backends: dict[str, LoopbackBackend], resolver: Resolver, make_proxy: MakeProxy
 ) -> None:
     pool = pool_of(backends, "bac", policy="first")
     publish(resolver, pool)
@@ -222,7 +187,7 @@ async def test_first_follows_priority_and_moves_on_when_a_member_is_withheld(
 
 @pytest.mark.parametrize(("weights", "requests"), [({"a": 3, "b": 1}, 40), ({"a": 9, "b": 1}, 100)])
 async def test_repeated_targets_split_traffic_in_proportion(
-    backends: dict[str, NamedBackend],
+    backends: dict[str, LoopbackBackend],
     resolver: Resolver,
     make_proxy: MakeProxy,
     weights: dict[str, int],
@@ -237,7 +202,7 @@ async def test_repeated_targets_split_traffic_in_proportion(
 
 
 async def test_a_pool_that_loses_every_member_stops_reaching_the_old_ones(
-    backends: dict[str, NamedBackend], resolver: Resolver, make_proxy: MakeProxy
+    backends: dict[str, LoopbackBackend], resolver: Resolver, make_proxy: MakeProxy
 ) -> None:
     publish(resolver, pool_of(backends, "a"))
     proxy = make_proxy("round_robin")
@@ -249,7 +214,7 @@ async def test_a_pool_that_loses_every_member_stops_reaching_the_old_ones(
 
 
 async def test_caddy_keeps_serving_while_the_resolver_restarts(
-    backends: dict[str, NamedBackend], resolver: Resolver, make_proxy: MakeProxy
+    backends: dict[str, LoopbackBackend], resolver: Resolver, make_proxy: MakeProxy
 ) -> None:
     # labelsync restarting: its resolver is gone for a while, then back with news.
     publish(resolver, pool_of(backends, "ab"))
@@ -282,7 +247,7 @@ async def test_https_members_need_a_server_name_or_skip_verify(
     ca = trustme.CA()
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ca.issue_cert("backend.test").configure_cert(context)
-    backend = NamedBackend("tls", "127.0.0.4", context)
+    backend = LoopbackBackend("tls", "127.0.0.4", context)
     ca_file = tmp_path / "ca.pem"
     ca.cert_pem.write_to_path(str(ca_file))
     try:

@@ -5,16 +5,19 @@
         # every GET answers 200 "static-one\n" with `X-Backend: static-one`
 
 It runs in a thread of the test process; `close()` (or leaving the block) stops it.
+Pass an `ssl.SSLContext` to serve https.
 """
 
 from __future__ import annotations
 
+import ssl
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body go out as two writes
     server: _NamedServer
 
     def do_GET(self) -> None:
@@ -38,10 +41,14 @@ class _NamedServer(ThreadingHTTPServer):
 class LoopbackBackend:
     """An HTTP server on `127.0.0.1:<free port>` answering its name on every path."""
 
-    def __init__(self, name: str, host: str = "127.0.0.1") -> None:
+    def __init__(
+        self, name: str, host: str = "127.0.0.1", context: ssl.SSLContext | None = None
+    ) -> None:
         self.name = name
         self._server = _NamedServer((host, 0), _Handler)
         self._server.backend_name = name
+        if context is not None:
+            self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
         self._thread = threading.Thread(
             target=self._server.serve_forever, name=f"loopback-{name}", daemon=True
         )
