@@ -1,7 +1,8 @@
 """`python -m bench [--quick | --full] [--only SCENARIO ...]`: run, print one table, save.
 
 Results go to `bench/results/<date>-<commit>.json` (`-quick` before `.json` for quick
-runs): every figure, raw samples included, and the machine it ran on. labelsync's own
+runs, then the scenario names for `--only` runs): every figure, raw samples included,
+and the machine it ran on. labelsync's own
 log lines go to `.test-logs/bench-<date>.log`; progress goes to stderr.
 """
 
@@ -68,8 +69,8 @@ async def _run_one(name: str, sizes: Sizes) -> dict[str, Any]:
         log(f"scenario {name} FAILED: {type(exc).__name__}: {exc}")
         traceback.print_exc(file=sys.stderr)
         result = {"error": f"{type(exc).__name__}: {exc}"}
-    result["seconds"] = round(time.monotonic() - started, 1)
-    log(f"scenario {name} done in {result['seconds']} s")
+    result["scenario_seconds"] = round(time.monotonic() - started, 1)
+    log(f"scenario {name} done in {result['scenario_seconds']} s")
     return result
 
 
@@ -80,7 +81,12 @@ def _dump_tasks() -> None:
 
 
 async def _main(sizes: Sizes, names: list[str]) -> dict[str, Any]:
-    asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, _dump_tasks)
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGUSR1, _dump_tasks)
+    # SIGTERM unwinds like Ctrl-C: containers removed, Caddy and children stopped.
+    main_task = asyncio.current_task()
+    assert main_task is not None
+    loop.add_signal_handler(signal.SIGTERM, main_task.cancel)
     results: dict[str, Any] = {}
     for name in names:
         results[name] = await _run_one(name, sizes)
@@ -95,7 +101,13 @@ def main(argv: list[str] | None = None) -> int:
     size.add_argument("--quick", action="store_true", help="quick sizes (the default)")
     size.add_argument("--full", action="store_true", help="full sizes")
     parser.add_argument("--only", nargs="+", choices=SCENARIOS, help="run only these")
+    parser.add_argument(
+        "--table", type=Path, metavar="RESULT", help="print the table of a saved result only"
+    )
     args = parser.parse_args(argv)
+    if args.table is not None:
+        print(render_table(rows_for(json.loads(args.table.read_text())["results"])))
+        return 0
     sizes = FULL if args.full else QUICK
     names = list(args.only or SCENARIOS)
 
@@ -113,11 +125,17 @@ def main(argv: list[str] | None = None) -> int:
         if removed:
             log(f"removed {removed} container(s) left by an earlier bench run")
 
-    results = asyncio.run(_main(sizes, names))
+    try:
+        results = asyncio.run(_main(sizes, names))
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        log("interrupted: containers and processes cleaned up, no result written")
+        return 130
 
     rows = rows_for(results)
     table = render_table(rows)
     suffix = "-quick" if sizes.name == "quick" else ""
+    if args.only:  # a partial run never replaces a whole one
+        suffix += "-" + "+".join(names)
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"{stamp:%Y-%m-%d}-{about['commit']}{suffix}.json"
     document = {

@@ -36,6 +36,7 @@ MEMBERS = 2
 VARIANTS = ("dynamic", "static", "whole-config")
 KINDS = ("add_member", "add_pool")
 REFRESH_SECONDS = 0.25  # the default LABELSYNC_RESOLVER_REFRESH
+PHASE_SEED = 6
 
 
 def _member_pool(pools: int, rep: int) -> int:
@@ -47,7 +48,7 @@ def _new_member_ip(rep: int) -> str:
     return f"127.0.1.{rep + 1}"
 
 
-async def _warm(port: int, kind: str, pools: int, rep: int) -> None:
+async def _warm(port: int, kind: str, pools: int, rep: int, phase: random.Random) -> None:
     """Put the pool under traffic before the change, as a live pool is: Caddy then holds
     a cached answer, and the change waits for a refresh at a random phase of it."""
     if kind != "add_member":
@@ -55,7 +56,7 @@ async def _warm(port: int, kind: str, pools: int, rep: int) -> None:
     host = pool_host(_member_pool(pools, rep))
     if await poll_until(port, host, lambda r: r.status == 200 and r.backend is not None) is None:
         raise RuntimeError(f"{host} is not routed before the change")
-    await asyncio.sleep(random.Random(rep).uniform(0, REFRESH_SECONDS))
+    await asyncio.sleep(phase.uniform(0, REFRESH_SECONDS))
 
 
 def _change(source: SyntheticSource, kind: str, pools: int, rep: int, port: int) -> tuple[str, str]:
@@ -164,9 +165,10 @@ async def _measure_variant(variant: str, pools: int, reps: int, port: int) -> di
                         ls, admin, caddy, lambda: (pool_host(0), IPS[0])
                     )
                 initial = {**first, "wall_ms": (time.perf_counter() - started) * 1000}
+                phase = random.Random(PHASE_SEED)  # the same phases for every variant
                 for rep in range(reps):
                     for kind in KINDS:
-                        await _warm(caddy.http_port, kind, pools, rep)
+                        await _warm(caddy.http_port, kind, pools, rep, phase)
 
                         def change(kind: str = kind, rep: int = rep) -> tuple[str, str]:
                             return _change(source, kind, pools, rep, port)

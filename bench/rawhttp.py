@@ -114,14 +114,3 @@ async def _read_body(reader: asyncio.StreamReader, headers: dict[str, str]) -> b
             await reader.readexactly(2)
     length = int(headers.get("content-length", "0") or 0)
     return await reader.readexactly(length) if length else b""
-
-
-async def get_once(
-    host: str, port: int, host_header: str, path: str = "/", timeout: float = 10.0
-) -> Response:
-    """One request on a fresh connection."""
-    connection = HttpConnection(host, port, timeout=timeout)
-    try:
-        return await connection.get(host_header, path)
-    finally:
-        await connection.close()

@@ -76,6 +76,7 @@ def _reaction_rows(r: dict[str, Any]) -> list[Row]:
 def _cost_rows(r: dict[str, Any]) -> list[Row]:
     rows = []
     largest = max(r["sizes"])
+    explained = 1000 if 1000 in r["sizes"] else largest  # the size the targets name
     for pools in r["sizes"]:
         data = r[str(pools)]
         scenario = f"2 one change at {pools} pools"
@@ -99,13 +100,21 @@ def _cost_rows(r: dict[str, Any]) -> list[Row]:
                 elif target_member and column == "static":
                     met = writes + reads == 1 and m["bytes"]["p50"] <= 2048
                 counts.cells[column] = _mark(text, met)
-                timing = (
-                    f"{_ms(m['cpu_ms']['p50'])} / {_ms(m['caddy_ms']['p50'])} / "
-                    f"{_ms(m['routed_ms']['p50'])}"
-                )
+                caddy = _ms(m["caddy_ms"]["p50"]) if writes else "—"
+                timing = f"{_ms(m['cpu_ms']['p50'])} / {caddy} / {_ms(m['routed_ms']['p50'])}"
                 cpu_met = m["cpu_ms"]["p50"] <= 5 if target_member and column == "static" else None
                 times.cells[column] = _mark(timing, cpu_met)
             rows += [counts, times]
+        if pools == explained:
+            breakdown = Row(scenario, "CPU of the pure core per sync: build / render / diff, ms")
+            parse = Row(scenario, "CPU to parse the server read before each diff, ms")
+            for column in ("dynamic", "static"):
+                parts = data[column]["cpu_breakdown_ms"]
+                breakdown.cells[column] = (
+                    f"{_ms(parts['build'])} / {_ms(parts['render'])} / {_ms(parts['diff'])}"
+                )
+                parse.cells[column] = _ms(parts["read_parse"])
+            rows += [breakdown, parse]
         if pools == largest:
             ratio = Row(scenario, "whole-config ÷ labelsync, +1 member: bytes · Caddy time")
             for column in ("dynamic", "static"):

@@ -46,10 +46,6 @@ def clear_labelsync_environment() -> None:
         del os.environ[name]
 
 
-def now_ms() -> float:
-    return time.time_ns() / 1e6
-
-
 # -- Caddy --------------------------------------------------------------------------------------
 
 

@@ -48,10 +48,6 @@ def answered_by(name: str) -> Callable[[Response], bool]:
     return lambda response: response.status == 200 and response.backend == name
 
 
-def not_answered_by(name: str) -> Callable[[Response], bool]:
-    return lambda response: response.status == 200 and response.backend not in (None, name)
-
-
 class Traffic:
     """Steady requests to one host through Caddy (one every ~`interval`), all recorded.
 

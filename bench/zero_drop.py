@@ -33,7 +33,6 @@ from labelsync.sources.docker import DockerEvent, DockerSource
 from .rig import (
     PREFIX,
     BenchContainers,
-    Labelsync,
     TimedAdmin,
     WholeConfigAdmin,
     backend_labels,
@@ -155,8 +154,6 @@ async def _paced(steps: int, window: float, step: Any) -> list[float]:
 
 
 async def _phase(
-    name: str,
-    ls: Labelsync,
     admin: TimedAdmin,
     port: int,
     host: str,
@@ -241,14 +238,14 @@ async def _variant(
 
                 log(f"zero drop {variant}: rolling {rolls}x{REPLICAS} replicas")
                 rolling = await _phase(
-                    "rolling", ls, admin, caddy.http_port, host, stream_host,
-                    clients, seconds, rolls * REPLICAS, roll,
+                    admin, caddy.http_port, host, stream_host, clients, seconds,
+                    rolls * REPLICAS, roll,
                 )  # fmt: skip
                 await asyncio.gather(*stops)
                 log(f"zero drop {variant}: {changes} policy/health changes")
                 settings_phase = await _phase(
-                    "settings", ls, admin, caddy.http_port, host, stream_host,
-                    clients, seconds, changes, change,
+                    admin, caddy.http_port, host, stream_host, clients, seconds,
+                    changes, change,
                 )  # fmt: skip
             await inner.aclose()
     finally:

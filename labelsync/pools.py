@@ -102,6 +102,53 @@ def build_pools(
     return tuple(pools), tuple(sorted(problems, key=_problem_order))
 
 
+Parsed = tuple[list[Route], list[Problem]]
+
+
+class ParseMemo:
+    """The routes each container parsed to in the previous build, to reuse when unchanged.
+
+    A loop that rebuilds every few milliseconds from a listing of thousands of
+    containers re-parses only what changed. The key holds everything the parser reads,
+    so a hit returns exactly what parsing would; entries not used by a build are dropped.
+    """
+
+    def __init__(self) -> None:
+        self._previous: dict[tuple[object, ...], Parsed] = {}
+        self._current: dict[tuple[object, ...], Parsed] = {}
+
+    def parse(
+        self,
+        container: ContainerInfo,
+        *,
+        prefix: str,
+        default_network: str | None,
+        shape_only: bool,
+    ) -> Parsed:
+        key = (
+            container.id,
+            container.name,
+            container.created,
+            tuple(container.labels.items()),
+            tuple(container.networks.items()),
+            container.exposed_ports,
+            container.host_network,
+            prefix,
+            default_network,
+            shape_only,
+        )
+        found = self._previous.get(key) or self._current.get(key)
+        if found is None:
+            found = parse_container(
+                container, prefix=prefix, default_network=default_network, shape_only=shape_only
+            )
+        self._current[key] = found
+        return found
+
+    def finish_build(self) -> None:
+        self._previous, self._current = self._current, {}
+
+
 def build_desired(
     containers: Iterable[ContainerInfo],
     *,
@@ -109,24 +156,29 @@ def build_desired(
     default_network: str | None = None,
     dynamic: bool = True,
     withdrawn: Collection[str] = (),
+    memo: ParseMemo | None = None,
 ) -> DesiredState:
     """The pools the containers describe, with every problem found on the way.
 
     Every listed container shapes its pools, stopped ones included, so a crash or a
     health flip changes membership only; members are the serving containers whose
     id is not `withdrawn` (leaving: killed or stopping, before Docker's listing says so).
+    `memo` (kept by a caller that builds again and again) skips re-parsing containers
+    that did not change; the result is the same with or without it.
     """
+    memo = memo or ParseMemo()
     routes: list[Route] = []
     problems: list[Problem] = []
     for container in containers:
         running = container.state in ("running", "paused")
-        found, found_problems = parse_container(
+        found, found_problems = memo.parse(
             container, prefix=prefix, default_network=default_network, shape_only=not running
         )
         serving = container.is_serving and container.id not in withdrawn
         routes.extend(dataclasses.replace(r, running=running, serving=serving) for r in found)
         if running:  # a stopped container's label problems are reported when it runs
             problems.extend(found_problems)
+    memo.finish_build()
     pools, pool_problems = build_pools(routes, dynamic=dynamic, prefix=prefix)
     all_problems = sorted({*problems, *pool_problems}, key=_problem_order)
     return DesiredState(pools=pools, problems=tuple(all_problems))
@@ -205,6 +257,8 @@ def _route_label(route: Route) -> str:
 
 def _conflicts(identifier: str, routes: list[Route], prefix: str) -> list[Problem]:
     """One WARNING per pool key the members disagree on; the oldest (first) route wins."""
+    if all(r.settings == routes[0].settings for r in routes[1:]):
+        return []  # the usual case, and the cheap way to see it
     flat = [_label_values(r.settings) for r in routes]
     keys = sorted({key for values in flat for key in values})
     problems: list[Problem] = []

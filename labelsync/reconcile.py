@@ -30,7 +30,7 @@ from labelsync.errors import CaddyConflict, CaddyError, CaddyUnavailable, Docker
 from labelsync.logs import log_problems
 from labelsync.model import ContainerInfo, DesiredState, Problem
 from labelsync.operations import Operation
-from labelsync.pools import build_desired
+from labelsync.pools import ParseMemo, build_desired
 from labelsync.render import RenderOptions, render_routes, render_server
 from labelsync.settings import Settings
 from labelsync.sources.docker import DockerEvent, DockerSource
@@ -108,6 +108,7 @@ class Reconciler:
         self._dirty = asyncio.Event()
         self._first_event: float | None = None  # wall-clock seconds of the oldest pending event
         self._leaving: set[str] = set()
+        self._parsed = ParseMemo()
         self._logged_problems: frozenset[Problem] = frozenset()
         self._caddy_backoff = CADDY_BACKOFF[0]
         self._retry_handle: asyncio.TimerHandle | None = None
@@ -157,6 +158,7 @@ class Reconciler:
             default_network=self.settings.network,
             dynamic=self.settings.upstreams == "dynamic",
             withdrawn=self._leaving,
+            memo=self._parsed,
         )
         if self.static is not None and self.static.problems:
             desired = DesiredState(desired.pools, self.static.problems + desired.problems)

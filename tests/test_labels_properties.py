@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from dataclasses import replace
 from random import Random
 
 from hypothesis import given, settings
@@ -17,7 +18,7 @@ from hypothesis import strategies as st
 from labelsync.label_values import is_dns_name
 from labelsync.labels import HEADER_KEY, KEYS, parse_container
 from labelsync.model import ContainerInfo, Problem, Route
-from labelsync.pools import build_pools
+from labelsync.pools import ParseMemo, build_desired, build_pools
 
 PREFIX = "labelsync"
 SETTINGS = settings(max_examples=200, deadline=None)
@@ -208,3 +209,24 @@ def test_build_pools_is_deterministic_and_order_independent(
     pools, _ = first
     assert len({p.id for p in pools}) == len(pools)
     assert sum(len(p.members) for p in pools) <= len(routes)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(containers(), max_size=6),
+    st.lists(containers(), max_size=6),
+    st.sets(st.integers(0, 5)),
+)
+def test_a_memoised_build_equals_a_fresh_one(
+    first: list[ContainerInfo], second: list[ContainerInfo], relabelled: set[int]
+) -> None:
+    """The loop's parse memo never changes a result, even when a record keeps its id
+    but changes its labels (static-file entries and Swarm services do)."""
+    memo = ParseMemo()
+    build_desired(first, memo=memo)
+    changed = [
+        replace(c, labels={**c.labels, "labelsync.lb.policy": "first"}) if i in relabelled else c
+        for i, c in enumerate(first)
+    ]
+    for listing in (changed + second, second, changed):
+        assert build_desired(listing, memo=memo) == build_desired(listing)
