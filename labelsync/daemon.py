@@ -160,7 +160,8 @@ async def _leave_fallbacks(reconcilers: list[Reconciler]) -> None:
     """
     for reconciler in reconcilers:
         try:
-            await asyncio.wait_for(reconciler.refresh_fallbacks(), timeout=0.6)
+            async with asyncio.timeout(0.6):
+                await reconciler.refresh_fallbacks()
         except (TimeoutError, LabelsyncError) as exc:
             logger.warning(f"could not refresh Caddy's fallback members on exit: {exc}")
 

@@ -262,10 +262,10 @@ class Resolver:
             self._tasks.add(task)
         try:
             while True:
-                length = await asyncio.wait_for(reader.readexactly(2), TCP_IDLE_SECONDS)
-                data = await asyncio.wait_for(
-                    reader.readexactly(int.from_bytes(length, "big")), TCP_IDLE_SECONDS
-                )
+                async with asyncio.timeout(TCP_IDLE_SECONDS):
+                    length = await reader.readexactly(2)
+                async with asyncio.timeout(TCP_IDLE_SECONDS):
+                    data = await reader.readexactly(int.from_bytes(length, "big"))
                 request = self._parse(data)
                 if request is None:
                     break  # a stream that sent garbage is not worth reading further
@@ -357,15 +357,13 @@ class Resolver:
         loop = asyncio.get_running_loop()
         reply = self._new_reply(request)
         try:
-            infos = await asyncio.wait_for(
-                loop.getaddrinfo(
+            async with asyncio.timeout(self._lookup_timeout):
+                infos = await loop.getaddrinfo(
                     name,
                     None,
                     family=socket.AF_INET6 if v6 else socket.AF_INET,
                     type=socket.SOCK_STREAM,
-                ),
-                self._lookup_timeout,
-            )
+                )
         except socket.gaierror as exc:
             if exc.errno in _EMPTY_RESULT_ERRNOS:
                 return reply  # the name serves a pool: say "no address of this type"

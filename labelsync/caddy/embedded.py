@@ -276,7 +276,8 @@ class EmbeddedCaddy:
         """Wait for the output copier to reach the end of the child's output."""
         if self._output_task is not None:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(self._output_task), STOP_GRACE)
+                async with asyncio.timeout(STOP_GRACE):
+                    await asyncio.shield(self._output_task)
 
     async def _stop_orphan(self) -> None:
         """End a child left running by a labelsync that was killed (its pid file names it)."""
@@ -324,7 +325,8 @@ async def _terminate(process: asyncio.subprocess.Process) -> None:
     with contextlib.suppress(ProcessLookupError):
         process.terminate()
     try:
-        await asyncio.wait_for(process.wait(), STOP_GRACE)
+        async with asyncio.timeout(STOP_GRACE):
+            await process.wait()
     except TimeoutError:
         with contextlib.suppress(ProcessLookupError):
             process.kill()
