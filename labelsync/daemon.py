@@ -148,7 +148,7 @@ def _reload_settings(reconcilers: list[Reconciler], static: StaticFile | None) -
         static.reload()
     for reconciler in reconcilers:
         reconciler.settings = merged
-        reconciler.notify()
+        reconciler.verify_next()
     logger.info("SIGHUP: settings and static file reloaded; resyncing")
 
 
@@ -182,7 +182,7 @@ async def run_daemon(settings: Settings) -> int:
 
     def restore_routes() -> None:
         for reconciler in reconcilers:
-            reconciler.notify()
+            reconciler.verify_next()
 
     # The resolver binds first: Caddy's routes point at it, and a busy port should stop
     # us before anything else is started.

@@ -29,7 +29,7 @@ from labelsync.diff import diff_routes, refresh_fallbacks
 from labelsync.errors import CaddyConflict, CaddyError, CaddyUnavailable, DockerUnavailable
 from labelsync.logs import log_problems
 from labelsync.model import ContainerInfo, DesiredState, Problem
-from labelsync.operations import Operation
+from labelsync.operations import Operation, apply_operations
 from labelsync.pools import ParseMemo, build_desired
 from labelsync.render import RenderOptions, render_routes, render_server
 from labelsync.settings import Settings
@@ -109,6 +109,8 @@ class Reconciler:
         self._first_event: float | None = None  # wall-clock seconds of the oldest pending event
         self._leaving: set[str] = set()
         self._parsed = ParseMemo()
+        self._known_routes: list[dict[str, Any]] | None = None  # the server's, as last seen
+        self._verify = True
         self._logged_problems: frozenset[Problem] = frozenset()
         self._caddy_backoff = CADDY_BACKOFF[0]
         self._retry_handle: asyncio.TimerHandle | None = None
@@ -131,7 +133,7 @@ class Reconciler:
             return
         if event.kind == "stream-up":
             self.state.docker_up = True
-            self.notify()
+            self.verify_next()
             return
         action = event.action.split(":", 1)[0].strip()
         if event.container_id and action in LEAVE_ACTIONS:
@@ -218,7 +220,20 @@ class Reconciler:
         log_problems(p for p in problems if p not in self._logged_problems)
         self._logged_problems = current
 
+    def verify_next(self) -> None:
+        """Read Caddy on the next sync even if nothing is to be written (drift, restarts)."""
+        self._verify = True
+        self.notify()
+
     async def _apply(self, routes: list[dict[str, Any]]) -> list[Operation]:
+        # What Caddy held after our last read or write tells whether there is anything to
+        # write; only then (and when a check is due) is the server read, for its ETag and
+        # for drift. A membership change in dynamic mode thus sends no admin request.
+        verify, self._verify = self._verify, False
+        known = self._known_routes
+        if not verify and known is not None and not diff_routes(known, routes):
+            return []
+        self._known_routes = None
         name = self.settings.caddy_server
         for _ in range(CONFLICT_RETRIES):
             server, etag = await self.caddy.server(name)
@@ -232,12 +247,14 @@ class Reconciler:
             current = list(server.get("routes") or [])
             operations = diff_routes(current, routes)
             if not operations:
+                self._known_routes = current
                 return []
             try:
                 await self.caddy.apply(name, current, operations, etag)
             except CaddyConflict:
                 logger.info("Caddy's config changed while we wrote; re-reading and retrying")
                 continue
+            self._known_routes = apply_operations(current, operations)
             self.state.admin_writes += 1
             return operations
         raise CaddyConflict(f"config kept changing under us ({CONFLICT_RETRIES} tries)")
@@ -315,7 +332,7 @@ class Reconciler:
     async def _resyncs(self) -> None:
         while True:
             await asyncio.sleep(self.settings.resync_seconds)
-            self.notify()
+            self.verify_next()
 
     async def _static_changes(self) -> None:
         assert self.static is not None

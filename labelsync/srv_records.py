@@ -33,6 +33,7 @@ resolve, so Caddy answers 502 at once and logs the name.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import math
 from collections.abc import Callable, Sequence
@@ -69,6 +70,8 @@ class SrvAnswer:
     target: str
 
 
+# Pure and called for every member on every publish: remember recent answers.
+@functools.lru_cache(maxsize=65536)
 def member_target(address: str) -> tuple[str, int]:
     """The SRV target name and port for a member address `ip:port`, `[ip6]:port` or
     `host:port`; ValueError when the address has no valid port.
@@ -87,6 +90,7 @@ def member_target(address: str) -> tuple[str, int]:
     return f"{ip.exploded.replace(':', '')}.{IPV6_ZONE}.", port
 
 
+@functools.lru_cache(maxsize=65536)
 def target_ip(name: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     """The IP a member target name spells (`member_target`'s inverse), or None when
     `name` is not such a name. Case and a trailing dot do not matter."""

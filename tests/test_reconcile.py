@@ -133,11 +133,14 @@ async def test_a_burst_of_changes_is_one_admin_write(
 async def test_an_unchanged_state_writes_nothing(
     settings: Settings, listing: ListedContainers, reconciler: Reconciler
 ) -> None:
-    """Resyncs with nothing new send no admin write (each write reloads Caddy)."""
+    """A sync with nothing new sends no admin request at all; a due check only reads."""
     listing.containers.append(container("same", "same.test"))
     assert await reconciler.sync_once()
     writes = reconciler.state.admin_writes
     requests = reconciler.caddy.requests_sent
+    assert await reconciler.sync_once()
+    assert reconciler.caddy.requests_sent == requests
+    reconciler.verify_next()
     assert await reconciler.sync_once()
     assert reconciler.state.admin_writes == writes
     assert reconciler.caddy.requests_sent - requests == 1  # the read, nothing else
@@ -208,13 +211,28 @@ async def test_a_concurrent_edit_is_neither_overwritten_nor_lost(
 async def test_drift_in_caddy_is_restored(
     caddy: CaddyProcess, settings: Settings, listing: ListedContainers, reconciler: Reconciler
 ) -> None:
-    """An owned route deleted or edited behind our back comes back on the next sync."""
+    """An owned route deleted behind our back comes back at the next check (resync)."""
     listing.containers.append(container("drift", "drift.test"))
     assert await reconciler.sync_once()
     route_id = owned(caddy, settings)[0]["@id"]
     caddy.admin("DELETE", f"/id/{route_id}")
+    reconciler.verify_next()
     assert await reconciler.sync_once()
     assert [r["@id"] for r in owned(caddy, settings)] == [route_id]
+
+
+async def test_drift_is_also_caught_before_any_write(
+    caddy: CaddyProcess, settings: Settings, listing: ListedContainers, reconciler: Reconciler
+) -> None:
+    """A write always starts from a fresh read, so it restores drift on the way."""
+    listing.containers.append(container("a", "a.test"))
+    assert await reconciler.sync_once()
+    route_id = owned(caddy, settings)[0]["@id"]
+    caddy.admin("DELETE", f"/id/{route_id}")
+    listing.containers.append(container("b", "b.test"))
+    assert await reconciler.sync_once()
+    assert route_id in [r["@id"] for r in owned(caddy, settings)]
+    assert len(owned(caddy, settings)) == 2
 
 
 async def test_a_restarted_caddy_gets_the_server_and_routes_back(
@@ -235,6 +253,7 @@ async def test_a_restarted_caddy_gets_the_server_and_routes_back(
         assert await loop.sync_once()
         private.reset()  # as if Caddy restarted from its own config file
         assert private.get_config("apps/http/servers/fresh") is None
+        loop.verify_next()  # what a restart of the bundled Caddy, or the resync, triggers
         assert await loop.sync_once()
         routes = private.get_config("apps/http/servers/fresh/routes")
         assert [r["match"][0]["host"] for r in routes] == [["back.test"]]
