@@ -14,6 +14,7 @@ from labelsync.errors import DockerUnavailable
 from labelsync.model import ContainerInfo
 from labelsync.sources.docker import DockerEvent, DockerSource, container_from_summary
 from tests.support.containers import ContainerHandle
+from tests.support.docker_relay import DockerRelay
 from tests.support.waiting import eventually, wait_until
 
 StartBackend = Callable[..., ContainerHandle]
@@ -308,73 +309,21 @@ async def test_cancelling_the_iterator_stops_the_reader_thread(source: DockerSou
     await eventually(reader_gone, timeout=5, message="the reader thread to end")
 
 
-class SocketRelay:
-    """A unix socket that relays to the real engine; dropping it breaks the event stream the
-    way a dockerd restart does, without disturbing the engine other tests use."""
-
-    def __init__(self, path: Path, target: str = "/var/run/docker.sock") -> None:
-        self.path = path
-        self.target = target
-        self._server: asyncio.AbstractServer | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_unix_server(self._relay, path=str(self.path))
-
-    async def _relay(
-        self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter
-    ) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
-        engine_writer: asyncio.StreamWriter | None = None
-        try:
-            engine_reader, engine_writer = await asyncio.open_unix_connection(self.target)
-            await asyncio.gather(
-                _pipe(client_reader, engine_writer), _pipe(engine_reader, client_writer)
-            )
-        except (OSError, asyncio.CancelledError):
-            pass  # cut by stop(): the point of the relay
-        finally:
-            client_writer.close()
-            if engine_writer is not None:
-                engine_writer.close()
-            self._tasks.discard(task)
-
-    async def stop(self) -> None:
-        """Stop listening and cut every open connection."""
-        if self._server is not None:
-            self._server.close()
-            self._server = None
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        self.path.unlink(missing_ok=True)
-
-
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    with contextlib.suppress(OSError):
-        while chunk := await reader.read(65536):
-            writer.write(chunk)
-            await writer.drain()
-    writer.close()
-
-
 async def test_stream_down_then_up_when_the_engine_goes_away_and_returns(
     tmp_path: Path, backend: StartBackend
 ) -> None:
-    relay = SocketRelay(tmp_path / "docker.sock")
-    await relay.start()
-    source = DockerSource(f"unix://{relay.path}", timeout=5)
+    # Dropping the relay breaks the event stream the way a dockerd restart does, without
+    # disturbing the engine other tests use.
+    relay = await asyncio.to_thread(DockerRelay(tmp_path / "docker.sock").start)
+    source = DockerSource(relay.url, timeout=5)
     try:
         async with event_log(source) as log:
-            await relay.stop()
+            await asyncio.to_thread(relay.cut)
             await log.wait_for(lambda: log.count("stream-down") == 1, "stream-down")
             # While the engine is away, listing fails with the socket named.
             with pytest.raises(DockerUnavailable, match=r"docker\.sock"):
                 await source.snapshot()
-            await relay.start()
+            await asyncio.to_thread(relay.restore)
             await log.wait_for(lambda: log.count("stream-up") == 2, "stream-up after reconnect")
             assert [e.kind for e in log.events if e.kind.startswith("stream")] == [
                 "stream-up",
@@ -386,4 +335,4 @@ async def test_stream_down_then_up_when_the_engine_goes_away_and_returns(
             await log.wait_for(lambda: "start" in log.actions_for(handle.id), "start event")
     finally:
         source.close()
-        await relay.stop()
+        await asyncio.to_thread(relay.close)
