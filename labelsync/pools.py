@@ -229,6 +229,8 @@ def _build_pool(
     unique = list(kept.values())  # still oldest first
     settings = unique[0].settings
     problems.extend(_conflicts(identifier, unique, prefix))
+    if dynamic and unique[0].running:
+        problems.extend(_unverifiable_tls(identifier, unique[0], prefix))
     ordered = sorted((r for r in unique if r.serving), key=_selection_order)
     weights = split_weights(ordered, settings.split)
     if weights is None:
@@ -249,6 +251,29 @@ def _build_pool(
     retries = resolve_retries(settings.lb_retries, len(members), dynamic=dynamic)
     shape = PoolShape(id=identifier, hosts=hosts, path=path, settings=settings, retries=retries)
     return Pool(shape=shape, members=members)
+
+
+def _unverifiable_tls(identifier: str, oldest: Route, prefix: str) -> list[Problem]:
+    """https members are dialled by a resolver name in dynamic mode: say what to set.
+
+    Caddy sends that name (`10-0-0-5.ip4.labelsync.internal`) as SNI and checks the
+    member's certificate against it, which no certificate names.
+    """
+    settings = oldest.settings
+    if settings.scheme != "https" or settings.tls_skip_verify or settings.tls_server_name:
+        return []
+    return [
+        Problem(
+            Severity.WARNING,
+            oldest.container_name,
+            f"{prefix}.tls.server_name",
+            None,
+            f"pool {identifier} is https: with dynamic upstreams Caddy checks each member's "
+            f"certificate against a name of labelsync's resolver, so requests will fail; set "
+            f"{prefix}.tls.server_name to a name in the certificate, or "
+            f"{prefix}.tls.skip_verify=true",
+        )
+    ]
 
 
 def _route_label(route: Route) -> str:

@@ -143,8 +143,15 @@ def test_golden(path: Path) -> None:
 
 @pytest.mark.parametrize("path", GOLDEN_FILES, ids=[p.stem for p in GOLDEN_FILES])
 def test_golden_problems_do_not_depend_on_upstream_mode(path: Path) -> None:
+    """The same problems in both modes, but for the one only dynamic mode has: https
+    members whose certificate nothing lets Caddy verify (it checks resolver names)."""
     golden = read_golden(path)
-    assert golden.desired(dynamic=True).problems == golden.desired(dynamic=False).problems
+    shared = [
+        p
+        for p in golden.desired(dynamic=True).problems
+        if not p.key.endswith(".tls.server_name") or "dynamic upstreams" not in p.message
+    ]
+    assert tuple(shared) == golden.desired(dynamic=False).problems
 
 
 def test_goldens_use_every_label_key() -> None:

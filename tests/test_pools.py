@@ -341,3 +341,26 @@ def test_build_desired_passes_prefix_and_default_network() -> None:
     desired = build_desired([c], prefix="x", default_network="b")
     assert desired.problems == ()
     assert desired.pools[0].members[0].address == "10.0.0.2:80"
+
+
+def test_https_in_dynamic_mode_without_a_server_name_is_one_warning() -> None:
+    """Caddy would check certificates against the resolver's member names: say so."""
+    web = ContainerInfo(
+        id="c1",
+        name="tls-web",
+        created=1.0,
+        labels={"labelsync.host": "secure.test", "labelsync.port": "8443"},
+        networks={"net": "172.18.0.2"},
+    )
+    dynamic = build_desired([web], dynamic=True)
+    (problem,) = dynamic.problems
+    assert problem.severity is Severity.WARNING
+    assert problem.key == "labelsync.tls.server_name"
+    assert "labelsync.tls.skip_verify=true" in problem.message
+    assert build_desired([web], dynamic=False).problems == ()
+    named = dataclasses.replace(
+        web, labels={**web.labels, "labelsync.tls.server_name": "secure.test"}
+    )
+    skipped = dataclasses.replace(web, labels={**web.labels, "labelsync.tls.skip_verify": "true"})
+    assert build_desired([named], dynamic=True).problems == ()
+    assert build_desired([skipped], dynamic=True).problems == ()
