@@ -23,7 +23,7 @@ import docker.errors
 
 from labelsync.caddy.admin import CaddyAdmin
 from labelsync.membership import DynamicMembership
-from labelsync.model import ContainerInfo, DesiredState
+from labelsync.model import JSON, ContainerInfo, DesiredState
 from labelsync.operations import Operation, apply_operations
 from labelsync.reconcile import Reconciler
 from labelsync.settings import Settings
@@ -37,7 +37,6 @@ from tests.support.images import ensure_images
 # else on the same engine (tests, a running daemon) never enter a measurement.
 PREFIX = "lsbench"
 BENCH_TEST_ID = "bench"
-JSON = dict[str, Any]
 
 
 def clear_labelsync_environment() -> None:

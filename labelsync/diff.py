@@ -14,8 +14,7 @@ are deleted and inserted again with their new content.
 
 from __future__ import annotations
 
-from typing import Any
-
+from labelsync.model import JSON
 from labelsync.operations import (
     AddRoute,
     DeleteRoute,
@@ -24,7 +23,6 @@ from labelsync.operations import (
     ReplaceUpstreams,
 )
 
-JSON = dict[str, Any]
 OWNED_PREFIX = "labelsync-"
 
 

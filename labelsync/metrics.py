@@ -32,7 +32,7 @@ import asyncio
 import contextlib
 import json
 from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from loguru import logger
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
@@ -42,7 +42,7 @@ from prometheus_client.registry import Collector
 
 from labelsync.caddy.admin import CaddyAdmin
 from labelsync.errors import CaddyError, ConfigError
-from labelsync.model import Severity
+from labelsync.model import JSON, Severity
 from labelsync.status import caddy_active_health
 from labelsync.status_report import StatusReport, build_report
 
@@ -50,7 +50,6 @@ if TYPE_CHECKING:
     from labelsync.reconcile import Reconciler
     from labelsync.sources.docker import DockerEvent
 
-JSON = dict[str, Any]
 
 APPLY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)

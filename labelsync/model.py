@@ -14,6 +14,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
+
+JSON = dict[str, Any]  # a Caddy config object, as the admin API reads and writes it
 
 
 class Severity(StrEnum):

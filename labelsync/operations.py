@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Any
 
-JSON = dict[str, Any]
+from labelsync.model import JSON
 
 
 @dataclass(frozen=True)

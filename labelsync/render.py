@@ -19,18 +19,17 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 from labelsync.durations import normalize_duration
 from labelsync.model import (
+    JSON,
     ActiveHealth,
     DesiredState,
     PassiveHealth,
     Pool,
     PoolSettings,
 )
-
-JSON = dict[str, Any]
 
 POOL_DOMAIN = "pool.labelsync.internal"
 # No grace period: with one, Caddy answers a failed lookup with the member *names* of

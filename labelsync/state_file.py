@@ -26,13 +26,13 @@ import os
 import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from loguru import logger
 
 from labelsync import __version__
 from labelsync.labels import parse_container
-from labelsync.model import ContainerInfo, Pool
+from labelsync.model import JSON, ContainerInfo, Pool
 from labelsync.pools import pool_id
 
 if TYPE_CHECKING:
@@ -43,8 +43,6 @@ if TYPE_CHECKING:
 STATE_VERSION = 1
 STATE_NAME = "state.json"
 SYSTEM_RUNTIME_DIR = Path("/run/labelsync")
-
-JSON = dict[str, Any]
 
 
 def default_state_file() -> Path:

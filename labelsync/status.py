@@ -22,13 +22,14 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from labelsync.caddy.admin import CaddyAdmin, answers
 from labelsync.errors import CaddyError, CaddyUnavailable
+from labelsync.model import JSON
 from labelsync.settings import Settings
 from labelsync.state_file import (
     SYSTEM_RUNTIME_DIR,
@@ -44,7 +45,6 @@ from labelsync.status_report import (
     report_json,
 )
 
-JSON = dict[str, Any]
 DEFAULT_ADMIN = "http://localhost:2019"
 CADDY_HEALTHY_METRIC = "caddy_reverse_proxy_upstreams_healthy"
 

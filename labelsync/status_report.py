@@ -14,11 +14,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
+from labelsync.model import JSON
 from labelsync.srv_records import member_address_of
 
-JSON = dict[str, Any]
 OWNED_PREFIX = "labelsync-"
 REPORT_VERSION = 1
 CADDY_PASSIVE_MAX_FAILS = 1  # Caddy's default when passive checks are on

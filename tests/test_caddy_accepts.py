@@ -19,7 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 
 from labelsync.diff import diff_routes, owned_routes
-from labelsync.model import ActiveHealth, DesiredState, PassiveHealth, Pool
+from labelsync.model import JSON, ActiveHealth, DesiredState, PassiveHealth, Pool
 from labelsync.operations import (
     AddRoute,
     DeleteRoute,
@@ -36,7 +36,6 @@ from tests.test_render import make_pool
 
 pytestmark = pytest.mark.caddy
 
-JSON = dict[str, Any]
 SERVER = "labelsync"
 USER_SERVER = "srv0"
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 import copy
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from loguru import logger
 
 from labelsync.caddy.admin import CaddyAdmin
 from labelsync.errors import CaddyConflict, CaddyNotFound, CaddyRejected, CaddyUnavailable
+from labelsync.model import JSON
 from labelsync.operations import (
     AddRoute,
     DeleteRoute,
@@ -21,8 +21,6 @@ from labelsync.operations import (
     apply_operations,
 )
 from tests.support.caddy import SERVER_NAME, CaddyProcess, free_port
-
-JSON = dict[str, Any]
 
 # The async fixtures live on the session loop (pyproject); the tests share it.
 pytestmark = pytest.mark.asyncio(loop_scope="session")

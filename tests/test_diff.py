@@ -9,6 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from labelsync.diff import diff_routes, owned_routes, refresh_fallbacks
+from labelsync.model import JSON
 from labelsync.operations import (
     AddRoute,
     DeleteRoute,
@@ -18,7 +19,6 @@ from labelsync.operations import (
     apply_operations,
 )
 
-JSON = dict[str, Any]
 OWNED_IDS = [f"labelsync-r{i}" for i in range(8)]
 
 

@@ -41,6 +41,7 @@ from labelsync.errors import (
     CaddyUnavailable,
     ConfigError,
 )
+from labelsync.model import JSON
 from labelsync.operations import (
     AddRoute,
     DeleteRoute,
@@ -49,8 +50,6 @@ from labelsync.operations import (
     ReplaceUpstreams,
     apply_operations,
 )
-
-JSON = dict[str, Any]
 
 # How much of a rejected request body goes into the ERROR log line.
 LOGGED_BODY_CHARS = 2000
