@@ -77,14 +77,27 @@ def listing() -> ListedContainers:
     return ListedContainers()
 
 
+@contextlib.asynccontextmanager
+async def reconciler_on(
+    admin_url: str, settings: Settings, listing: ListedContainers, *, timeout: float = 10.0
+) -> AsyncIterator[Reconciler]:
+    """A loop writing to the Caddy at `admin_url`; its client and retry timer end after."""
+    admin = CaddyAdmin(admin_url, timeout=timeout)
+    loop = Reconciler(settings, listing, admin)  # type: ignore[arg-type]
+    try:
+        yield loop
+    finally:
+        await admin.aclose()
+        if loop._retry_handle is not None:
+            loop._retry_handle.cancel()
+
+
 @pytest.fixture
 async def reconciler(
     caddy: CaddyProcess, settings: Settings, listing: ListedContainers
 ) -> AsyncIterator[Reconciler]:
-    admin = CaddyAdmin(caddy.admin_url)
-    loop = Reconciler(settings, listing, admin)  # type: ignore[arg-type]
-    yield loop
-    await admin.aclose()
+    async with reconciler_on(caddy.admin_url, settings, listing) as loop:
+        yield loop
     with contextlib.suppress(AssertionError):
         caddy.admin("DELETE", f"/config/apps/http/servers/{settings.caddy_server}")
 
@@ -236,51 +249,30 @@ async def test_drift_is_also_caught_before_any_write(
 
 
 async def test_a_restarted_caddy_gets_the_server_and_routes_back(
-    caddy_factory: Any, listing: ListedContainers
+    caddy_factory: Any, settings: Settings, listing: ListedContainers
 ) -> None:
     """Caddy restarted with its base config (no labelsync server): everything returns."""
     private = caddy_factory()
-    settings = Settings(
-        caddy_server="fresh",
-        listen=f"127.0.0.1:{free_port()}",
-        auto_https="off",
-        upstreams="static",
-    )
+    server = f"apps/http/servers/{settings.caddy_server}"
     listing.containers.append(container("back", "back.test"))
-    admin = CaddyAdmin(private.admin_url)
-    loop = Reconciler(settings, listing, admin)  # type: ignore[arg-type]
-    try:
+    async with reconciler_on(private.admin_url, settings, listing) as loop:
         assert await loop.sync_once()
         private.reset()  # as if Caddy restarted from its own config file
-        assert private.get_config("apps/http/servers/fresh") is None
+        assert private.get_config(server) is None
         loop.verify_next()  # what a restart of the bundled Caddy, or the resync, triggers
         assert await loop.sync_once()
-        routes = private.get_config("apps/http/servers/fresh/routes")
+        routes = private.get_config(f"{server}/routes")
         assert [r["match"][0]["host"] for r in routes] == [["back.test"]]
-    finally:
-        await admin.aclose()
 
 
 async def test_caddy_down_is_retried_and_nothing_is_lost(
-    caddy_factory: Any, listing: ListedContainers
+    caddy_factory: Any, settings: Settings, listing: ListedContainers
 ) -> None:
     """Caddy unreachable: the sync fails cleanly and is retried with backoff."""
     private = caddy_factory()
-    settings = Settings(
-        caddy_server="gone",
-        listen=f"127.0.0.1:{free_port()}",
-        auto_https="off",
-        upstreams="static",
-    )
     listing.containers.append(container("wait", "wait.test"))
-    admin = CaddyAdmin(private.admin_url, timeout=2.0)
-    loop = Reconciler(settings, listing, admin)  # type: ignore[arg-type]
-    private.stop()
-    try:
+    async with reconciler_on(private.admin_url, settings, listing, timeout=2.0) as loop:
+        private.stop()
         assert not await loop.sync_once()
         assert not loop.state.caddy_up
         assert loop.state.last_error
-    finally:
-        await admin.aclose()
-        if loop._retry_handle is not None:
-            loop._retry_handle.cancel()
