@@ -72,6 +72,20 @@ class _Source:
         pass
 
 
+class _WritesTimed:
+    """Notes when a sync wrote to Caddy."""
+
+    def __init__(self, written: list[float]) -> None:
+        self.written = written
+
+    def on_event(self, event: object) -> None:
+        pass
+
+    def on_sync(self, result: str, seconds: float, latency: float | None) -> None:
+        if result == "applied":
+            self.written.append(time.monotonic())
+
+
 def _report(**values: object) -> None:
     print(json.dumps(values), flush=True)
 
@@ -92,10 +106,6 @@ async def main(
     admin = CaddyAdmin(admin_url, timeout=120.0)
     written: list[float] = []
 
-    def on_applied(operations: list[object], _latency: float | None) -> None:
-        if operations:
-            written.append(time.monotonic())
-
     membership = DynamicMembership.running(settings) if upstreams == "dynamic" else None
     async with membership if membership is not None else _nothing() as channel:
         reconciler = Reconciler(
@@ -103,8 +113,8 @@ async def main(
             source,  # type: ignore[arg-type]
             admin,
             membership=channel,
-            on_applied=on_applied,  # type: ignore[arg-type]
         )
+        reconciler.observers.append(_WritesTimed(written))
         loop_started = time.monotonic()
         task = asyncio.create_task(reconciler.run())
         await asyncio.wait_for(reconciler.state.synced.wait(), 120)

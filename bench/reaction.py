@@ -66,7 +66,7 @@ def _labelsync_done(ls: Labelsync, after_ns: int, present: bool, address: str) -
     if ls.membership is not None:
         records = [(t, d) for t, d in ls.recorder.published]
     else:
-        records = [(t, d) for t, _ops, d in ls.recorder.applied]
+        records = list(ls.recorder.applied)
     for time_ns, desired in records:
         if time_ns >= after_ns and _has_member(desired, address) == present:
             return time_ns

@@ -84,13 +84,28 @@ def bench_settings(caddy: BenchCaddy, upstreams: str, **overrides: Any) -> Setti
 # -- recording wrappers -------------------------------------------------------------------------
 
 
+class _WritesRecorded:
+    """Notes when a sync wrote to Caddy, and what it had built."""
+
+    def __init__(self, reconciler: Reconciler, recorder: Recorder) -> None:
+        self.reconciler = reconciler
+        self.recorder = recorder
+
+    def on_event(self, event: DockerEvent) -> None:
+        pass
+
+    def on_sync(self, result: str, seconds: float, latency: float | None) -> None:
+        if result == "applied":
+            self.recorder.applied.append((time.time_ns(), self.reconciler.state.desired))
+
+
 @dataclass
 class Recorder:
     """When labelsync received events, published membership and had a write answered."""
 
     events: list[tuple[int, DockerEvent]] = field(default_factory=list)
     published: list[tuple[int, DesiredState]] = field(default_factory=list)
-    applied: list[tuple[int, list[Operation], DesiredState | None]] = field(default_factory=list)
+    applied: list[tuple[int, DesiredState | None]] = field(default_factory=list)
 
     def event_received(self, container_id: str, actions: Iterable[str]) -> tuple[int, int] | None:
         """(receive time_ns, Docker's timeNano) of the first event of `container_id` whose
@@ -253,19 +268,13 @@ async def labelsync(
         recording = RecordingMembership(membership, recorder) if membership else None
         holder: dict[str, Reconciler] = {}
 
-        def on_applied(operations: list[Operation], _latency: float | None) -> None:
-            if operations:
-                recorder.applied.append(
-                    (time.time_ns(), list(operations), holder["r"].state.desired)
-                )
-
         reconciler = Reconciler(
             settings,
             RecordingSource(source, recorder),  # type: ignore[arg-type]
             admin,  # type: ignore[arg-type]
             membership=recording,
-            on_applied=on_applied,
         )
+        reconciler.observers.append(_WritesRecorded(reconciler, recorder))
         holder["r"] = reconciler
         running = Labelsync(reconciler, admin, recorder, settings, membership)
         task = asyncio.create_task(reconciler.run()) if run_loop else None

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -95,14 +94,12 @@ class Reconciler:
         *,
         static: StaticFile | None = None,
         membership: MembershipChannel | None = None,
-        on_applied: Callable[[list[Operation], float | None], Awaitable[None] | None] | None = None,
     ) -> None:
         self.settings = settings
         self.docker = docker
         self.caddy = caddy
         self.static = static
         self.membership = membership
-        self.on_applied = on_applied
         self.state = SyncState()
         self.observers: list[SyncObserver] = []
         self._dirty = asyncio.Event()
@@ -208,10 +205,6 @@ class Reconciler:
                 f"applied: {what} ({len(operations)} admin operation(s)){took}"
             )
             self.state.applies += 1
-        if self.on_applied is not None:
-            result = self.on_applied(operations, latency)
-            if result is not None:
-                await result
         self.state.synced.set()
         return True
 
