@@ -84,11 +84,13 @@ def diff_routes(
 def refresh_fallbacks(
     current: list[JSON], desired: list[JSON], *, owned_prefix: str = OWNED_PREFIX
 ) -> list[Operation]:
-    """Operations that bring stale fallback upstreams of dynamic routes up to date.
+    """Operations that mend fallback upstreams of dynamic routes that would not serve.
 
     `diff_routes` never writes for a fallback alone (membership changes must not
-    reload Caddy); this is for the moments a write is worth it, such as shutdown,
-    after which the fallback is all Caddy has.
+    reload Caddy); this is for shutdown, after which the fallback is all Caddy has.
+    Every write reloads Caddy and resets idle client connections, so a fallback is
+    mended only when it names a member that is gone, or none while members exist;
+    one that merely lacks newer members still serves.
     """
     wanted = {route["@id"]: route for route in desired}
     operations: list[Operation] = []
@@ -97,9 +99,17 @@ def refresh_fallbacks(
         target = wanted.get(route_id) if route_id else None
         if route_id is None or target is None or not _is_dynamic(target):
             continue
-        if _same_shape(route, target) and route != target:
+        same_rest = _split_upstreams(route)[1] == _split_upstreams(target)[1]
+        if same_rest and not _fallback_serves(route, target):
             operations.append(_replacement(route, target))
     return operations
+
+
+def _fallback_serves(current: JSON, desired: JSON) -> bool:
+    held = _split_upstreams(current)[0] or []
+    wanted = _split_upstreams(desired)[0] or []
+    dials = {upstream.get("dial") for upstream in wanted}
+    return all(upstream.get("dial") in dials for upstream in held) and (bool(held) or not wanted)
 
 
 def _is_dynamic(route: JSON) -> bool:
@@ -112,13 +122,19 @@ def _same_shape(current: JSON, desired: JSON) -> bool:
 
     With dynamic upstreams Caddy asks labelsync's resolver for members and uses the
     static list only when it cannot: that list is a fallback, refreshed whenever the
-    route is written anyway, never a reason to write on its own.
+    route is written anyway, not a reason to write on its own. Except when it is empty
+    while the pool has members (the route was written before its first member served):
+    an empty fallback can never serve, so the pool's first member is worth one write.
     """
     if current == desired:
         return True
     if not (_is_dynamic(current) and _is_dynamic(desired)):
         return False
-    return _split_upstreams(current)[1] == _split_upstreams(desired)[1]
+    (held, current_rest), (wanted, desired_rest) = (
+        _split_upstreams(current),
+        _split_upstreams(desired),
+    )
+    return current_rest == desired_rest and (bool(held) or not wanted)
 
 
 def _owned_id(route: JSON, prefix: str) -> str | None:

@@ -2,8 +2,9 @@
 
 Caddy is told to ask `udp/<LABELSYNC_RESOLVER_ADVERTISE>` for every pool's members. When
 Caddy runs somewhere that address means something else (the default `127.0.0.1:8053`
-with Caddy in another container), every request to a dynamic pool fails with 502/503
-and nothing in labelsync's own logs says why. So once the first routes are written,
+with Caddy in another container), Caddy serves each dynamic pool only from the fallback
+members of labelsync's last config write: scaling, crashes and health checks never reach
+it, and nothing in labelsync's own logs says why. So once the first routes are written,
 labelsync watches its resolver for a question about a published pool name.
 
 Caddy looks a pool up only while it serves a request for it (measured on 2.11.7: no
@@ -244,15 +245,16 @@ class ReachabilityCheck:
         else:
             logger.warning(
                 f"could not confirm that Caddy reaches labelsync's resolver: no pool lookup "
-                f"in {waited:.1f}s, and {probe}. {where}. If requests to dynamic pools fail "
-                "with 502/503, set LABELSYNC_RESOLVER_ADVERTISE to an address Caddy can reach"
+                f"in {waited:.1f}s, and {probe}. {where}. If dynamic pools ignore scaling and "
+                "health changes, set LABELSYNC_RESOLVER_ADVERTISE to an address Caddy can reach"
             )
             return
         logger.error(
             f"Caddy is not using labelsync's resolver: no lookup of any pool name arrived in "
-            f"{waited:.1f}s after the routes were written ({probe}). {where}; {why}. Requests "
-            "to dynamic pools fail until LABELSYNC_RESOLVER_ADVERTISE names an address Caddy "
-            "can reach where LABELSYNC_RESOLVER_LISTEN listens (compose: "
+            f"{waited:.1f}s after the routes were written ({probe}). {where}; {why}. Dynamic "
+            "pools are served only by the members of labelsync's last config write (Caddy's "
+            "fallback), blind to scaling and health, until LABELSYNC_RESOLVER_ADVERTISE names "
+            "an address Caddy can reach where LABELSYNC_RESOLVER_LISTEN listens (compose: "
             "LABELSYNC_RESOLVER_LISTEN=0.0.0.0:8053, LABELSYNC_RESOLVER_ADVERTISE=labelsync:8053), "
             "or LABELSYNC_UPSTREAMS=static is used"
         )

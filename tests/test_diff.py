@@ -302,6 +302,15 @@ def test_a_dynamic_route_is_not_written_for_its_fallback_members_alone() -> None
     assert diff_routes(current, desired) == []
 
 
+def test_a_pool_s_first_member_fills_an_empty_fallback_and_its_last_leaves_it() -> None:
+    """An empty fallback can never serve: gaining a first member is one write. Losing the
+    last one (a crash) writes nothing: the old fallback is the best Caddy can have."""
+    empty = [dynamic_route("labelsync-d", ())]
+    one = [dynamic_route("labelsync-d", ("10.0.0.2:80",))]
+    assert diff_routes(empty, one) == [ReplaceUpstreams("labelsync-d", [{"dial": "10.0.0.2:80"}])]
+    assert diff_routes(one, empty) == []
+
+
 def test_a_shape_change_carries_fresh_fallback_members() -> None:
     current = [dynamic_route("labelsync-d", ("10.0.0.2:80",))]
     desired = [dynamic_route("labelsync-d", ("10.0.0.3:80",), policy="first")]
@@ -325,3 +334,15 @@ def test_refresh_fallbacks_replaces_only_stale_dynamic_lists() -> None:
         ReplaceUpstreams("labelsync-stale", [{"dial": "10.0.0.3:80"}])
     ]
     assert refresh_fallbacks(current[:1], desired) == []
+
+
+def test_a_fallback_that_only_lacks_newer_members_is_left_alone() -> None:
+    """It still serves, and a write would reload Caddy and reset client connections."""
+    current = [dynamic_route("labelsync-d", ("10.0.0.2:80",))]
+    grown = [dynamic_route("labelsync-d", ("10.0.0.2:80", "10.0.0.3:80"))]
+    assert refresh_fallbacks(current, grown) == []
+    empty = [dynamic_route("labelsync-d", ())]
+    assert refresh_fallbacks(empty, grown) == [
+        ReplaceUpstreams("labelsync-d", [{"dial": "10.0.0.2:80"}, {"dial": "10.0.0.3:80"}])
+    ]
+    assert refresh_fallbacks(empty, [dynamic_route("labelsync-d", ())]) == []

@@ -132,9 +132,10 @@ def test_restarting_labelsync_under_load_drops_no_request(
     """Seed: labelsync is restarted twice (SIGTERM, then started again with the same
     settings and server) while Caddy serves six keep-alive clients: no request fails and
     no route changes shape. While the resolver is gone (about half a second) Caddy's
-    lookups fail and it dials each route's fallback member list instead, which the
-    stopping labelsync brought up to date. Before that fallback existed, most requests in
-    the gap failed with 503: new upstream connections could not resolve member names."""
+    lookups fail and it dials each route's fallback member list instead (still live
+    members here, so the stopping labelsync had no reason to write). Before that fallback
+    existed, most requests in the gap failed with 503: new upstream connections could not
+    resolve member names."""
     scenario = Scenario(start_daemon, "dynamic")
     daemon = scenario.daemon
     replicas = [backend(labels=service_labels(scenario, unique_host)) for _ in range(REPLICAS)]
@@ -166,4 +167,7 @@ def test_restarting_labelsync_under_load_drops_no_request(
     assert result.failed == 0, result.summary()
     assert set(result.backends) == {r.name for r in replicas}, result.summary()
     assert daemon.shapes() == shapes, "a restart with unchanged containers changed a route"
-    assert sorted(*daemon.fallbacks().values()) == sorted(r.address() for r in replicas)
+    # The fallback was written with the first replica; it still serves, so stopping
+    # labelsync wrote nothing (a write would reload Caddy under this load).
+    (fallback,) = daemon.fallbacks().values()
+    assert fallback and set(fallback) <= {r.address() for r in replicas}
