@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import re
 import signal
 import socket
@@ -23,9 +24,24 @@ from .waiting import wait_until
 
 
 def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+    """A port free for both UDP and TCP on 127.0.0.1, below the kernel's ephemeral range.
+
+    The resolver binds both and must bind them again when a test restarts labelsync; a
+    port from the ephemeral range can meanwhile become the source port of one of the
+    many outgoing connections a load test makes (seen: "Address already in use").
+    """
+    for port in random.sample(range(20000, 32000), 200):
+        with (
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp,
+            socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp,
+        ):
+            try:
+                udp.bind(("127.0.0.1", port))
+                tcp.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port for a resolver between 20000 and 32000")
 
 
 class Daemon:
