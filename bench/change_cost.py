@@ -20,10 +20,10 @@ import time
 from typing import Any
 
 from labelsync.caddy.admin import CaddyAdmin
-from labelsync.diff import diff_routes
-from labelsync.pools import ParseMemo, build_desired
-from labelsync.reconcile import render_options
-from labelsync.render import render_routes
+from labelsync.caddy.diff import diff_routes
+from labelsync.caddy.render import render_routes
+from labelsync.core.pools import ParseMemo, build_desired
+from labelsync.loop.reconcile import render_options
 
 from .backends import loopback_backends
 from .rig import PREFIX, BenchCaddy, TimedAdmin, bench_settings, labelsync, running_caddy

@@ -22,9 +22,9 @@ from pathlib import Path  # noqa: E402
 from loguru import logger  # noqa: E402
 
 from labelsync.caddy.admin import CaddyAdmin  # noqa: E402
-from labelsync.membership import DynamicMembership  # noqa: E402
-from labelsync.model import ContainerInfo  # noqa: E402
-from labelsync.reconcile import Reconciler  # noqa: E402
+from labelsync.core.model import ContainerInfo  # noqa: E402
+from labelsync.loop.reconcile import Reconciler  # noqa: E402
+from labelsync.membership.channel import DynamicMembership  # noqa: E402
 from labelsync.settings import Settings  # noqa: E402
 from labelsync.sources.docker import STREAM_UP  # noqa: E402
 

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from typing import Any
 
 from labelsync.caddy.admin import CaddyAdmin
-from labelsync.model import DesiredState
+from labelsync.core.model import DesiredState
 from labelsync.sources.docker import DockerSource
 
 from .rig import (

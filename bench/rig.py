@@ -22,10 +22,10 @@ import docker
 import docker.errors
 
 from labelsync.caddy.admin import CaddyAdmin
-from labelsync.membership import DynamicMembership
-from labelsync.model import JSON, ContainerInfo, DesiredState
-from labelsync.operations import Operation, apply_operations
-from labelsync.reconcile import Reconciler
+from labelsync.caddy.operations import Operation, apply_operations
+from labelsync.core.model import JSON, ContainerInfo, DesiredState
+from labelsync.loop.reconcile import Reconciler
+from labelsync.membership.channel import DynamicMembership
 from labelsync.settings import Settings
 from labelsync.sources.docker import DockerEvent
 from tests.support.caddy import SERVER_NAME, CaddyProcess

@@ -11,7 +11,7 @@ import asyncio
 import hashlib
 from collections.abc import AsyncIterator, Iterable, Sequence
 
-from labelsync.model import ContainerInfo
+from labelsync.core.model import ContainerInfo
 from labelsync.sources.docker import STREAM_UP, DockerEvent
 
 from .rig import PREFIX

@@ -27,7 +27,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from labelsync.caddy.admin import CaddyAdmin
-from labelsync.model import ContainerInfo
+from labelsync.core.model import ContainerInfo
 from labelsync.sources.docker import DockerEvent, DockerSource
 
 from .rig import (

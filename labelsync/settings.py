@@ -23,7 +23,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from labelsync.durations import parse_duration
+from labelsync.core.durations import parse_duration
 
 
 class Settings(BaseSettings):

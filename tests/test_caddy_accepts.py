@@ -18,9 +18,8 @@ import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from labelsync.diff import diff_routes, owned_routes
-from labelsync.model import JSON, ActiveHealth, DesiredState, PassiveHealth, Pool
-from labelsync.operations import (
+from labelsync.caddy.diff import diff_routes, owned_routes
+from labelsync.caddy.operations import (
     AddRoute,
     DeleteRoute,
     Operation,
@@ -28,7 +27,8 @@ from labelsync.operations import (
     ReplaceUpstreams,
     apply_operations,
 )
-from labelsync.render import RenderOptions, render_config, render_routes
+from labelsync.caddy.render import RenderOptions, render_config, render_routes
+from labelsync.core.model import JSON, ActiveHealth, DesiredState, PassiveHealth, Pool
 from tests.support.caddy import ADMIN_LIMITS, CaddyProcess
 from tests.test_diff import current_lists, owned_lists, route, user_route
 from tests.test_golden import GOLDEN_FILES, read_golden

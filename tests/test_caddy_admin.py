@@ -10,9 +10,7 @@ import pytest
 from loguru import logger
 
 from labelsync.caddy.admin import CaddyAdmin
-from labelsync.errors import CaddyConflict, CaddyNotFound, CaddyRejected, CaddyUnavailable
-from labelsync.model import JSON
-from labelsync.operations import (
+from labelsync.caddy.operations import (
     AddRoute,
     DeleteRoute,
     Operation,
@@ -20,6 +18,8 @@ from labelsync.operations import (
     ReplaceUpstreams,
     apply_operations,
 )
+from labelsync.core.model import JSON
+from labelsync.errors import CaddyConflict, CaddyNotFound, CaddyRejected, CaddyUnavailable
 from tests.support.caddy import SERVER_NAME, CaddyProcess, free_port
 
 # The async fixtures live on the session loop (pyproject); the tests share it.

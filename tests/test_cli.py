@@ -31,7 +31,7 @@ services:
 
 def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "labelsync.cli", *args],
+        [sys.executable, "-m", "labelsync.app.cli", *args],
         capture_output=True,
         text=True,
         timeout=60,

@@ -8,9 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from labelsync.diff import diff_routes, owned_routes, refresh_fallbacks
-from labelsync.model import JSON
-from labelsync.operations import (
+from labelsync.caddy.diff import diff_routes, owned_routes, refresh_fallbacks
+from labelsync.caddy.operations import (
     AddRoute,
     DeleteRoute,
     Operation,
@@ -18,6 +17,7 @@ from labelsync.operations import (
     ReplaceUpstreams,
     apply_operations,
 )
+from labelsync.core.model import JSON
 
 OWNED_IDS = [f"labelsync-r{i}" for i in range(8)]
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from labelsync.core.model import ContainerInfo
 from labelsync.errors import DockerUnavailable
-from labelsync.model import ContainerInfo
 from labelsync.sources.docker import DockerEvent, DockerSource, container_from_summary
 from tests.support.containers import ContainerHandle
 from tests.support.docker_relay import DockerRelay

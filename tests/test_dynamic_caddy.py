@@ -17,9 +17,9 @@ import httpx
 import pytest
 import trustme
 
-from labelsync.model import Member, Pool, PoolSettings, PoolShape
-from labelsync.resolver import Resolver
-from labelsync.srv_records import srv_answers
+from labelsync.core.model import Member, Pool, PoolSettings, PoolShape
+from labelsync.membership.resolver import Resolver
+from labelsync.membership.srv_records import srv_answers
 from tests.support.caddy import CaddyProcess
 from tests.support.loopback import LoopbackBackend
 from tests.support.waiting import eventually

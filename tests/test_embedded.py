@@ -15,9 +15,9 @@ import pytest
 
 from labelsync.caddy.admin import CaddyAdmin
 from labelsync.caddy.embedded import EmbeddedCaddy, default_runtime_dir
+from labelsync.caddy.operations import AddRoute
+from labelsync.caddy.render import render_server
 from labelsync.errors import CaddyUnavailable
-from labelsync.operations import AddRoute
-from labelsync.render import render_server
 from tests.support.caddy import free_port
 from tests.support.waiting import eventually
 

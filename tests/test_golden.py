@@ -37,10 +37,10 @@ from typing import Any
 import pytest
 import yaml
 
-from labelsync.labels import HEADER_KEY, KEYS, ROUTE_KEY
-from labelsync.model import ContainerInfo, DesiredState
-from labelsync.pools import build_desired
-from labelsync.render import RenderOptions, render_routes
+from labelsync.caddy.render import RenderOptions, render_routes
+from labelsync.core.labels import HEADER_KEY, KEYS, ROUTE_KEY
+from labelsync.core.model import ContainerInfo, DesiredState
+from labelsync.core.pools import build_desired
 
 GOLDEN_DIR = Path(__file__).parent / "golden"
 EXPECT = "---- expect ----"

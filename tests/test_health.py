@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 import trustme
 
-from labelsync.health import ActiveChecker, status_matches
-from labelsync.model import ActiveHealth, Member, Pool, PoolSettings, PoolShape
+from labelsync.core.model import ActiveHealth, Member, Pool, PoolSettings, PoolShape
+from labelsync.membership.health import ActiveChecker, status_matches
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")

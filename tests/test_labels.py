@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from labelsync.labels import KEYS, parse_container
-from labelsync.model import (
+from labelsync.core.labels import KEYS, parse_container
+from labelsync.core.model import (
     ActiveHealth,
     ContainerInfo,
     PassiveHealth,

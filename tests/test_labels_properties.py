@@ -15,10 +15,10 @@ from random import Random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from labelsync.label_values import is_dns_name
-from labelsync.labels import HEADER_KEY, KEYS, parse_container
-from labelsync.model import ContainerInfo, Problem, Route
-from labelsync.pools import ParseMemo, build_desired, build_pools
+from labelsync.core.label_values import is_dns_name
+from labelsync.core.labels import HEADER_KEY, KEYS, parse_container
+from labelsync.core.model import ContainerInfo, Problem, Route
+from labelsync.core.pools import ParseMemo, build_desired, build_pools
 
 PREFIX = "labelsync"
 SETTINGS = settings(max_examples=200, deadline=None)

@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 from loguru import logger
 
-from labelsync.logs import log_problems, setup_logging
-from labelsync.model import ContainerInfo
-from labelsync.pools import build_desired
+from labelsync.core.model import ContainerInfo
+from labelsync.core.pools import build_desired
+from labelsync.report.logs import log_problems, setup_logging
 
 
 @pytest.fixture

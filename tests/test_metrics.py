@@ -12,14 +12,14 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from labelsync.core.model import ContainerInfo
+from labelsync.core.pools import build_desired
 from labelsync.errors import ConfigError
-from labelsync.metrics import Metrics, parse_listen
-from labelsync.model import ContainerInfo
-from labelsync.pools import build_desired
-from labelsync.reconcile import Reconciler, SyncState
+from labelsync.loop.reconcile import Reconciler, SyncState
+from labelsync.report.metrics import Metrics, parse_listen
+from labelsync.report.state_file import daemon_state
 from labelsync.settings import Settings
 from labelsync.sources.docker import DockerEvent
-from labelsync.state_file import daemon_state
 from tests.support.caddy import CaddyProcess, free_port
 
 Families = dict[str, Any]

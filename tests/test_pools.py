@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from labelsync.model import (
+from labelsync.core.model import (
     ActiveHealth,
     ContainerInfo,
     Member,
@@ -16,7 +16,7 @@ from labelsync.model import (
     Route,
     Severity,
 )
-from labelsync.pools import (
+from labelsync.core.pools import (
     DYNAMIC_AUTO_RETRIES,
     build_desired,
     build_pools,
@@ -149,7 +149,10 @@ def test_health_sub_keys_compare_only_between_members_with_checks() -> None:
         ],
         dynamic=True,
     )
-    assert [p.key for p in problems] == ["labelsync.health.path", "labelsync.health.interval"]
+    assert [p.key for p in problems] == [
+        "labelsync.health.path",
+        "labelsync.health.interval",
+    ]
 
 
 def test_custom_prefix_in_conflict_keys() -> None:

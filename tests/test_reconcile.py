@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 
 from labelsync.caddy.admin import CaddyAdmin
+from labelsync.core.model import ContainerInfo
 from labelsync.errors import DockerUnavailable
-from labelsync.model import ContainerInfo
-from labelsync.reconcile import Reconciler
+from labelsync.loop.reconcile import Reconciler
 from labelsync.settings import Settings
 from labelsync.sources.docker import DockerEvent
 from tests.support.caddy import CaddyProcess, free_port

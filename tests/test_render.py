@@ -10,17 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from labelsync.diff import diff_routes
-from labelsync.model import (
-    ActiveHealth,
-    DesiredState,
-    Member,
-    PassiveHealth,
-    Pool,
-    PoolSettings,
-    PoolShape,
-)
-from labelsync.render import (
+from labelsync.caddy.diff import diff_routes
+from labelsync.caddy.render import (
     RenderOptions,
     dynamic_policy,
     pool_dns_name,
@@ -28,6 +19,15 @@ from labelsync.render import (
     render_route,
     render_routes,
     render_server,
+)
+from labelsync.core.model import (
+    ActiveHealth,
+    DesiredState,
+    Member,
+    PassiveHealth,
+    Pool,
+    PoolSettings,
+    PoolShape,
 )
 
 STATIC = RenderOptions(upstreams="static")

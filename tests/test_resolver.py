@@ -12,9 +12,9 @@ from collections.abc import AsyncIterator
 import pytest
 from dnslib import EDNS0, QTYPE, RCODE, DNSRecord
 
-from labelsync.model import Member, Pool, PoolSettings, PoolShape
-from labelsync.resolver import EDNS_UDP_SIZE, Resolver
-from labelsync.srv_records import SrvAnswer, member_target, srv_answers
+from labelsync.core.model import Member, Pool, PoolSettings, PoolShape
+from labelsync.membership.resolver import EDNS_UDP_SIZE, Resolver
+from labelsync.membership.srv_records import SrvAnswer, member_target, srv_answers
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from labelsync.observability import status_line
-from labelsync.reconcile import SyncState
-from labelsync.sdnotify import SystemdNotifier, socket_address, watchdog_interval
+from labelsync.loop.reconcile import SyncState
+from labelsync.report.observability import status_line
+from labelsync.report.sdnotify import SystemdNotifier, socket_address, watchdog_interval
 
 REPO = Path(__file__).resolve().parents[1]
 UNIT = REPO / "systemd" / "labelsync.service"

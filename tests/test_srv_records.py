@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from labelsync.model import Member, Pool, PoolSettings, PoolShape
-from labelsync.srv_records import (
+from labelsync.core.model import Member, Pool, PoolSettings, PoolShape
+from labelsync.membership.srv_records import (
     MAX_WEIGHTED_RECORDS,
     NO_MEMBERS_TARGET,
     SrvAnswer,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import tomllib
 from pathlib import Path
 
-from labelsync.model import Severity
-from labelsync.pools import build_desired
+from labelsync.core.model import Severity
+from labelsync.core.pools import build_desired
 from labelsync.sources.static import StaticFile, static_containers
 
 FAILOVER = """
@@ -35,7 +35,7 @@ def test_a_failover_pair_becomes_one_first_pool_in_listed_order(tmp_path: Path) 
 
 
 def test_static_and_container_members_share_a_pool() -> None:
-    from labelsync.model import ContainerInfo
+    from labelsync.core.model import ContainerInfo
 
     document = {"routes": {"app": {"host": "app.test", "upstreams": ["10.9.9.9:80"]}}}
     static, _ = static_containers(document, file="s.toml")

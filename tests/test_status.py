@@ -14,19 +14,19 @@ from typing import Any
 
 import pytest
 
-from labelsync.model import ContainerInfo
-from labelsync.pools import build_desired
-from labelsync.reconcile import SyncState
-from labelsync.settings import Settings
-from labelsync.state_file import (
+from labelsync.app.status import live_state, run_status
+from labelsync.core.model import ContainerInfo
+from labelsync.core.pools import build_desired
+from labelsync.loop.reconcile import SyncState
+from labelsync.report.state_file import (
     StateFileWriter,
     daemon_state,
     read_state_file,
     state_file_candidates,
     write_state_file,
 )
-from labelsync.status import live_state, run_status
-from labelsync.status_report import build_report, render_table, report_json
+from labelsync.report.status_report import build_report, render_table, report_json
+from labelsync.settings import Settings
 from tests.support.caddy import free_port
 
 POOL_ID = "labelsync-app-test-0123abcd"
@@ -444,7 +444,7 @@ def test_cli_exit_code_2_when_caddy_is_unreachable(tmp_path: Path) -> None:
         "LABELSYNC_STATE_FILE": str(tmp_path / "none.json"),
     }
     done = subprocess.run(
-        [sys.executable, "-m", "labelsync.cli", "status", "--json"],
+        [sys.executable, "-m", "labelsync.app.cli", "status", "--json"],
         env=env,
         capture_output=True,
         text=True,

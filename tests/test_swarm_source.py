@@ -12,9 +12,9 @@ import docker.errors
 import pytest
 import requests
 
+from labelsync.core.model import ContainerInfo
+from labelsync.core.pools import build_desired
 from labelsync.errors import DockerUnavailable
-from labelsync.model import ContainerInfo
-from labelsync.pools import build_desired
 from labelsync.sources.docker import DockerEvent, event_from_message
 from labelsync.sources.swarm import (
     SwarmReader,

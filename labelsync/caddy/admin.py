@@ -33,6 +33,15 @@ from urllib.parse import quote
 import httpx
 from loguru import logger
 
+from labelsync.caddy.operations import (
+    AddRoute,
+    DeleteRoute,
+    Operation,
+    ReplaceRoute,
+    ReplaceUpstreams,
+    apply_operations,
+)
+from labelsync.core.model import JSON
 from labelsync.errors import (
     CaddyConflict,
     CaddyError,
@@ -40,15 +49,6 @@ from labelsync.errors import (
     CaddyRejected,
     CaddyUnavailable,
     ConfigError,
-)
-from labelsync.model import JSON
-from labelsync.operations import (
-    AddRoute,
-    DeleteRoute,
-    Operation,
-    ReplaceRoute,
-    ReplaceUpstreams,
-    apply_operations,
 )
 
 # How much of a rejected request body goes into the ERROR log line.

@@ -27,8 +27,8 @@ from typing import IO, Any
 from loguru import logger
 
 from labelsync.caddy.admin import CaddyAdmin
+from labelsync.caddy.render import render_server
 from labelsync.errors import CaddyUnavailable, ConfigError
-from labelsync.render import render_server
 
 RESTART_BACKOFF = (0.5, 10.0)  # seconds: first delay, cap
 STOP_GRACE = 3.0  # seconds between SIGTERM and SIGKILL

@@ -22,8 +22,8 @@ import requests
 from docker.utils import kwargs_from_env
 from loguru import logger
 
+from labelsync.core.model import ContainerInfo
 from labelsync.errors import DockerUnavailable
-from labelsync.model import ContainerInfo
 from labelsync.sources.swarm import SwarmMode, SwarmReader, merge_containers
 
 DEFAULT_ENDPOINT = "unix:///var/run/docker.sock"

@@ -26,7 +26,7 @@ from typing import Any
 
 from loguru import logger
 
-from labelsync.model import ContainerInfo, Problem, Severity
+from labelsync.core.model import ContainerInfo, Problem, Severity
 
 STATIC_ID_PREFIX = "static:"
 

@@ -35,8 +35,8 @@ from typing import Any, Literal
 import docker.errors
 from loguru import logger
 
+from labelsync.core.model import ContainerInfo
 from labelsync.errors import DockerUnavailable
-from labelsync.model import ContainerInfo
 
 SwarmMode = Literal["auto", "on", "off"]
 

@@ -49,7 +49,7 @@ def short_dir() -> Iterator[Path]:
 
 def status(daemon: Daemon, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "labelsync.cli", "status", *args],
+        [sys.executable, "-m", "labelsync.app.cli", "status", *args],
         env=daemon.env,
         capture_output=True,
         text=True,

@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from labelsync.model import DesiredState, Severity
-from labelsync.pools import build_desired
-from labelsync.render import RenderOptions, render_routes
+from labelsync.caddy.render import RenderOptions, render_routes
+from labelsync.core.model import DesiredState, Severity
+from labelsync.core.pools import build_desired
 from labelsync.sources.docker import DockerSource
 from tests.support.caddy import CaddyProcess
 from tests.support.containers import ContainerHandle

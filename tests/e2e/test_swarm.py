@@ -211,7 +211,7 @@ def render(swarm: str) -> dict[str, Any]:
         "LABELSYNC_LOG_LEVEL": "WARNING",
     }
     done = subprocess.run(
-        [sys.executable, "-m", "labelsync.cli", "render"],
+        [sys.executable, "-m", "labelsync.app.cli", "render"],
         capture_output=True,
         text=True,
         env=environment,

@@ -89,7 +89,7 @@ class Daemon:
     def start(self, *, wait_synced: bool = True) -> Daemon:
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "labelsync.cli", "run"],
+                [sys.executable, "-m", "labelsync.app.cli", "run"],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,

@@ -28,22 +28,22 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from labelsync.caddy.admin import CaddyAdmin, answers
+from labelsync.core.model import JSON
 from labelsync.errors import CaddyError, CaddyUnavailable
-from labelsync.model import JSON
-from labelsync.settings import Settings
-from labelsync.state_file import (
+from labelsync.report.state_file import (
     SYSTEM_RUNTIME_DIR,
     process_alive,
     read_state_file,
     state_file_candidates,
 )
-from labelsync.status_report import (
+from labelsync.report.status_report import (
     StatusReport,
     build_report,
     caddy_runs_active_checks,
     render_table,
     report_json,
 )
+from labelsync.settings import Settings
 
 DEFAULT_ADMIN = "http://localhost:2019"
 CADDY_HEALTHY_METRIC = "caddy_reverse_proxy_upstreams_healthy"

@@ -23,14 +23,14 @@ from typing import Any, Protocol
 from loguru import logger
 
 from labelsync.caddy.admin import CaddyAdmin
-from labelsync.changes import describe_changes
-from labelsync.diff import diff_routes, refresh_fallbacks
+from labelsync.caddy.diff import diff_routes, refresh_fallbacks
+from labelsync.caddy.operations import Operation, apply_operations
+from labelsync.caddy.render import RenderOptions, render_routes, render_server
+from labelsync.core.changes import describe_changes
+from labelsync.core.model import ContainerInfo, DesiredState, Problem
+from labelsync.core.pools import ParseMemo, build_desired
 from labelsync.errors import CaddyConflict, CaddyError, CaddyUnavailable, DockerUnavailable
-from labelsync.logs import log_problems
-from labelsync.model import ContainerInfo, DesiredState, Problem
-from labelsync.operations import Operation, apply_operations
-from labelsync.pools import ParseMemo, build_desired
-from labelsync.render import RenderOptions, render_routes, render_server
+from labelsync.report.logs import log_problems
 from labelsync.settings import Settings
 from labelsync.sources.docker import DockerEvent, DockerSource
 from labelsync.sources.static import StaticFile

@@ -21,8 +21,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from labelsync.durations import normalize_duration
-from labelsync.model import (
+from labelsync.core.durations import normalize_duration
+from labelsync.core.model import (
     JSON,
     ActiveHealth,
     DesiredState,

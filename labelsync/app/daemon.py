@@ -19,10 +19,10 @@ from loguru import logger
 
 from labelsync.caddy.admin import CaddyAdmin, answers
 from labelsync.errors import ConfigError, LabelsyncError
-from labelsync.logs import setup_logging
-from labelsync.observability import Observability
-from labelsync.reconcile import MembershipChannel, Reconciler
-from labelsync.sdnotify import SystemdNotifier
+from labelsync.loop.reconcile import MembershipChannel, Reconciler
+from labelsync.report.logs import setup_logging
+from labelsync.report.observability import Observability
+from labelsync.report.sdnotify import SystemdNotifier
 from labelsync.settings import Settings, load_settings
 from labelsync.sources.docker import DockerSource
 from labelsync.sources.static import StaticFile
@@ -107,7 +107,7 @@ def _membership(
 ) -> contextlib.AbstractAsyncContextManager[MembershipChannel | None]:
     if settings.upstreams != "dynamic":
         return contextlib.nullcontext(None)
-    from labelsync.membership import DynamicMembership
+    from labelsync.membership.channel import DynamicMembership
 
     return DynamicMembership.running(settings)
 
@@ -116,11 +116,11 @@ def _reachability_check(
     reconciler: Reconciler, membership: MembershipChannel | None, settings: Settings
 ) -> asyncio.Task[None] | None:
     """Dynamic mode: confirm once that Caddy asks the resolver (see reachability.py)."""
-    from labelsync.membership import DynamicMembership
+    from labelsync.membership.channel import DynamicMembership
 
     if not isinstance(membership, DynamicMembership):
         return None
-    from labelsync.reachability import check_after_first_sync
+    from labelsync.membership.reachability import check_after_first_sync
 
     return asyncio.create_task(
         check_after_first_sync(reconciler.state, reconciler.caddy, membership.resolver, settings)

@@ -14,14 +14,14 @@ are deleted and inserted again with their new content.
 
 from __future__ import annotations
 
-from labelsync.model import JSON
-from labelsync.operations import (
+from labelsync.caddy.operations import (
     AddRoute,
     DeleteRoute,
     Operation,
     ReplaceRoute,
     ReplaceUpstreams,
 )
+from labelsync.core.model import JSON
 
 OWNED_PREFIX = "labelsync-"
 

@@ -1,7 +1,7 @@
 """The status report: members judged healthy, unhealthy or unknown, as a table or JSON.
 
 Pure: takes what the daemon's state file says and what Caddy's admin API answered (read
-by `labelsync.status`) and merges them. A member's health is the verdict of every source
+by `labelsync.app.status`) and merges them. A member's health is the verdict of every source
 that has one: any failing source makes it `unhealthy` (all failing reasons are given),
 else any passing one `healthy`, else `unknown` with what is pending. The sources:
 Docker's `HEALTHCHECK` and a paused container; labelsync's own active check (dynamic
@@ -15,8 +15,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from labelsync.model import JSON
-from labelsync.srv_records import member_address_of
+from labelsync.core.model import JSON
+from labelsync.membership.srv_records import member_address_of
 
 OWNED_PREFIX = "labelsync-"
 REPORT_VERSION = 1

@@ -14,13 +14,13 @@ from collections.abc import AsyncIterator, Callable
 
 from loguru import logger
 
+from labelsync.caddy.render import pool_dns_name
+from labelsync.core.model import DesiredState, Member
 from labelsync.errors import ConfigError
-from labelsync.health import ActiveChecker
-from labelsync.model import DesiredState, Member
-from labelsync.render import pool_dns_name
-from labelsync.resolver import Resolver
+from labelsync.membership.health import ActiveChecker
+from labelsync.membership.resolver import Resolver
+from labelsync.membership.srv_records import srv_answers
 from labelsync.settings import Settings
-from labelsync.srv_records import srv_answers
 
 
 class DynamicMembership:

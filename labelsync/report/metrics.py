@@ -40,14 +40,14 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 
+from labelsync.app.status import caddy_active_health
 from labelsync.caddy.admin import CaddyAdmin
+from labelsync.core.model import JSON, Severity
 from labelsync.errors import CaddyError, ConfigError
-from labelsync.model import JSON, Severity
-from labelsync.status import caddy_active_health
-from labelsync.status_report import StatusReport, build_report
+from labelsync.report.status_report import StatusReport, build_report
 
 if TYPE_CHECKING:
-    from labelsync.reconcile import Reconciler
+    from labelsync.loop.reconcile import Reconciler
     from labelsync.sources.docker import DockerEvent
 
 

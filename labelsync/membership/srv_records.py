@@ -39,7 +39,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from labelsync.model import Member, Pool
+from labelsync.core.model import Member, Pool
 
 ZONE = "labelsync.internal"
 IPV4_ZONE = f"ip4.{ZONE}"

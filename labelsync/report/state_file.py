@@ -13,7 +13,7 @@ whose XDG_RUNTIME_DIR is `/run/user/0` still finds the system service's file.
 
 The file holds facts (Docker's health, the check's verdict and reason, whether the
 member is in its pool's answer); judging them into healthy/unhealthy/unknown is left to
-the reader, which adds what Caddy knows (`labelsync.status`).
+the reader, which adds what Caddy knows (`labelsync.app.status`).
 """
 
 from __future__ import annotations
@@ -31,13 +31,13 @@ from typing import TYPE_CHECKING
 from loguru import logger
 
 from labelsync import __version__
-from labelsync.labels import parse_container
-from labelsync.model import JSON, ContainerInfo, Pool
-from labelsync.pools import pool_id
+from labelsync.core.labels import parse_container
+from labelsync.core.model import JSON, ContainerInfo, Pool
+from labelsync.core.pools import pool_id
 
 if TYPE_CHECKING:
-    from labelsync.health import MemberHealth
-    from labelsync.reconcile import SyncState
+    from labelsync.loop.reconcile import SyncState
+    from labelsync.membership.health import MemberHealth
     from labelsync.settings import Settings
 
 STATE_VERSION = 1

@@ -37,7 +37,7 @@ from typing import Any, cast
 from dnslib import AAAA, EDNS0, QTYPE, RCODE, RR, SRV, A, DNSHeader, DNSRecord
 from loguru import logger
 
-from labelsync.srv_records import ZONE, SrvAnswer, target_ip
+from labelsync.membership.srv_records import ZONE, SrvAnswer, target_ip
 
 TTL = 0
 # The EDNS buffer size we announce and the most we send over UDP to anyone: Go asks

@@ -12,8 +12,8 @@ import difflib
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from labelsync import label_values as v
-from labelsync.model import (
+from labelsync.core import label_values as v
+from labelsync.core.model import (
     RETRIES_AUTO,
     ActiveHealth,
     ContainerInfo,

@@ -20,12 +20,12 @@ from typing import TYPE_CHECKING, Any
 
 from loguru import logger
 
-from labelsync.metrics import Metrics
-from labelsync.sdnotify import SystemdNotifier
-from labelsync.state_file import StateFileWriter, daemon_state, state_file_path
+from labelsync.report.metrics import Metrics
+from labelsync.report.sdnotify import SystemdNotifier
+from labelsync.report.state_file import StateFileWriter, daemon_state, state_file_path
 
 if TYPE_CHECKING:
-    from labelsync.reconcile import MembershipChannel, Reconciler, SyncState
+    from labelsync.loop.reconcile import MembershipChannel, Reconciler, SyncState
     from labelsync.settings import Settings
     from labelsync.sources.docker import DockerEvent
 

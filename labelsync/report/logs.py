@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from loguru import logger
 
-from labelsync.model import Problem, Severity
+from labelsync.core.model import Problem, Severity
 
 if TYPE_CHECKING:
     from loguru import Message, Record

@@ -13,8 +13,8 @@ import math
 import re
 from collections.abc import Callable, Iterable
 
-from labelsync.durations import normalize_duration, parse_duration
-from labelsync.model import RETRIES_AUTO
+from labelsync.core.durations import normalize_duration, parse_duration
+from labelsync.core.model import RETRIES_AUTO
 
 POLICIES = (
     "random",

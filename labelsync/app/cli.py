@@ -14,9 +14,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from labelsync import __version__
+from labelsync.core.model import ContainerInfo, Problem, Severity
 from labelsync.errors import CaddyError, ConfigError, DockerUnavailable
-from labelsync.logs import setup_logging
-from labelsync.model import ContainerInfo, Problem, Severity
+from labelsync.report.logs import setup_logging
 from labelsync.settings import Settings, load_settings
 
 EXIT_OK, EXIT_INVALID, EXIT_UNAVAILABLE = 0, 1, 2
@@ -55,9 +55,9 @@ def _print_problems(problems: Sequence[Problem]) -> None:
 
 
 def cmd_render(settings: Settings, args: argparse.Namespace) -> int:
-    from labelsync.pools import build_desired
-    from labelsync.reconcile import render_options
-    from labelsync.render import render_config
+    from labelsync.caddy.render import render_config
+    from labelsync.core.pools import build_desired
+    from labelsync.loop.reconcile import render_options
 
     containers = _running_containers(settings)
     static, static_problems = _static_containers(settings)
@@ -80,8 +80,8 @@ def cmd_render(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
-    from labelsync.compose import compose_containers
-    from labelsync.pools import build_desired
+    from labelsync.core.pools import build_desired
+    from labelsync.sources.compose import compose_containers
 
     containers: list[ContainerInfo] = []
     if args.compose:
@@ -109,13 +109,13 @@ def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
-    from labelsync.daemon import run_daemon
+    from labelsync.app.daemon import run_daemon
 
     return asyncio.run(run_daemon(settings))
 
 
 def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
-    from labelsync.status import run_status
+    from labelsync.app.status import run_status
 
     return asyncio.run(run_status(settings, as_json=args.json))
 

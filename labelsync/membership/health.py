@@ -26,8 +26,8 @@ from dataclasses import dataclass
 import httpx
 from loguru import logger
 
-from labelsync.durations import parse_duration
-from labelsync.model import Member, Pool
+from labelsync.core.durations import parse_duration
+from labelsync.core.model import Member, Pool
 
 OnChange = Callable[[str, str, bool, str], None]  # pool id, member address, healthy, reason
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import fields
 
-from labelsync.model import DesiredState, Pool
+from labelsync.core.model import DesiredState, Pool
 
 
 def _label(pool: Pool) -> str:

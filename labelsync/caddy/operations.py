@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 
-from labelsync.model import JSON
+from labelsync.core.model import JSON
 
 
 @dataclass(frozen=True)

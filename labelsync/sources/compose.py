@@ -13,8 +13,8 @@ from typing import Any
 
 import yaml
 
+from labelsync.core.model import ContainerInfo
 from labelsync.errors import ConfigError
-from labelsync.model import ContainerInfo
 
 PLACEHOLDER_IP = "192.0.2.1"
 

@@ -14,8 +14,8 @@ import math
 import re
 from collections.abc import Collection, Iterable
 
-from labelsync.labels import parse_container
-from labelsync.model import (
+from labelsync.core.labels import parse_container
+from labelsync.core.model import (
     RETRIES_AUTO,
     ContainerInfo,
     DesiredState,

@@ -35,12 +35,12 @@ from dnslib import QTYPE, DNSRecord
 from loguru import logger
 
 from labelsync.caddy.admin import CaddyAdmin
-from labelsync.durations import parse_duration
-from labelsync.model import DesiredState, Pool
-from labelsync.reconcile import SyncState
-from labelsync.resolver import Resolver
+from labelsync.core.durations import parse_duration
+from labelsync.core.model import DesiredState, Pool
+from labelsync.loop.reconcile import SyncState
+from labelsync.membership.resolver import Resolver
+from labelsync.membership.srv_records import member_target
 from labelsync.settings import Settings
-from labelsync.srv_records import member_target
 
 USER_AGENT = "labelsync-reachability-check"
 # A TEST-NET-1 address spelled as a member target: only labelsync's resolver answers
