@@ -16,11 +16,11 @@ from labelsync.core.model import (
     Route,
     Severity,
 )
+from labelsync.core.names import pool_id
 from labelsync.core.pools import (
     DYNAMIC_AUTO_RETRIES,
     build_desired,
     build_pools,
-    pool_id,
     resolve_retries,
     split_weights,
 )

@@ -14,7 +14,6 @@ from labelsync.caddy.diff import diff_routes
 from labelsync.caddy.render import (
     RenderOptions,
     dynamic_policy,
-    pool_dns_name,
     render_config,
     render_route,
     render_routes,
@@ -29,6 +28,7 @@ from labelsync.core.model import (
     PoolSettings,
     PoolShape,
 )
+from labelsync.core.names import pool_dns_name
 
 STATIC = RenderOptions(upstreams="static")
 DYNAMIC = RenderOptions(upstreams="dynamic")

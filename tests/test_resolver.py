@@ -13,8 +13,9 @@ import pytest
 from dnslib import EDNS0, QTYPE, RCODE, DNSRecord
 
 from labelsync.core.model import Member, Pool, PoolSettings, PoolShape
+from labelsync.core.names import member_target
 from labelsync.membership.resolver import EDNS_UDP_SIZE, Resolver
-from labelsync.membership.srv_records import SrvAnswer, member_target, srv_answers
+from labelsync.membership.srv_records import SrvAnswer, srv_answers
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 

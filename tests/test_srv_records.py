@@ -10,17 +10,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from labelsync.core.model import Member, Pool, PoolSettings, PoolShape
+from labelsync.core.names import member_address_of, member_target, target_ip
 from labelsync.membership.srv_records import (
     MAX_WEIGHTED_RECORDS,
     NO_MEMBERS_TARGET,
     SrvAnswer,
     apportion,
     interleave,
-    member_address_of,
-    member_target,
     no_healthy_member,
     srv_answers,
-    target_ip,
 )
 
 

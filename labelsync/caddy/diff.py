@@ -22,8 +22,7 @@ from labelsync.caddy.operations import (
     ReplaceUpstreams,
 )
 from labelsync.core.model import JSON
-
-OWNED_PREFIX = "labelsync-"
+from labelsync.core.names import OWNED_PREFIX
 
 
 def owned_routes(routes: list[JSON], prefix: str = OWNED_PREFIX) -> list[JSON]:

@@ -16,7 +16,6 @@ Two upstream modes:
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -30,15 +29,9 @@ from labelsync.core.model import (
     Pool,
     PoolSettings,
 )
+from labelsync.core.names import WEIGHTED_POLICY, is_weighted, pool_dns_name
 
-POOL_DOMAIN = "pool.labelsync.internal"
-# No grace period: with one, Caddy answers a failed lookup with the member *names* of
-# its last answer, which only labelsync's resolver can turn into addresses. Without
-# one, a failed lookup falls back at once to the route's static `upstreams` (IPs).
-DEFAULT_COOKIE_NAME = "lb"
-
-# The one policy that needs a per-member list (weights) Caddy pairs with upstreams by index.
-_WEIGHTED = "weighted_round_robin"
+DEFAULT_COOKIE_NAME = "lb"  # Caddy's own default for the cookie policy
 
 
 @dataclass(frozen=True)
@@ -54,24 +47,12 @@ class RenderOptions:
     """How long upgraded connections (websockets) outlive a Caddy reload."""
 
 
-def pool_dns_name(pool_id: str) -> str:
-    """The SRV name under which the resolver serves a pool's members.
-
-    A hash keeps the name a valid, fixed-length DNS label whatever the hosts and
-    path of the pool are.
-    """
-    digest = hashlib.sha256(pool_id.encode("utf-8")).hexdigest()[:16]
-    return f"{digest}.{POOL_DOMAIN}."
-
-
 def selection_policy(settings: PoolSettings) -> str:
     """The Caddy selection policy of a pool when members are written into the JSON.
 
     A canary split is carried by member weights, so it needs `weighted_round_robin`.
     """
-    if settings.split > 0:
-        return _WEIGHTED
-    return settings.lb_policy
+    return WEIGHTED_POLICY if is_weighted(settings) else settings.lb_policy
 
 
 def dynamic_policy(settings: PoolSettings) -> str:
@@ -83,7 +64,7 @@ def dynamic_policy(settings: PoolSettings) -> str:
     order as SRV priority, and Caddy keeps the answer in priority order.
     """
     policy = selection_policy(settings)
-    if policy == _WEIGHTED:
+    if policy == WEIGHTED_POLICY:
         return "round_robin"
     return policy
 
@@ -149,6 +130,8 @@ def _reverse_proxy(pool: Pool, options: RenderOptions) -> JSON:
         # The members as of this write, dialled by IP: Caddy falls back to them when
         # the resolver does not answer (labelsync stopped or restarting), so routes
         # keep serving without labelsync. `diff` never writes for this list alone.
+        # No `grace_period`: with one, Caddy answers a failed lookup with the member
+        # *names* of its last answer, which only labelsync's resolver can resolve.
         handler["upstreams"] = [{"dial": member.address} for member in pool.members]
     elif pool.members:
         handler["upstreams"] = [{"dial": member.address} for member in pool.members]
@@ -183,7 +166,7 @@ def _load_balancing(pool: Pool, *, dynamic: bool) -> JSON:
         selection["key"] = settings.lb_key
     elif policy == "random_choose":
         selection["choose"] = settings.lb_choose
-    elif policy == _WEIGHTED:
+    elif policy == WEIGHTED_POLICY:
         # One weight per upstream, in upstream order: Caddy pairs them by index.
         selection["weights"] = [member.weight for member in pool.members]
     load_balancing: JSON = {"selection_policy": selection}

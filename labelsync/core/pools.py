@@ -9,9 +9,7 @@ give equal pools and problems.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import math
-import re
 from collections.abc import Collection, Iterable
 
 from labelsync.core.labels import parse_container
@@ -28,24 +26,10 @@ from labelsync.core.model import (
     Route,
     Severity,
 )
+from labelsync.core.names import WEIGHTED_POLICY, pool_id
 
 DYNAMIC_AUTO_RETRIES = 2
-_SLUG_MAX = 40
 _UNSET = "unset"
-
-
-def pool_id(hosts: Iterable[str], path: str | None) -> str:
-    """Stable, readable Caddy @id: `labelsync-<host>[-<path>]-<8 hex of sha256>`."""
-    host_list = sorted({h.lower() for h in hosts})
-    digest = hashlib.sha256(("\n".join(host_list) + "\0" + (path or "")).encode()).hexdigest()
-    parts = ["labelsync", _slug(host_list[0] if host_list else "") or "pool"]
-    if path_slug := _slug(path or ""):
-        parts.append(path_slug)
-    return "-".join([*parts, digest[:8]])
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:_SLUG_MAX].strip("-")
 
 
 def resolve_retries(setting: int | str, member_count: int, *, dynamic: bool) -> int | None:
@@ -236,7 +220,7 @@ def _build_pool(
     if weights is None:
         weights = [r.weight for r in ordered]
     else:
-        settings = dataclasses.replace(settings, lb_policy="weighted_round_robin")
+        settings = dataclasses.replace(settings, lb_policy=WEIGHTED_POLICY)
     members = tuple(
         Member(
             address=r.address,

@@ -14,8 +14,8 @@ from collections.abc import AsyncIterator, Callable
 
 from loguru import logger
 
-from labelsync.caddy.render import pool_dns_name
 from labelsync.core.model import DesiredState, Member
+from labelsync.core.names import pool_dns_name
 from labelsync.errors import ConfigError
 from labelsync.membership.health import ActiveChecker
 from labelsync.membership.resolver import Resolver

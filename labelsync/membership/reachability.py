@@ -37,9 +37,9 @@ from loguru import logger
 from labelsync.caddy.admin import CaddyAdmin
 from labelsync.core.durations import parse_duration
 from labelsync.core.model import DesiredState, Pool
+from labelsync.core.names import member_target
 from labelsync.loop.reconcile import SyncState
 from labelsync.membership.resolver import Resolver
-from labelsync.membership.srv_records import member_target
 from labelsync.settings import Settings
 
 USER_AGENT = "labelsync-reachability-check"

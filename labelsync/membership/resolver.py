@@ -37,7 +37,8 @@ from typing import Any, cast
 from dnslib import AAAA, EDNS0, QTYPE, RCODE, RR, SRV, A, DNSHeader, DNSRecord
 from loguru import logger
 
-from labelsync.membership.srv_records import ZONE, SrvAnswer, target_ip
+from labelsync.core.names import in_zone, target_ip
+from labelsync.membership.srv_records import SrvAnswer
 
 TTL = 0
 # The EDNS buffer size we announce and the most we send over UDP to anyone: Go asks
@@ -79,10 +80,6 @@ class _Served:
 
 def _normal(name: str) -> str:
     return name.rstrip(".").lower()
-
-
-def _in_zone(name: str) -> bool:
-    return name == ZONE or name.endswith("." + ZONE)
 
 
 def _parse_listen(listen: str) -> tuple[str, int]:
@@ -337,7 +334,7 @@ class Resolver:
             elif isinstance(ip, ipaddress.IPv6Address) and qtype in (QTYPE.AAAA, QTYPE.ANY):
                 reply.add_answer(RR(question.qname, QTYPE.AAAA, ttl=TTL, rdata=AAAA(str(ip))))
             return reply
-        if _in_zone(name):
+        if in_zone(name):
             reply.header.rcode = RCODE.NXDOMAIN
             return reply
         if name in served.hostnames:

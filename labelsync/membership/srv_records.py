@@ -33,17 +33,12 @@ resolve, so Caddy answers 502 at once and logs the name.
 
 from __future__ import annotations
 
-import functools
-import ipaddress
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from labelsync.core.model import Member, Pool
-
-ZONE = "labelsync.internal"
-IPV4_ZONE = f"ip4.{ZONE}"
-IPV6_ZONE = f"ip6.{ZONE}"
+from labelsync.core.names import ZONE, is_weighted, member_target
 
 # The target of the one record of a pool without members: NXDOMAIN in the resolver.
 NO_MEMBERS_TARGET = f"no-members.{ZONE}."
@@ -56,7 +51,6 @@ NO_MEMBERS_PORT = 9  # "discard"; never dialled, the name does not resolve
 # shares right on average over refreshes. Over TCP the whole list is answered.
 MAX_WEIGHTED_RECORDS = 100
 
-WEIGHTED_POLICY = "weighted_round_robin"
 FIRST_POLICY = "first"
 
 
@@ -68,61 +62,6 @@ class SrvAnswer:
     weight: int
     port: int
     target: str
-
-
-# Pure and called for every member on every publish: remember recent answers.
-@functools.lru_cache(maxsize=65536)
-def member_target(address: str) -> tuple[str, int]:
-    """The SRV target name and port for a member address `ip:port`, `[ip6]:port` or
-    `host:port`; ValueError when the address has no valid port.
-
-    >>> member_target("10.0.0.5:8080")
-    ('10-0-0-5.ip4.labelsync.internal.', 8080)
-    """
-    host, port = _split_address(address)
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        return f"{host.rstrip('.').lower()}.", port
-    if isinstance(ip, ipaddress.IPv4Address):
-        return f"{str(ip).replace('.', '-')}.{IPV4_ZONE}.", port
-    # The full 32 hex digits: `::` compressions would put dashes at label edges.
-    return f"{ip.exploded.replace(':', '')}.{IPV6_ZONE}.", port
-
-
-@functools.lru_cache(maxsize=65536)
-def target_ip(name: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    """The IP a member target name spells (`member_target`'s inverse), or None when
-    `name` is not such a name. Case and a trailing dot do not matter."""
-    labels = name.rstrip(".").lower().split(".")
-    if len(labels) < 2:
-        return None
-    head, zone = labels[0], ".".join(labels[1:])
-    try:
-        if zone == IPV4_ZONE and head.count("-") == 3:
-            return ipaddress.IPv4Address(head.replace("-", "."))
-        if zone == IPV6_ZONE and len(head) == 32:
-            groups = [head[i : i + 4] for i in range(0, 32, 4)]
-            return ipaddress.IPv6Address(":".join(groups))
-    except ValueError:
-        return None
-    return None
-
-
-def member_address_of(target: str, port: int) -> str:
-    """The member address an upstream `target:port` from Caddy stands for: the IP for
-    labelsync's own target names, the host name otherwise (for `labelsync status`)."""
-    ip = target_ip(target)
-    if ip is None:
-        return f"{target.rstrip('.')}:{port}"
-    if isinstance(ip, ipaddress.IPv6Address):
-        return f"[{ip}]:{port}"
-    return f"{ip}:{port}"
-
-
-def is_weighted(pool: Pool) -> bool:
-    settings = pool.shape.settings
-    return settings.lb_policy == WEIGHTED_POLICY or settings.split > 0
 
 
 def no_healthy_member(pool: Pool, *, healthy: Callable[[Member], bool]) -> bool:
@@ -141,9 +80,9 @@ def srv_answers(
     if not live:
         return [SrvAnswer(priority=0, weight=0, port=NO_MEMBERS_PORT, target=NO_MEMBERS_TARGET)]
     policy = pool.shape.settings.lb_policy
-    if policy == FIRST_POLICY and not is_weighted(pool):
+    if policy == FIRST_POLICY and not is_weighted(pool.shape.settings):
         return [_record(member, priority=index) for index, member in enumerate(live)]
-    if is_weighted(pool):
+    if is_weighted(pool.shape.settings):
         counts = apportion([m.weight for m in live], max_records)
         return [_record(live[index]) for index in interleave(counts)]
     return [_record(member) for member in live]
@@ -200,17 +139,3 @@ def interleave(counts: Sequence[int]) -> list[int]:
         current[chosen] -= total
         order.append(chosen)
     return order
-
-
-def _split_address(address: str) -> tuple[str, int]:
-    host, sep, port_text = address.strip().rpartition(":")
-    if not sep or not host or not port_text.isdigit():
-        raise ValueError(f"not a host:port address: {address!r}")
-    port = int(port_text)
-    if not 0 < port < 65536:
-        raise ValueError(f"port out of range in {address!r}")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    elif ":" in host:
-        raise ValueError(f"IPv6 address without brackets: {address!r}")
-    return host, port

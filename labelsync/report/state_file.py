@@ -33,7 +33,7 @@ from loguru import logger
 from labelsync import __version__
 from labelsync.core.labels import parse_container
 from labelsync.core.model import JSON, ContainerInfo, Pool
-from labelsync.core.pools import pool_id
+from labelsync.core.names import pool_id
 
 if TYPE_CHECKING:
     from labelsync.loop.reconcile import SyncState

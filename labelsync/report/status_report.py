@@ -16,9 +16,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from labelsync.core.model import JSON
-from labelsync.membership.srv_records import member_address_of
+from labelsync.core.names import is_owned, member_address_of
 
-OWNED_PREFIX = "labelsync-"
 REPORT_VERSION = 1
 CADDY_PASSIVE_MAX_FAILS = 1  # Caddy's default when passive checks are on
 
@@ -258,7 +257,7 @@ def build_report(
     """
     state_dynamic = state is not None and state.get("upstreams") == "dynamic"
     from_state = {p["id"]: _state_facts(p, state_dynamic) for p in (state or {}).get("pools", [])}
-    owned = [r for r in routes or () if str(r.get("@id", "")).startswith(OWNED_PREFIX)]
+    owned = [r for r in routes or () if is_owned(r.get("@id"))]
     from_caddy = {str(r["@id"]): _route_facts(r) for r in owned}
     order = list(from_caddy) + [pid for pid in from_state if pid not in from_caddy]
     index = _upstream_index(upstreams)
@@ -417,10 +416,6 @@ def render_table(report: StatusReport, *, colour: bool = False) -> str:
     return "\n".join(out) + "\n"
 
 
-def is_owned(route: JSON) -> bool:
-    return str(route.get("@id", "")).startswith(OWNED_PREFIX)
-
-
 def caddy_runs_active_checks(routes: Sequence[JSON]) -> bool:
     """True when one of labelsync's routes has Caddy run active checks (static mode)."""
-    return any(_route_facts(route).caddy_active for route in routes if is_owned(route))
+    return any(_route_facts(route).caddy_active for route in routes if is_owned(route.get("@id")))

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 import pytest
 from dnslib import QTYPE, RCODE, DNSRecord
 
-from labelsync.membership.srv_records import member_target
+from labelsync.core.names import member_target
 from tests.e2e.conftest import StartDaemon
 from tests.support.caddy import CaddyProcess
 from tests.support.containers import ContainerHandle
