@@ -187,7 +187,21 @@ def _zero_rows(r: dict[str, Any]) -> list[Row]:
     return rows
 
 
+def _resolver_rows(r: dict[str, Any]) -> list[Row]:
+    scenario = f"6 resolver ({r['pools']} pools of {r['members']}, sequential UDP)"
+    warm = Row(scenario, "SRV round trip, repeat question, p50 / p95 / p99 µs")
+    warm.target = "p50 ≤ 100, p99 ≤ 250"
+    stats = r["warm_us"]
+    warm.cells["dynamic"] = _mark(_pcts(stats), stats["p50"] <= 100 and stats["p99"] <= 250)
+    cold = Row(scenario, "SRV round trip, first question per name, p50 / p95 / p99 µs")
+    cold.cells["dynamic"] = _pcts(r["cold_us"])
+    rate = Row(scenario, "answers per second, one client")
+    rate.cells["dynamic"] = str(r["answers_per_second"])
+    return [warm, cold, rate]
+
+
 BUILDERS = {
+    "resolver": _resolver_rows,
     "reaction": _reaction_rows,
     "change_cost": _cost_rows,
     "burst": _burst_rows,

@@ -296,3 +296,62 @@ async def test_answers_while_the_daemons_event_loop_is_busy(resolver: Resolver) 
     time.sleep(0.5)  # blocks this event loop, as a slow render or a sync call would
     asker.join()
     assert len(answers) == 1 and len(srv_targets(answers[0])) == 1
+
+
+# -- packed answers ------------------------------------------------------------------------
+
+
+async def test_repeated_questions_get_their_own_id_and_case_back(resolver: Resolver) -> None:
+    resolver.update({POOL: [record("10.0.0.5:8080"), record("10.0.0.6:8080")]})
+    host, port = _host_port(resolver)
+    answers = []
+    for query_id, name in [(1, POOL), (2, POOL.upper()), (3, POOL), (4, POOL.title())]:
+        question = DNSRecord.question(name, "SRV")
+        question.header.id = query_id
+        question.add_ar(EDNS0(udp_len=EDNS_UDP_SIZE))
+        raw = await asyncio.to_thread(question.send, host, port, timeout=3)
+        answers.append(DNSRecord.parse(raw))
+    for query_id, (name, answer) in zip(
+        (1, 2, 3, 4),
+        [
+            (POOL, answers[0]),
+            (POOL.upper(), answers[1]),
+            (POOL, answers[2]),
+            (POOL.title(), answers[3]),
+        ],
+        strict=True,
+    ):
+        assert answer.header.id == query_id
+        assert str(answer.q.qname) == name + "."
+        assert answer.header.rd == 1 and answer.header.aa == 1
+        assert len(srv_targets(answer)) == 2
+        assert any(rr.rtype == QTYPE.OPT for rr in answer.ar)
+    assert resolver.pool_queries == 4
+
+
+async def test_an_update_replaces_packed_answers_of_changed_pools_only(resolver: Resolver) -> None:
+    other = "fedcba9876543210.pool.labelsync.internal"
+    resolver.update({POOL: [record("10.0.0.5:80")], other: [record("10.0.0.9:80")]})
+    await query(resolver, POOL, "SRV")
+    await query(resolver, other, "SRV")
+    resolver.update({POOL: [record("10.0.0.6:80")], other: [record("10.0.0.9:80")]})
+    changed, _ = await query(resolver, POOL, "SRV")
+    assert [t for _, _, t in srv_targets(changed)] == ["10-0-0-6.ip4.labelsync.internal."]
+    kept, _ = await query(resolver, other, "SRV")
+    assert [t for _, _, t in srv_targets(kept)] == ["10-0-0-9.ip4.labelsync.internal."]
+    resolver.update({other: [record("10.0.0.9:80")]})
+    gone, _ = await query(resolver, POOL, "SRV")
+    assert gone.header.rcode == RCODE.NXDOMAIN
+    resolver.update({POOL: [record("10.0.0.7:80")], other: [record("10.0.0.9:80")]})
+    back, _ = await query(resolver, POOL, "SRV")
+    assert [t for _, _, t in srv_targets(back)] == ["10-0-0-7.ip4.labelsync.internal."]
+
+
+async def test_packed_udp_answers_never_stand_in_for_tcp_ones(resolver: Resolver) -> None:
+    records = srv_answers(weighted_pool([99, 1]), healthy=lambda _: True)
+    resolver.update({POOL: records})
+    for _ in range(2):
+        whole, _ = await query(resolver, POOL, "SRV", tcp=True)
+        assert whole.header.tc == 0 and len(whole.rr) == 100
+        cut, size = await query(resolver, POOL, "SRV")
+        assert cut.header.tc == 1 and size <= EDNS_UDP_SIZE

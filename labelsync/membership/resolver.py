@@ -14,7 +14,12 @@ and dials each target through the transport resolver, both pointed here. It answ
 It must always answer, and fast: Caddy holds one lock over all SRV upstreams while a
 lookup runs, so a query left unanswered stalls every dynamic pool for Go's resolver
 timeout (10 s measured). So the server runs on its own thread and event loop, where a
-busy main loop cannot delay it; `update` swaps an immutable snapshot. Malformed packets
+busy main loop cannot delay it; `update` swaps an immutable snapshot. Each answer is
+packed once per snapshot and replayed: a repeated question (Caddy asks the same names
+every `refresh`) costs a dictionary look-up and a copy with the asker's ID and question
+bytes patched in (~33 µs round trip on loopback, `python -m bench --only resolver`,
+against ~134 µs through the DNS library); an `update` keeps the packed answers of the
+pools it does not change. Malformed packets
 are counted and dropped. UDP answers fit the client's buffer (1232 bytes for Go): a
 longer answer becomes a window of its records with TC set (see `_fit`). TCP is served
 on the same port for clients configured with `tcp/` addresses, and for `dig +tcp`.
@@ -70,12 +75,55 @@ class _CompressedSRV(SRV):  # type: ignore[misc]
         buffer.encode_name(self.target)  # type: ignore[attr-defined]
 
 
+# Answers packed once and replayed; bounded, because names outside every pool (REFUSED,
+# NXDOMAIN) are cached too and anyone who reaches the port picks those names.
+PACKED_CACHE_LIMIT = 65536
+
+
+@dataclass(frozen=True)
+class _Packed:
+    """One answer as sent: its bytes with the asker's ID and question to patch in."""
+
+    wire: bytes
+    name: str  # the question's name, normalised: what `update` invalidates by
+    pool: bool  # a served pool's name (counted in `pool_queries`)
+
+
 @dataclass(frozen=True)
 class _Served:
-    """What the resolver answers, replaced whole by `update`."""
+    """What the resolver answers, replaced whole by `update`.
+
+    `packed` holds the answers already sent for this snapshot, keyed by the request
+    without its ID and with its question name lower-cased (`_packed_key`): a repeated
+    question (Caddy asks the same few every `refresh`) is answered by copying bytes.
+    """
 
     pools: Mapping[str, tuple[SrvAnswer, ...]] = field(default_factory=dict)
     hostnames: frozenset[str] = frozenset()
+    packed: dict[bytes, _Packed] = field(default_factory=dict)
+
+
+def _question_end(data: bytes) -> int:
+    """Offset just past the question's name in a request; 0 when it is not plain labels
+    (a compression pointer or a packet cut short: the full parser deals with those)."""
+    size = len(data)
+    index = 12
+    while index < size:
+        length = data[index]
+        if length == 0:
+            return index + 1
+        if length > 63:
+            return 0
+        index += length + 1
+    return 0
+
+
+def _packed_key(data: bytes, name_end: int, *, tcp: bool) -> bytes:
+    # Everything that shapes the answer but the ID: the transport (UDP answers are cut
+    # to fit, TCP ones are not), flags (RD is echoed), counts, the name (lower-cased;
+    # label lengths are below 64, so only letters change), type, class and the
+    # additional section (EDNS: the client's buffer size).
+    return (b"t" if tcp else b"u") + data[2:12] + data[12:name_end].lower() + data[name_end:]
 
 
 def _normal(name: str) -> str:
@@ -134,7 +182,12 @@ class Resolver:
         return self._bound
 
     def update(self, pools: Mapping[str, Sequence[SrvAnswer]]) -> None:
-        """Serve exactly these pools from now on, keyed by DNS name; thread-safe."""
+        """Serve exactly these pools from now on, keyed by DNS name; thread-safe.
+
+        Packed answers of names whose answer did not change are kept, so an update
+        that touches one pool costs the other pools nothing on their next question.
+        """
+        previous = self._served
         served = {_normal(name): tuple(records) for name, records in pools.items()}
         hostnames = frozenset(
             _normal(record.target)
@@ -142,7 +195,17 @@ class Resolver:
             for record in records
             if target_ip(record.target) is None
         )
-        self._served = _Served(pools=served, hostnames=hostnames)
+        packed: dict[bytes, _Packed] = {}
+        if hostnames == previous.hostnames:
+            old = previous.pools
+            changed = {name for name, records in served.items() if old.get(name) != records}
+            changed.update(name for name in old if name not in served)
+            # A copy of the dict, taken while the resolver thread may add to it: a key
+            # added meanwhile is either copied or asked again, never wrong.
+            for key, entry in list(previous.packed.items()):
+                if entry.name not in changed:
+                    packed[key] = entry
+        self._served = _Served(pools=served, hostnames=hostnames, packed=packed)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -234,13 +297,18 @@ class Resolver:
     def _on_datagram(
         self, data: bytes, addr: tuple[str, int], udp: asyncio.DatagramTransport
     ) -> None:
+        served = self._served
+        fast = self._answer_packed(data, served, tcp=False)
+        if fast is not None:
+            udp.sendto(fast, addr)
+            return
         request = self._parse(data)
         if request is None:
             return
-        reply = self._reply(request)
+        reply = self._reply(request, served)
         if reply is not None:
-            packed = self._pack(request, reply, self._udp_limit(request))
-            udp.sendto(packed, addr)
+            limit = self._udp_limit(request)
+            udp.sendto(self._pack_and_keep(data, request, reply, limit, served), addr)
             return
         task = asyncio.get_running_loop().create_task(self._answer_later(request, addr, udp))
         self._tasks.add(task)
@@ -263,13 +331,17 @@ class Resolver:
                     length = await reader.readexactly(2)
                 async with asyncio.timeout(TCP_IDLE_SECONDS):
                     data = await reader.readexactly(int.from_bytes(length, "big"))
-                request = self._parse(data)
-                if request is None:
-                    break  # a stream that sent garbage is not worth reading further
-                reply = self._reply(request)
-                if reply is None:
-                    reply = await self._reply_by_lookup(request)
-                packed = self._pack(request, reply, None)
+                served = self._served
+                packed = self._answer_packed(data, served, tcp=True)
+                if packed is None:
+                    request = self._parse(data)
+                    if request is None:
+                        break  # a stream that sent garbage is not worth reading further
+                    reply = self._reply(request, served)
+                    if reply is None:
+                        packed = self._pack(request, await self._reply_by_lookup(request), None)
+                    else:
+                        packed = self._pack_and_keep(data, request, reply, None, served)
                 writer.write(len(packed).to_bytes(2, "big") + packed)
                 await writer.drain()
         except (asyncio.IncompleteReadError, TimeoutError, ConnectionError):
@@ -282,6 +354,55 @@ class Resolver:
                 await writer.wait_closed()
 
     # -- answering ---------------------------------------------------------------------------
+
+    def _answer_packed(self, data: bytes, served: _Served, *, tcp: bool) -> bytes | None:
+        """The answer to `data` from the packed answers of this snapshot, or None.
+
+        The hot path: Caddy holds its lock over every SRV pool while it waits for this.
+        The answer is the packed one with the asker's ID and question bytes (the case
+        it asked in) copied in; everything else is the same for the same key.
+        """
+        name_end = _question_end(data)
+        if not name_end:
+            return None
+        entry = served.packed.get(_packed_key(data, name_end, tcp=tcp))
+        if entry is None:
+            return None
+        self.queries += 1
+        if entry.pool:
+            self.pool_queries += 1
+        wire = entry.wire
+        return data[:2] + wire[2:12] + data[12:name_end] + wire[name_end:]
+
+    def _pack_and_keep(
+        self,
+        data: bytes,
+        request: DNSRecord,
+        reply: DNSRecord,
+        limit: int | None,
+        served: _Served,
+    ) -> bytes:
+        """`_pack`, remembering the answer for `_answer_packed` when it is the same for
+        every asker of the same question (not a window of a truncated answer).
+
+        `served` is the snapshot `reply` was made from: an answer is only ever kept in
+        its own snapshot, so an `update` in between cannot leave a stale one behind.
+        """
+        packed = self._pack(request, reply, limit)
+        name_end = _question_end(data)
+        cacheable = (
+            name_end
+            and not reply.header.tc
+            and len(served.packed) < PACKED_CACHE_LIMIT
+            and len(request.questions) == 1
+            # The answer echoes the question: same layout as the request up to its end.
+            and packed[12:name_end].lower() == data[12:name_end].lower()
+        )
+        if cacheable:
+            name = _normal(str(request.q.qname))
+            key = _packed_key(data, name_end, tcp=limit is None)
+            served.packed[key] = _Packed(wire=packed, name=name, pool=name in served.pools)
+        return packed
 
     def _parse(self, data: bytes) -> DNSRecord | None:
         self.queries += 1
@@ -304,8 +425,9 @@ class Resolver:
             reply.add_ar(EDNS0(udp_len=EDNS_UDP_SIZE))
         return reply
 
-    def _reply(self, request: DNSRecord) -> DNSRecord | None:
-        """The reply, or None when it needs a system lookup (`_reply_by_lookup`)."""
+    def _reply(self, request: DNSRecord, served: _Served) -> DNSRecord | None:
+        """The reply from `served`, or None when it needs a system lookup
+        (`_reply_by_lookup`)."""
         header = request.header
         if header.opcode != 0:
             return self._new_reply(request, RCODE.NOTIMP)
@@ -315,7 +437,6 @@ class Resolver:
         name, qtype = _normal(str(question.qname)), question.qtype
         if question.qclass not in (_IN, _ANY_CLASS):
             return self._refused(request)
-        served = self._served
         reply = self._new_reply(request)
         records = served.pools.get(name)
         if records is not None:
