@@ -81,10 +81,10 @@ async def _labelsync_change(
     requests, sent, writes = admin.requests_sent, admin.bytes_sent, len(admin.writes)
     started_ns = time.time_ns()
     cpu = time.process_time()
-    ok = await ls.reconciler.sync_once()
+    result = await ls.reconciler.sync_once()
     cpu = time.process_time() - cpu
-    if not ok:
-        raise RuntimeError(f"sync failed: {ls.reconciler.state.last_error}")
+    if not result.ok:
+        raise RuntimeError(f"sync {result}: {ls.reconciler.state.last_error}")
     new_writes = admin.writes[writes:]
     routed = await poll_until(caddy.http_port, host, answered_by(ip))
     return {

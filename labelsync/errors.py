@@ -1,6 +1,19 @@
 """One exception hierarchy for everything labelsync raises at its edges.
 
 Bad labels are never raised: the pure core returns them as `Problem` records.
+
+Caddy's errors are sorted by what to do about them:
+
+    CaddyError
+    ├── CaddyRefused        Caddy refused the config: permanent for that content
+    └── CaddyTemporary      the same request may succeed later
+        ├── CaddyUnavailable    no answer (socket missing, refused, timed out)
+        ├── CaddyBusy           an error status not about the config (e.g. 502, 503)
+        ├── CaddyConflict       412/409: the config changed since we read it
+        └── CaddyNotFound       404: the path or @id is gone (someone edited meanwhile)
+
+A temporary error is retried (re-read first, then backoff); a refused config is not sent
+again until what labelsync wants to write changes.
 """
 
 from __future__ import annotations
@@ -19,7 +32,11 @@ class DockerUnavailable(LabelsyncError):
 
 
 class CaddyError(LabelsyncError):
-    """Base of errors talking to Caddy's admin API."""
+    """Base of errors talking to Caddy's admin API.
+
+    `method` and `path` name the request, `status` Caddy's answer (0 when there was none)
+    and `body` Caddy's error text.
+    """
 
     def __init__(
         self, message: str, *, method: str = "", path: str = "", status: int = 0, body: str = ""
@@ -31,17 +48,29 @@ class CaddyError(LabelsyncError):
         self.body = body
 
 
-class CaddyUnavailable(CaddyError):
+class CaddyRefused(CaddyError):
+    """Caddy refused the config we sent (400 on /load, 500 or 400 on a config write).
+
+    Permanent for that content: sending it again gets the same answer. The old config
+    keeps serving.
+    """
+
+
+class CaddyTemporary(CaddyError):
+    """Base of errors after which the same request may succeed: retry, re-reading first."""
+
+
+class CaddyUnavailable(CaddyTemporary):
     """Caddy's admin endpoint did not answer."""
 
 
-class CaddyNotFound(CaddyError):
-    """404: the path or @id does not exist."""
+class CaddyBusy(CaddyTemporary):
+    """Caddy (or something in front of it) answered an error that is not about the config."""
 
 
-class CaddyConflict(CaddyError):
-    """412: the config changed since we read it (If-Match failed)."""
+class CaddyConflict(CaddyTemporary):
+    """412/409: the config changed since we read it (If-Match failed, or the key exists)."""
 
 
-class CaddyRejected(CaddyError):
-    """400/500 on a write: Caddy refused the config; the old config keeps serving."""
+class CaddyNotFound(CaddyTemporary):
+    """404: the path or @id does not exist (any more)."""

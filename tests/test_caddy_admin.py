@@ -6,6 +6,7 @@ import copy
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from loguru import logger
 
@@ -19,7 +20,13 @@ from labelsync.caddy.operations import (
     apply_operations,
 )
 from labelsync.core.model import JSON
-from labelsync.errors import CaddyConflict, CaddyNotFound, CaddyRejected, CaddyUnavailable
+from labelsync.errors import (
+    CaddyConflict,
+    CaddyNotFound,
+    CaddyRefused,
+    CaddyTemporary,
+    CaddyUnavailable,
+)
 from tests.support.caddy import SERVER_NAME, CaddyProcess, free_port
 
 # The async fixtures live on the session loop (pyproject); the tests share it.
@@ -65,9 +72,9 @@ async def admin(caddy_process: CaddyProcess) -> AsyncIterator[CaddyAdmin]:
 
 
 @pytest.fixture
-def error_logs() -> Iterator[list[str]]:
+def debug_logs() -> Iterator[list[str]]:
     messages: list[str] = []
-    sink = logger.add(lambda message: messages.append(str(message)), level="ERROR")
+    sink = logger.add(lambda message: messages.append(str(message)), level="DEBUG")
     yield messages
     logger.remove(sink)
 
@@ -254,31 +261,36 @@ async def test_edits_elsewhere_do_not_conflict(
     assert [r["@id"] for r in caddy_process.routes()] == ["user-route", "labelsync-b"]
 
 
-async def test_invalid_config_is_rejected_with_caddys_message(
-    admin: CaddyAdmin, caddy_process: CaddyProcess, error_logs: list[str]
+async def test_invalid_config_is_refused_with_caddys_message(
+    admin: CaddyAdmin, caddy_process: CaddyProcess, debug_logs: list[str]
 ) -> None:
+    """A refusal is permanent for that content: not a temporary error, caused by the
+    answer; the client leaves the one ERROR line to its caller and keeps the body at DEBUG."""
     broken = {"@id": "labelsync-a", "handle": [{"handler": "no_such_handler"}]}
     server, etag = await admin.server(SERVER_NAME)
     assert server is not None
 
-    with pytest.raises(CaddyRejected) as caught:
+    with pytest.raises(CaddyRefused) as caught:
         await admin.apply(
             SERVER_NAME, server["routes"], [ReplaceRoute("labelsync-a", broken)], etag
         )
 
-    rejected = caught.value
-    assert (rejected.method, rejected.path, rejected.status) == ("PATCH", "/id/labelsync-a", 500)
-    assert "unknown module: http.handlers.no_such_handler" in rejected.body
+    refused = caught.value
+    assert (refused.method, refused.path, refused.status) == ("PATCH", "/id/labelsync-a", 500)
+    assert "unknown module: http.handlers.no_such_handler" in refused.body
+    assert not isinstance(refused, CaddyTemporary)
+    assert isinstance(refused.__cause__, httpx.HTTPStatusError)
     assert caddy_process.routes() == STARTING_ROUTES
     assert caddy_process.request("a.test").text == "a"
-    assert any("no_such_handler" in line and "PATCH /id/labelsync-a" in line for line in error_logs)
+    logged = [line for line in debug_logs if "PATCH /id/labelsync-a" in line]
+    assert logged and "no_such_handler" in logged[0] and "| DEBUG" in logged[0]
 
 
 async def test_a_duplicate_id_is_rejected(admin: CaddyAdmin, caddy_process: CaddyProcess) -> None:
     server, etag = await admin.server(SERVER_NAME)
     assert server is not None
     duplicate = AddRoute(0, static_route("labelsync-a", "dup.test"))
-    with pytest.raises(CaddyRejected) as caught:
+    with pytest.raises(CaddyRefused) as caught:
         await admin.apply(SERVER_NAME, server["routes"], [duplicate], etag)
     assert caught.value.status == 400
     assert "duplicate ID 'labelsync-a'" in caught.value.body
@@ -301,7 +313,7 @@ async def test_load_rejects_invalid_config_and_keeps_the_admin_endpoint(
     invalid = {
         "apps": {"http": {"servers": {"x": {"routes": [{"handle": [{"handler": "nope"}]}]}}}}
     }
-    with pytest.raises(CaddyRejected) as caught:
+    with pytest.raises(CaddyRefused) as caught:
         await admin.load(invalid)
     assert caught.value.status == 400
     assert await admin.ping()
@@ -323,6 +335,8 @@ async def test_an_unreachable_caddy_is_unavailable(tmp_path: Path) -> None:
                 add = AddRoute(0, static_route("labelsync-a", "a.test"))
                 await admin.apply(SERVER_NAME, [], [add], None)
             assert caught.value.method == "POST"
+            assert isinstance(caught.value, CaddyTemporary)
+            assert isinstance(caught.value.__cause__, httpx.TransportError)
         finally:
             await admin.aclose()
 

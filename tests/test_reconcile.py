@@ -17,7 +17,8 @@ import pytest
 
 from labelsync.caddy.admin import CaddyAdmin
 from labelsync.core.model import ContainerInfo
-from labelsync.errors import DockerUnavailable
+from labelsync.core.outcomes import SyncResult
+from labelsync.errors import CaddyRefused, DockerUnavailable
 from labelsync.loop.reconcile import Reconciler
 from labelsync.settings import Settings
 from labelsync.sources.docker import DockerEvent
@@ -88,8 +89,7 @@ async def reconciler_on(
         yield loop
     finally:
         await admin.aclose()
-        if loop._retry_handle is not None:
-            loop._retry_handle.cancel()
+        loop.close()
 
 
 @pytest.fixture
@@ -148,13 +148,13 @@ async def test_an_unchanged_state_writes_nothing(
 ) -> None:
     """A sync with nothing new sends no admin request at all; a due check only reads."""
     listing.containers.append(container("same", "same.test"))
-    assert await reconciler.sync_once()
+    assert (await reconciler.sync_once()).ok
     writes = reconciler.state.admin_writes
     requests = reconciler.caddy.requests_sent
-    assert await reconciler.sync_once()
+    assert (await reconciler.sync_once()).ok
     assert reconciler.caddy.requests_sent == requests
     reconciler.verify_next()
-    assert await reconciler.sync_once()
+    assert (await reconciler.sync_once()).ok
     assert reconciler.state.admin_writes == writes
     assert reconciler.caddy.requests_sent - requests == 1  # the read, nothing else
 
@@ -164,15 +164,15 @@ async def test_docker_outage_changes_nothing_in_caddy(
 ) -> None:
     """While Docker cannot be asked, no route is removed; afterwards it converges."""
     listing.containers.append(container("keep", "keep.test"))
-    assert await reconciler.sync_once()
+    assert (await reconciler.sync_once()).ok
     before = owned(caddy, settings)
     listing.reachable = False
     listing.containers.clear()
-    assert not await reconciler.sync_once()
+    assert await reconciler.sync_once() == SyncResult.DOCKER_UNAVAILABLE
     assert owned(caddy, settings) == before
     assert not reconciler.state.docker_up
     listing.reachable = True
-    assert await reconciler.sync_once()
+    assert (await reconciler.sync_once()).ok
     assert owned(caddy, settings) == []
 
 
@@ -198,7 +198,7 @@ async def test_a_concurrent_edit_is_neither_overwritten_nor_lost(
 ) -> None:
     """Someone else writes between our read and our write: we re-read and keep their edit."""
     listing.containers.append(container("one", "one.test"))
-    assert await reconciler.sync_once()
+    assert (await reconciler.sync_once()).ok
     user_route = {"@id": "user-route", "handle": [{"handler": "static_response", "body": "x"}]}
     real_apply = reconciler.caddy.apply
     interfered = False
@@ -214,7 +214,7 @@ async def test_a_concurrent_edit_is_neither_overwritten_nor_lost(
 
     reconciler.caddy.apply = apply_after_someone_else  # type: ignore[method-assign]
     listing.containers.append(container("two", "two.test"))
-    assert await reconciler.sync_once()
+    assert (await reconciler.sync_once()).ok
     routes = caddy.get_config(f"apps/http/servers/{settings.caddy_server}/routes")
     assert interfered
     assert [r.get("@id") for r in routes][-1] == "user-route"
@@ -226,11 +226,11 @@ async def test_drift_in_caddy_is_restored(
 ) -> None:
     """An owned route deleted behind our back comes back at the next check (resync)."""
     listing.containers.append(container("drift", "drift.test"))
-    assert await reconciler.sync_once()
+    assert (await reconciler.sync_once()).ok
     route_id = owned(caddy, settings)[0]["@id"]
     caddy.admin("DELETE", f"/id/{route_id}")
     reconciler.verify_next()
-    assert await reconciler.sync_once()
+    assert (await reconciler.sync_once()).ok
     assert [r["@id"] for r in owned(caddy, settings)] == [route_id]
 
 
@@ -239,11 +239,11 @@ async def test_drift_is_also_caught_before_any_write(
 ) -> None:
     """A write always starts from a fresh read, so it restores drift on the way."""
     listing.containers.append(container("a", "a.test"))
-    assert await reconciler.sync_once()
+    assert (await reconciler.sync_once()).ok
     route_id = owned(caddy, settings)[0]["@id"]
     caddy.admin("DELETE", f"/id/{route_id}")
     listing.containers.append(container("b", "b.test"))
-    assert await reconciler.sync_once()
+    assert (await reconciler.sync_once()).ok
     assert route_id in [r["@id"] for r in owned(caddy, settings)]
     assert len(owned(caddy, settings)) == 2
 
@@ -256,11 +256,11 @@ async def test_a_restarted_caddy_gets_the_server_and_routes_back(
     server = f"apps/http/servers/{settings.caddy_server}"
     listing.containers.append(container("back", "back.test"))
     async with reconciler_on(private.admin_url, settings, listing) as loop:
-        assert await loop.sync_once()
+        assert (await loop.sync_once()).ok
         private.reset()  # as if Caddy restarted from its own config file
         assert private.get_config(server) is None
         loop.verify_next()  # what a restart of the bundled Caddy, or the resync, triggers
-        assert await loop.sync_once()
+        assert (await loop.sync_once()).ok
         routes = private.get_config(f"{server}/routes")
         assert [r["match"][0]["host"] for r in routes] == [["back.test"]]
 
@@ -273,6 +273,41 @@ async def test_caddy_down_is_retried_and_nothing_is_lost(
     listing.containers.append(container("wait", "wait.test"))
     async with reconciler_on(private.admin_url, settings, listing, timeout=2.0) as loop:
         private.stop()
-        assert not await loop.sync_once()
+        assert await loop.sync_once() == SyncResult.CADDY_FAILED
         assert not loop.state.caddy_up
         assert loop.state.last_error
+        assert loop.retry_pending
+
+
+async def test_a_refused_config_is_not_retried_until_the_routes_change(
+    settings: Settings, listing: ListedContainers, reconciler: Reconciler
+) -> None:
+    """Caddy refusing a config is permanent for that content: no backoff retries of it,
+    one ERROR; a change of the routes, or the periodic check, sends again."""
+    listing.containers.append(container("ok", "ok.test"))
+    assert await reconciler.sync_once() == SyncResult.APPLIED
+    real_apply = reconciler.caddy.apply
+    refusing = True
+    attempts = 0
+
+    async def refuse(*args: Any, **kwargs: Any) -> None:
+        nonlocal attempts
+        attempts += 1
+        if refusing:
+            raise CaddyRefused("Caddy answered 500 to PATCH ...: bad", status=500)
+        await real_apply(*args, **kwargs)
+
+    reconciler.caddy.apply = refuse  # type: ignore[method-assign]
+    listing.containers.append(container("bad", "bad.test"))
+    assert await reconciler.sync_once() == SyncResult.CADDY_REFUSED
+    assert not reconciler.retry_pending
+    assert await reconciler.sync_once() == SyncResult.CADDY_REFUSED
+    assert attempts == 1  # the same routes are not sent again
+    assert reconciler.state.caddy_up and not reconciler.state.last_apply_ok
+    reconciler.verify_next()  # the resync
+    assert await reconciler.sync_once() == SyncResult.CADDY_REFUSED
+    assert attempts == 2
+    refusing = False
+    listing.containers.append(container("more", "more.test"))
+    assert await reconciler.sync_once() == SyncResult.APPLIED
+    assert attempts == 3 and reconciler.state.last_apply_ok

@@ -43,15 +43,17 @@ from labelsync.caddy.operations import (
 )
 from labelsync.core.model import JSON
 from labelsync.errors import (
+    CaddyBusy,
     CaddyConflict,
     CaddyError,
     CaddyNotFound,
-    CaddyRejected,
+    CaddyRefused,
+    CaddyTemporary,
     CaddyUnavailable,
     ConfigError,
 )
 
-# How much of a rejected request body goes into the ERROR log line.
+# How much of a failed write's body goes into the DEBUG log line.
 LOGGED_BODY_CHARS = 2000
 
 
@@ -176,9 +178,10 @@ class CaddyAdmin:
     async def _write(self, method: str, path: str, body: Any, *, etag: str | None = None) -> None:
         content = None if body is None else json.dumps(body, separators=(",", ":")).encode()
         response = await self._send(method, path, content=content, etag=etag)
-        if response.status_code in (400, 500):
-            logger.error(
-                "Caddy rejected {} {} ({}): {}; request body: {}",
+        if response.is_error:
+            # The caller logs the refusal once; the body is for whoever digs deeper.
+            logger.debug(
+                "Caddy answered {} {} with {}: {}; request body: {}",
                 method,
                 path,
                 response.status_code,
@@ -281,6 +284,7 @@ def _raise_for_status(response: httpx.Response, method: str, path: str, *, write
 
 
 def _status_error(response: httpx.Response, method: str, path: str, *, write: bool) -> CaddyError:
+    """The error for an unsuccessful answer, by what to do about it (see labelsync.errors)."""
     status = response.status_code
     error = _error_text(response)
     message = f"Caddy answered {status} to {method} {path}: {error}"
@@ -290,10 +294,14 @@ def _status_error(response: httpx.Response, method: str, path: str, *, write: bo
     elif status in (409, 412):
         # 412: If-Match failed; 409: PUT of a key that exists. Both mean "re-read, write".
         kind = CaddyConflict
-    elif write:
-        kind = CaddyRejected
+    elif write and (status == 500 or 400 <= status < 500):
+        # Caddy validates a config write by loading it: 500 (400 on /load or for a
+        # duplicate @id) is about the content, and the same content gets the same answer.
+        kind = CaddyRefused
+    elif status >= 500:
+        kind = CaddyBusy  # a read failing, or a proxy in front answering 502/503/504
     else:
-        kind = CaddyError
+        kind = CaddyTemporary
     return kind(message, method=method, path=path, status=status, body=error)
 
 

@@ -7,8 +7,11 @@ only decides *when* to run it and what to do when an edge is unavailable:
 - a container leaves on the first of kill/stop/die/pause/destroy, before Docker's
   listing says so, and membership is re-published at once (no debounce);
 - Docker unreachable: nothing is written; on reconnect everything is re-listed;
-- Caddy unreachable: retried with capped backoff; a stale ETag (someone else wrote
-  meanwhile) re-reads and re-diffs, so their change is neither overwritten nor lost;
+- Caddy unreachable or busy: retried with capped backoff; a stale ETag or a vanished
+  @id (someone else wrote meanwhile) re-reads and re-diffs, so their change is neither
+  overwritten nor lost;
+- Caddy refused the config: one ERROR, and the same routes are not sent again until
+  they change or the next resync (`_refused_write` decides);
 - every `resync_interval` the owned routes are compared with Caddy's, which restores
   a restarted or drifted Caddy.
 """
@@ -28,8 +31,16 @@ from labelsync.caddy.operations import Operation, apply_operations
 from labelsync.caddy.render import RenderOptions, render_routes, render_server
 from labelsync.core.changes import describe_changes
 from labelsync.core.model import ContainerInfo, DesiredState, Problem
+from labelsync.core.outcomes import SyncResult
 from labelsync.core.pools import ParseMemo, build_desired
-from labelsync.errors import CaddyConflict, CaddyError, CaddyUnavailable, DockerUnavailable
+from labelsync.errors import (
+    CaddyConflict,
+    CaddyError,
+    CaddyNotFound,
+    CaddyRefused,
+    CaddyUnavailable,
+    DockerUnavailable,
+)
 from labelsync.report.logs import log_problems
 from labelsync.settings import Settings
 from labelsync.sources.docker import DockerEvent, DockerSource
@@ -50,13 +61,13 @@ class MembershipChannel(Protocol):
 class SyncObserver(Protocol):
     """Sees every Docker event and every sync (metrics, state file, systemd status).
 
-    `result` is `applied` (admin writes), `unchanged`, `docker_unavailable` or
-    `caddy_failed`; `latency` runs from the oldest event the sync covers to the end.
+    `latency` runs from the oldest event the sync covers to the end (None unless the
+    result is ok).
     """
 
     def on_event(self, event: DockerEvent) -> None: ...
 
-    def on_sync(self, result: str, seconds: float, latency: float | None) -> None: ...
+    def on_sync(self, result: SyncResult, seconds: float, latency: float | None) -> None: ...
 
 
 def render_options(settings: Settings) -> RenderOptions:
@@ -111,6 +122,7 @@ class Reconciler:
         self._logged_problems: frozenset[Problem] = frozenset()
         self._caddy_backoff = CADDY_BACKOFF[0]
         self._retry_handle: asyncio.TimerHandle | None = None
+        self._refused_routes: list[dict[str, Any]] | None = None  # held back until they change
 
     # --- signals in -------------------------------------------------------------------
     def notify(self, *, event_time: float | None = None) -> None:
@@ -163,8 +175,8 @@ class Reconciler:
             desired = DesiredState(desired.pools, self.static.problems + desired.problems)
         return desired
 
-    async def sync_once(self) -> bool:
-        """Snapshot, build, apply. False when an edge was unavailable (nothing changed)."""
+    async def sync_once(self) -> SyncResult:
+        """Snapshot, build, apply; what came of it (nothing changes unless it is ok)."""
         first_event, self._first_event = self._first_event, None
         try:
             containers = tuple(await self.docker.snapshot())
@@ -173,7 +185,7 @@ class Reconciler:
                 logger.warning(f"{exc}; Caddy stays as it is until Docker answers")
             self.state.docker_up = False
             self.state.last_error = str(exc)
-            return False
+            return SyncResult.DOCKER_UNAVAILABLE
         self.state.docker_up = True
         self._leaving &= {c.id for c in containers}
         self.state.containers = containers
@@ -182,16 +194,21 @@ class Reconciler:
         if self.membership is not None:
             self.membership.publish(desired)
         routes = render_routes(desired, render_options(self.settings))
+        if routes == self._refused_routes and not self._verify:
+            return SyncResult.CADDY_REFUSED  # the same content would be refused again
         try:
             operations = await self._apply(routes)
-        except CaddyError as exc:
+        except CaddyRefused as exc:
+            return self._refused_write(routes, exc)
+        except CaddyError as exc:  # temporary: the same write may succeed later
             self.state.caddy_up = not isinstance(exc, CaddyUnavailable)
             self.state.last_apply_ok = False
             self.state.last_error = str(exc)
             logger.error(f"applying to Caddy failed: {exc}; retrying in {self._caddy_backoff}s")
             self._schedule_retry(first_event)
-            return False
+            return SyncResult.CADDY_FAILED
         self._caddy_backoff = CADDY_BACKOFF[0]
+        self._refused_routes = None
         self.state.caddy_up = True
         self.state.last_apply_ok = True
         self.state.last_error = None
@@ -206,7 +223,30 @@ class Reconciler:
             )
             self.state.applies += 1
         self.state.synced.set()
-        return True
+        return SyncResult.APPLIED if operations else SyncResult.UNCHANGED
+
+    def _refused_write(self, routes: list[dict[str, Any]], exc: CaddyRefused) -> SyncResult:
+        """Caddy refused a write of `routes`: what to do about it.
+
+        Sending the same content again gets the same answer, so it is held back (no
+        backoff retries) until the routes change or a check is due (resync, SIGHUP, a
+        restarted Caddy); one ERROR per refused content. Caddy keeps serving its old
+        config. This is where a route-by-route quarantine would go.
+        """
+        again = routes == self._refused_routes
+        self._refused_routes = routes
+        self.state.caddy_up = True
+        self.state.last_apply_ok = False
+        self.state.last_error = str(exc)
+        if again:
+            logger.warning(f"Caddy still refuses the routes: {exc}")
+        else:
+            logger.error(
+                f"Caddy refused the routes: {exc}; Caddy keeps its old config, and these "
+                "routes are sent again when they change or at the next resync "
+                f"({self.settings.resync_interval})"
+            )
+        return SyncResult.CADDY_REFUSED
 
     def _log_new_problems(self, problems: tuple[Problem, ...]) -> None:
         current = frozenset(problems)
@@ -244,8 +284,9 @@ class Reconciler:
                 return []
             try:
                 await self.caddy.apply(name, current, operations, etag)
-            except CaddyConflict:
-                logger.info("Caddy's config changed while we wrote; re-reading and retrying")
+            except (CaddyConflict, CaddyNotFound) as exc:
+                # A stale ETag, or a route someone deleted meanwhile: read again, re-diff.
+                logger.info(f"Caddy's config changed while we wrote ({exc.status}); re-reading")
                 continue
             self._known_routes = apply_operations(current, operations)
             self.state.admin_writes += 1
@@ -273,13 +314,28 @@ class Reconciler:
             )
         return 1 if operations else 0
 
+    @property
+    def retry_pending(self) -> bool:
+        """A backoff retry of a failed sync is scheduled."""
+        return self._retry_handle is not None
+
+    def close(self) -> None:
+        """Cancel a pending retry (the loop's tasks end with `run`'s cancellation)."""
+        if self._retry_handle is not None:
+            self._retry_handle.cancel()
+            self._retry_handle = None
+
     def _schedule_retry(self, first_event: float | None) -> None:
         delay = self._caddy_backoff
         self._caddy_backoff = min(self._caddy_backoff * 2, CADDY_BACKOFF[1])
         if self._retry_handle is not None:
             self._retry_handle.cancel()
         loop = asyncio.get_running_loop()
-        self._retry_handle = loop.call_later(delay, lambda: self.notify(event_time=first_event))
+        self._retry_handle = loop.call_later(delay, self._retry, first_event)
+
+    def _retry(self, first_event: float | None) -> None:
+        self._retry_handle = None
+        self.notify(event_time=first_event)
 
     # --- the loops --------------------------------------------------------------------
     async def _debounced_syncs(self) -> None:
@@ -306,15 +362,11 @@ class Reconciler:
 
     async def _observed_sync(self) -> None:
         """`sync_once`, timed and reported to the observers."""
-        first_event, writes = self._first_event, self.state.admin_writes
+        first_event = self._first_event
         started = time.monotonic()
-        ok = await self.sync_once()
+        result = await self.sync_once()
         seconds = time.monotonic() - started
-        if ok:
-            result = "applied" if self.state.admin_writes > writes else "unchanged"
-        else:
-            result = "caddy_failed" if self.state.docker_up else "docker_unavailable"
-        latency = time.time() - first_event if ok and first_event is not None else None
+        latency = time.time() - first_event if result.ok and first_event is not None else None
         for observer in self.observers:
             observer.on_sync(result, seconds, latency)
 

@@ -12,7 +12,7 @@ Families (all prefixed `labelsync_`):
 | name | type | labels |
 |---|---|---|
 | docker_events_total | counter | kind, action |
-| applies_total | counter | result: applied, unchanged, docker_unavailable, caddy_failed |
+| applies_total | counter | result: a `SyncResult` value (core/outcomes.py) |
 | apply_duration_seconds | histogram | |
 | event_to_applied_seconds | histogram | |
 | caddy_admin_requests_total, caddy_admin_request_bytes_total | counter | endpoint |
