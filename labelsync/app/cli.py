@@ -55,7 +55,8 @@ def _print_problems(problems: Sequence[Problem]) -> None:
 
 
 def cmd_render(settings: Settings, args: argparse.Namespace) -> int:
-    from labelsync.caddy.render import render_config
+    from labelsync.caddy.listen import listen_plan, whole_config
+    from labelsync.caddy.render import render_routes
     from labelsync.core.pools import build_desired
     from labelsync.loop.reconcile import render_options
 
@@ -68,12 +69,11 @@ def cmd_render(settings: Settings, args: argparse.Namespace) -> int:
         dynamic=settings.upstreams == "dynamic",
     )
     _print_problems([*static_problems, *desired.problems])
-    config = render_config(
-        desired,
-        render_options(settings),
-        server_name=settings.caddy_server,
-        listen=settings.listen_addresses,
-        auto_https=settings.auto_https,
+    config = whole_config(
+        listen_plan(settings),
+        settings.caddy_server,
+        render_routes(desired, render_options(settings)),
+        install_trust=settings.install_trust,
     )
     print(json.dumps(config, indent=2, sort_keys=True))
     return EXIT_OK

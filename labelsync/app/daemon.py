@@ -60,6 +60,7 @@ async def caddy_endpoints(
         yield wanted
         return
     from labelsync.caddy.embedded import EmbeddedCaddy, default_runtime_dir
+    from labelsync.caddy.listen import listen_plan
 
     runtime_dir = default_runtime_dir()
     _lock_runtime_dir(runtime_dir)
@@ -68,9 +69,16 @@ async def caddy_endpoints(
         listen=settings.listen_addresses,
         server_name=settings.caddy_server,
         auto_https=settings.auto_https,
+        http_port=listen_plan(settings).http_port,
+        https_port=listen_plan(settings).https_port,
+        install_trust=settings.install_trust,
         on_restart=on_restart,
     )
     await embedded.start()
+    logger.info(
+        f"bundled Caddy (pid {embedded.pid}) listens: {embedded.plan.describe()}; "
+        f"a route for app.localhost answers at {embedded.plan.try_url('app.localhost')}"
+    )
     supervisor = asyncio.create_task(embedded.supervise())
     try:
         yield [embedded.admin_endpoint if e == "embedded" else e for e in wanted]

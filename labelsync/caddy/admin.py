@@ -105,9 +105,13 @@ class CaddyAdmin:
         return list(upstreams or [])
 
     async def ping(self) -> bool:
-        """True when the admin endpoint answers a read."""
+        """True when the admin endpoint answers a read.
+
+        `GET /config/`, not a key under it: a Caddy started without a config answers
+        200 `null` there, and 400 "invalid traversal path" for any key below.
+        """
         try:
-            response = await self._send("GET", "/config/admin")
+            response = await self._send("GET", "/config/")
         except CaddyUnavailable:
             return False
         return response.status_code == 200

@@ -27,7 +27,7 @@ from typing import IO, Any
 from loguru import logger
 
 from labelsync.caddy.admin import CaddyAdmin
-from labelsync.caddy.render import render_server
+from labelsync.caddy.listen import ListenPlan, plan_listen, whole_config
 from labelsync.errors import CaddyUnavailable, ConfigError
 
 RESTART_BACKOFF = (0.5, 10.0)  # seconds: first delay, cap
@@ -67,10 +67,12 @@ class EmbeddedCaddy:
         supervisor.cancel()
         await caddy.stop()
 
-    `listen`, `server_name` and `auto_https` shape the (route-less) server in the base
-    config, the same object `render_server` gives `CaddyAdmin.ensure_server`, so Caddy
-    listens from the first second and again right after a restart. An empty `listen`
-    leaves the base config with the admin API only. `on_restart` is called (and awaited
+    `listen`, `server_name`, `auto_https` and the ports shape the (route-less) server in
+    the base config, the same object `ListenPlan.server` gives `CaddyAdmin.ensure_server`,
+    so Caddy listens from the first second and again right after a restart; `apps.http`
+    gets the plan's `http_port`/`https_port`, so redirects follow it. The local CA's root
+    goes into the host's trust store only with `install_trust`. An empty `listen` leaves
+    the base config with the admin API only. `on_restart` is called (and awaited
     when it returns an awaitable) each time `supervise` brought a crashed child back.
     """
 
@@ -82,6 +84,9 @@ class EmbeddedCaddy:
         binary: Path | None = None,
         server_name: str = "labelsync",
         auto_https: str = "on",
+        http_port: int | None = None,
+        https_port: int | None = None,
+        install_trust: bool = False,
         on_restart: Callable[[], Awaitable[None] | None] | None = None,
         start_timeout: float = 10.0,
     ) -> None:
@@ -90,6 +95,10 @@ class EmbeddedCaddy:
         self.binary = binary
         self.server_name = server_name
         self.auto_https = auto_https
+        self.plan: ListenPlan = plan_listen(
+            self.listen, auto_https, http_port=http_port, https_port=https_port
+        )
+        self.install_trust = install_trust
         self.on_restart = on_restart
         self.start_timeout = start_timeout
         self.socket_path = runtime_dir / "admin.sock"
@@ -118,8 +127,11 @@ class EmbeddedCaddy:
             "admin": {"listen": f"unix/{self.socket_path}", "config": {"persist": False}}
         }
         if self.listen:
-            server = render_server(self.listen, self.auto_https, [])
-            config["apps"] = {"http": {"servers": {self.server_name: server}}}
+            whole = whole_config(self.plan, self.server_name, [], install_trust=self.install_trust)
+            config["apps"] = whole["apps"]
+        else:
+            trust = {"local": {"install_trust": self.install_trust}}
+            config["apps"] = {"pki": {"certificate_authorities": trust}}
         return config
 
     async def start(self) -> None:

@@ -27,8 +27,9 @@ from loguru import logger
 
 from labelsync.caddy.admin import CaddyAdmin
 from labelsync.caddy.diff import diff_routes, refresh_fallbacks
+from labelsync.caddy.listen import listen_plan, port_mismatch
 from labelsync.caddy.operations import Operation, apply_operations
-from labelsync.caddy.render import RenderOptions, render_routes, render_server
+from labelsync.caddy.render import RenderOptions, render_routes
 from labelsync.core.changes import describe_changes
 from labelsync.core.model import ContainerInfo, DesiredState, Problem
 from labelsync.core.outcomes import SyncResult
@@ -271,11 +272,7 @@ class Reconciler:
         for _ in range(CONFLICT_RETRIES):
             server, etag = await self.caddy.server(name)
             if server is None:
-                created = render_server(
-                    self.settings.listen_addresses, self.settings.auto_https, []
-                )
-                if await self.caddy.ensure_server(name, created):
-                    logger.info(f"created Caddy server {name!r} on {self.settings.listen}")
+                await self._create_server(name)
                 continue
             current = list(server.get("routes") or [])
             operations = diff_routes(current, routes)
@@ -292,6 +289,17 @@ class Reconciler:
             self.state.admin_writes += 1
             return operations
         raise CaddyConflict(f"config kept changing under us ({CONFLICT_RETRIES} tries)")
+
+    async def _create_server(self, name: str) -> None:
+        """Create labelsync's server as the listen plan says; log where it listens."""
+        plan = listen_plan(self.settings)
+        if not await self.caddy.ensure_server(name, plan.server([])):
+            return
+        logger.info(f"created Caddy server {name!r}: {plan.describe()}")
+        theirs, _ = await self.caddy.get("/config/apps/http/http_port")
+        mismatch = port_mismatch(plan, theirs if isinstance(theirs, int) else None)
+        if mismatch:
+            logger.warning(mismatch)
 
     async def refresh_fallbacks(self) -> int:
         """Write current members as the fallback of dynamic routes; the writes sent.

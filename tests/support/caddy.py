@@ -52,7 +52,9 @@ def base_config(admin_port: int, http_port: int, storage_dir: str) -> dict[str, 
                         "routes": [],
                     }
                 }
-            }
+            },
+            # Never a root CA in the host's trust store from a test run.
+            "pki": {"certificate_authorities": {"local": {"install_trust": False}}},
         },
     }
 
