@@ -408,4 +408,3 @@ async def test_a_caddy_started_without_a_config_is_recognised(tmp_path: Path) ->
         await empty.aclose()
         process.terminate()
         process.wait(timeout=10)
-
