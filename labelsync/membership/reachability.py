@@ -19,8 +19,11 @@ Outcomes, logged once per process:
 - none arrived although Caddy answered the probe request, or labelsync's own query to
   the advertised address does not reach this resolver either: one ERROR naming
   `LABELSYNC_RESOLVER_ADVERTISE` / `LABELSYNC_RESOLVER_LISTEN` and what Caddy was told;
-- none arrived and the probe could not reach Caddy's listener (or only got a redirect
-  to HTTPS): one WARNING saying the check was inconclusive.
+- none arrived and the probe could not reach Caddy's listener, or got an answer that
+  says nothing about the resolver (a redirect to HTTPS, or the 400 a TLS listener gives
+  plain HTTP, which has no `Server` header: every answer through a route has one): one
+  WARNING saying the check was inconclusive. A plain-HTTP probe that met a TLS listener
+  is sent again over TLS to the same port.
 """
 
 from __future__ import annotations
@@ -55,8 +58,9 @@ class ProbeOutcome:
     """What one probe request through Caddy's listener got."""
 
     url: str
-    reached_caddy: bool  # Caddy answered with something other than a redirect
+    reached_caddy: bool  # an answer through one of the server's routes
     detail: str  # "HTTP 502", "redirect to https://...", "ConnectError: ..."
+    wants_tls: bool = False  # plain HTTP sent to a listener that speaks TLS
 
 
 def listener_urls(listen: list[str], admin_endpoint: str) -> list[str]:
@@ -123,6 +127,13 @@ async def send_probe(base_url: str, host: str, path: str) -> ProbeOutcome:
     if response.is_redirect:
         location = response.headers.get("Location", "")
         return ProbeOutcome(url, False, f"HTTP {response.status_code} redirect to {location}")
+    if "server" not in response.headers:
+        # Caddy sets `Server` before any handler runs (a backend's answer carries its own
+        # or Caddy's), so an answer without one came from the listener itself: Go's
+        # "Client sent an HTTP request to an HTTPS server" (400), not a route.
+        tls = response.status_code == 400 and url.startswith("http:")
+        why = "a TLS listener answering plain HTTP" if tls else "not through a route"
+        return ProbeOutcome(url, False, f"HTTP {response.status_code} ({why})", wants_tls=tls)
     return ProbeOutcome(url, True, f"HTTP {response.status_code}")
 
 
@@ -183,7 +194,12 @@ class ReachabilityCheck:
         outcomes: list[ProbeOutcome] = []
         for _ in range(PROBE_ROUNDS):
             for base_url in listener_urls(listen, self.admin_endpoint):
-                outcomes.append(await send_probe(base_url, host, path))
+                outcome = await send_probe(base_url, host, path)
+                if outcome.wants_tls:
+                    outcome = await send_probe(
+                        "https:" + base_url.removeprefix("http:"), host, path
+                    )
+                outcomes.append(outcome)
                 if await self._query_arrives(baseline, self.wait_seconds):
                     return self._confirmed(started)
             if not any(o.reached_caddy for o in outcomes):
