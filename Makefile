@@ -6,16 +6,20 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: run test venv docker lint format-check typecheck imports pytest fmt clean-test-containers
+.PHONY: run test venv runtime-venv docker lint format-check typecheck imports pytest fmt clean-test-containers
 
 test: venv docker lint format-check typecheck imports pytest
 
 # The daemon, on the bundled Caddy unless one answers on localhost:2019 (LABELSYNC_* pass through).
-run: venv
+# Only the runtime dependencies are installed for it; `make test` adds the test extra.
+run: runtime-venv
 	$(BIN)/labelsync run
 
 venv:
 	@VENV=$(VENV) scripts/ensure-venv.sh
+
+runtime-venv:
+	@VENV=$(VENV) EXTRAS= scripts/ensure-venv.sh
 
 docker:
 	@scripts/ensure-docker.sh

@@ -163,6 +163,7 @@ async def test_bundled_caddy_off_the_privileged_ports_redirects_to_its_https_por
     assert redirect.startswith("HTTP/1.1 308"), redirect
     assert f"Location: https://first-run.localhost:{https}/x" in redirect
     log = caddy.log_path.read_text()
+    assert "enabling automatic HTTP->HTTPS redirects" in log
     assert "root certificate trust store installation disabled" in log
     assert "certificate installed properly" not in log
 
@@ -191,3 +192,39 @@ async def test_bundled_caddy_plain_http_when_asked(bundled: list[object], tmp_pa
     )
     assert text.startswith("HTTP/1.1 200")
     assert os.path.exists(single.log_path)
+
+
+@pytest.mark.caddy
+async def test_bundled_caddy_disable_redirects_serves_both_and_https_only_binds_one(
+    bundled: list[object], tmp_path: Path
+) -> None:
+    http, https = free_port(), free_port()
+    caddy = EmbeddedCaddy(
+        runtime_dir=tmp_path / "run",
+        listen=[f"127.0.0.1:{http}", f"127.0.0.1:{https}"],
+        auto_https="disable_redirects",
+    )
+    bundled.append(caddy)
+    await _serve(caddy, "both.localhost")
+    plain = await eventually_curl(
+        "hello", "-H", "Host: both.localhost", f"http://127.0.0.1:{http}/"
+    )
+    assert plain.startswith("HTTP/1.1 200")
+    resolve = f"both.localhost:{https}:127.0.0.1"
+    secure = await eventually_curl(
+        "hello", "-k", "--resolve", resolve, f"https://both.localhost:{https}/"
+    )
+    assert secure.startswith("HTTP/2 200")
+
+    only = free_port()
+    https_only = EmbeddedCaddy(
+        runtime_dir=tmp_path / "run2", listen=[f"127.0.0.1:{only}"], https_port=only
+    )
+    bundled.append(https_only)
+    await _serve(https_only, "tls.localhost")
+    resolve = f"tls.localhost:{only}:127.0.0.1"
+    secure = await eventually_curl(
+        "hello", "-k", "--resolve", resolve, f"https://tls.localhost:{only}/"
+    )
+    assert secure.startswith("HTTP/2 200")
+    assert "enabling automatic HTTP->HTTPS redirects" not in https_only.log_path.read_text()
