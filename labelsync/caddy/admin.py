@@ -104,6 +104,11 @@ class CaddyAdmin:
         upstreams, _ = await self.get("/reverse_proxy/upstreams")
         return list(upstreams or [])
 
+    async def has_id(self, object_id: str) -> bool:
+        """True when Caddy holds an object with this `@id` (GET /id/<id>; 404 when not)."""
+        value, _ = await self.get(_id_path(object_id))
+        return value is not None
+
     async def ping(self) -> bool:
         """True when the admin endpoint answers a read.
 

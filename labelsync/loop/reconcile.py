@@ -26,7 +26,7 @@ from typing import Any, Protocol
 from loguru import logger
 
 from labelsync.caddy.admin import CaddyAdmin
-from labelsync.caddy.diff import diff_routes, refresh_fallbacks
+from labelsync.caddy.diff import diff_routes, owned_routes, refresh_fallbacks
 from labelsync.caddy.listen import listen_plan, port_mismatch
 from labelsync.caddy.operations import Operation, apply_operations
 from labelsync.caddy.render import RenderOptions, render_routes
@@ -42,6 +42,7 @@ from labelsync.errors import (
     CaddyUnavailable,
     DockerUnavailable,
 )
+from labelsync.loop.caddy_watch import watch_caddy
 from labelsync.report.logs import log_problems
 from labelsync.settings import Settings
 from labelsync.sources.docker import DockerEvent, DockerSource
@@ -254,6 +255,11 @@ class Reconciler:
         log_problems(p for p in problems if p not in self._logged_problems)
         self._logged_problems = current
 
+    def probe_route_id(self) -> str | None:
+        """An owned route Caddy held at our last read or write (for `watch_caddy`)."""
+        owned = owned_routes(self._known_routes or [])
+        return str(owned[0]["@id"]) if owned else None
+
     def verify_next(self) -> None:
         """Read Caddy on the next sync even if nothing is to be written (drift, restarts)."""
         self._verify = True
@@ -402,5 +408,6 @@ class Reconciler:
             tasks.create_task(self._debounced_syncs())
             tasks.create_task(self._events())
             tasks.create_task(self._resyncs())
+            tasks.create_task(watch_caddy(self))
             if self.static is not None:
                 tasks.create_task(self._static_changes())
