@@ -9,11 +9,13 @@ connections).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
 
 from loguru import logger
 
+from labelsync.core.durations import parse_duration
 from labelsync.core.model import DesiredState, Member
 from labelsync.core.names import pool_dns_name
 from labelsync.errors import ConfigError
@@ -21,6 +23,23 @@ from labelsync.membership.health import ActiveChecker
 from labelsync.membership.resolver import Resolver
 from labelsync.membership.srv_records import srv_answers
 from labelsync.settings import Settings
+
+# The drain on the way out lasts Caddy's refresh plus this margin, and at most DRAIN_MAX.
+DRAIN_MARGIN = 0.25
+DRAIN_MAX = 5.0
+
+
+async def _drain(resolver: Resolver, settings: Settings) -> None:
+    """Refuse pool lookups, keep answering member names for one `refresh`, then go.
+
+    Caddy keeps an SRV answer for `refresh` and resolves its member names when it dials;
+    after this no cached answer is fresh, and every lookup falls back to the route's
+    member IPs (written as the fallback just before). SIGTERM thus fails no request.
+    """
+    seconds = min(parse_duration(settings.resolver_refresh) + DRAIN_MARGIN, DRAIN_MAX)
+    resolver.refuse_pools()
+    logger.info(f"resolver: refusing pool lookups for {seconds:.2f}s before stopping")
+    await asyncio.sleep(seconds)
 
 
 class DynamicMembership:
@@ -61,8 +80,11 @@ class DynamicMembership:
         try:
             yield membership
         finally:
-            await checker.aclose()
-            await resolver.stop()
+            try:
+                await checker.aclose()
+                await _drain(resolver, settings)
+            finally:
+                await resolver.stop()
 
     def publish(self, desired: DesiredState) -> None:
         """Serve `desired`'s members from now on; start or stop probes to match."""

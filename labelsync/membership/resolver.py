@@ -32,6 +32,7 @@ import concurrent.futures
 import contextlib
 import errno
 import ipaddress
+import os
 import random
 import socket
 import threading
@@ -168,6 +169,7 @@ class Resolver:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._warned_truncation: set[str] = set()
         self.tcp_enabled = False
+        self._refusing_pools = False
         self.queries = 0
         self.pool_queries = 0
         self.malformed = 0
@@ -206,6 +208,19 @@ class Resolver:
                 if entry.name not in changed:
                     packed[key] = entry
         self._served = _Served(pools=served, hostnames=hostnames, packed=packed)
+
+    def refuse_pools(self) -> None:
+        """From now on answer pool (SRV) names REFUSED, member names as before; thread-safe.
+
+        For the way out: Caddy's lookups then fail at once and it dials each route's
+        fallback members by IP, while the member names in the SRV answers it cached (for
+        up to its `refresh`) still resolve. Stopping at once instead leaves those names
+        unresolvable: the requests that picked one fail, or wait out a timeout.
+        """
+        self._refusing_pools = True
+        # A fresh snapshot: the packed answers kept so far include pool answers.
+        served = self._served
+        self._served = _Served(pools=served.pools, hostnames=served.hostnames)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -257,7 +272,7 @@ class Resolver:
         try:
             await self._stopping.wait()
         finally:
-            udp.close()
+            self._close_udp(udp)
             if tcp is not None:
                 tcp.close()
             for task in list(self._tasks):
@@ -265,6 +280,36 @@ class Resolver:
             await asyncio.gather(*self._tasks, return_exceptions=True)
             if tcp is not None:
                 await tcp.wait_closed()
+
+    def _close_udp(self, udp: asyncio.DatagramTransport) -> None:
+        """Close without losing a query: each one gets an answer or a refusal.
+
+        Datagrams still queued in the socket when it closes are dropped without a word,
+        and a client whose query was among them waits out its timeout (Go: 5 s, holding
+        Caddy's SRV lock meanwhile). So the socket is first connected to a port that
+        never sends (from then on the kernel refuses other senders with ICMP port
+        unreachable, which Go reports at once), then the queue is read out and answered.
+        """
+        sock = udp.get_extra_info("socket")
+        try:
+            family = sock.family
+            twin = socket.socket(family, socket.SOCK_DGRAM, fileno=os.dup(sock.fileno()))
+        except OSError:
+            udp.close()
+            return
+        with twin:
+            try:
+                twin.connect(("::1" if family == socket.AF_INET6 else "127.0.0.1", 9))
+                twin.setblocking(False)
+                for _ in range(10_000):
+                    data, addr = twin.recvfrom(TCP_MESSAGE_LIMIT)
+                    request = self._parse(data)
+                    reply = None if request is None else self._reply(request, self._served)
+                    if request is not None and reply is not None:
+                        twin.sendto(self._pack(request, reply, self._udp_limit(request)), addr)
+            except OSError:  # BlockingIOError: the queue is empty
+                pass
+        udp.close()
 
     async def _bind(
         self,
@@ -439,6 +484,8 @@ class Resolver:
             return self._refused(request)
         reply = self._new_reply(request)
         records = served.pools.get(name)
+        if records is not None and self._refusing_pools:
+            return self._refused(request)
         if records is not None:
             self.pool_queries += 1
             if qtype in (QTYPE.SRV, QTYPE.ANY):
