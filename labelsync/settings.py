@@ -25,6 +25,9 @@ from pydantic_settings import (
 
 from labelsync.core.durations import parse_duration
 
+# Where `LABELSYNC_CADDY_ADMIN=auto` (and `labelsync status`) look for a running Caddy first.
+DEFAULT_CADDY_ADMIN = "http://localhost:2019"
+
 
 class Settings(BaseSettings):
     """Everything an operator can set; see the README's settings table."""

@@ -6,27 +6,30 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable
 from types import SimpleNamespace
-from typing import Any, cast
+from typing import Any
 
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from labelsync.caddy.admin import CaddyAdmin
 from labelsync.core.model import ContainerInfo
+from labelsync.core.names import parse_listen
 from labelsync.core.pools import build_desired
 from labelsync.errors import ConfigError
-from labelsync.loop.reconcile import Reconciler, SyncState
-from labelsync.report.metrics import Metrics, parse_listen
-from labelsync.report.state_file import daemon_state
+from labelsync.loop.reconcile import SyncState
+from labelsync.report.metrics import Metrics
+from labelsync.report.snapshot import LiveView
 from labelsync.settings import Settings
 from labelsync.sources.docker import DockerEvent
 from tests.support.caddy import CaddyProcess, free_port
+from tests.support.snapshots import FakeLoop
 
 Families = dict[str, Any]
 
 
-def fake_reconciler(endpoint: str, *, docker_up: bool = True, applied: bool = True) -> Reconciler:
-    """What Metrics reads of a Reconciler: `state` and `caddy` (endpoint, counters)."""
+def fake_reconciler(endpoint: str, *, docker_up: bool = True, applied: bool = True) -> FakeLoop:
+    """What the report layer reads of a Reconciler: `state` and `caddy` (endpoint, counters)."""
     web = ContainerInfo(
         id="1" * 64,
         name="web-1",
@@ -49,14 +52,24 @@ def fake_reconciler(endpoint: str, *, docker_up: bool = True, applied: bool = Tr
     if applied:
         state.synced.set()
     caddy = SimpleNamespace(endpoint=endpoint, requests_sent=7, bytes_sent=1234)
-    return cast(Reconciler, SimpleNamespace(state=state, caddy=caddy))
+    return FakeLoop(state, caddy)
 
 
-def metrics_for(reconcilers: list[Reconciler]) -> Metrics:
-    def snapshot() -> dict[str, Any]:
-        return daemon_state(Settings(), [r.state for r in reconcilers], ["x"])
+class Probes:
+    """The health source of a dynamic-mode daemon, as far as metrics read it."""
 
-    return Metrics(reconcilers, snapshot, probes=lambda: 42)
+    def __init__(self) -> None:
+        self.probes = 42
+        self.on_health_change: list[Any] = []
+
+    def states(self) -> dict[tuple[str, str], Any]:
+        return {}
+
+
+def metrics_for(loops: list[FakeLoop]) -> Metrics:
+    view = LiveView(loops, settings=Settings(), health=Probes())
+    readers = [CaddyAdmin(loop.caddy.endpoint, timeout=2.0) for loop in loops]
+    return Metrics(view, readers)
 
 
 @pytest.fixture
@@ -102,7 +115,7 @@ async def test_families_from_the_loop_and_from_caddy(
     async def upstreams() -> list[dict[str, Any]]:
         return [{"address": "10-0-0-6.ip4.labelsync.internal.:8080", "num_requests": 2, "fails": 3}]
 
-    metrics._readers[0].upstreams = upstreams  # type: ignore[method-assign]
+    metrics.readers[0].upstreams = upstreams  # type: ignore[method-assign]
     metrics.on_event(DockerEvent("container", "health_status: healthy", "1" * 64, 1))
     metrics.on_event(DockerEvent("container", "start", "1" * 64, 1))
     metrics.on_sync("applied", 0.02, 0.08)
@@ -222,5 +235,5 @@ def test_parse_listen(listen: str, expected: tuple[str | None, int]) -> None:
 
 @pytest.mark.parametrize("listen", ["9464", "host:", "host:99999", "host:http"])
 def test_parse_listen_rejects(listen: str) -> None:
-    with pytest.raises(ConfigError):
+    with pytest.raises(ValueError):
         parse_listen(listen)

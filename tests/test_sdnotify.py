@@ -17,6 +17,7 @@ import pytest
 from labelsync.loop.reconcile import SyncState
 from labelsync.report.observability import status_line
 from labelsync.report.sdnotify import SystemdNotifier, socket_address, watchdog_interval
+from tests.support.snapshots import snapshot_of
 
 REPO = Path(__file__).resolve().parents[1]
 UNIT = REPO / "systemd" / "labelsync.service"
@@ -172,11 +173,13 @@ def test_unit_declares_notify_hardening_and_the_docker_group() -> None:
 
 def test_status_line_says_what_is_wrong_first() -> None:
     starting = SyncState(docker_up=True)
-    assert status_line([starting]) == "starting: first sync pending"
+    assert status_line(snapshot_of([starting])) == "starting: first sync pending"
     synced = SyncState(docker_up=True, caddy_up=True, last_apply_ok=True)
     synced.synced.set()
-    assert status_line([synced]) == "in sync: 0 pool(s), 0 member(s), 0 label problem(s)"
+    in_sync = "in sync: 0 pool(s), 0 member(s), 0 label problem(s)"
+    assert status_line(snapshot_of([synced])) == in_sync
     synced.docker_up, synced.last_error = False, "no such socket"
-    assert status_line([synced]) == "Docker unreachable; Caddy keeps its config (no such socket)"
+    no_docker = "Docker unreachable; Caddy keeps its config (no such socket)"
+    assert status_line(snapshot_of([synced])) == no_docker
     synced.docker_up, synced.caddy_up, synced.last_error = True, False, "refused"
-    assert status_line([synced]) == "Caddy unreachable; retrying (refused)"
+    assert status_line(snapshot_of([synced])) == "Caddy unreachable; retrying (refused)"

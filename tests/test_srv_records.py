@@ -196,7 +196,7 @@ def test_unhealthy_members_are_withheld() -> None:
     pool = make_pool(member("10.0.0.1:80"), sick, member("10.0.0.3:80"))
     answers = srv_answers(pool, healthy=lambda m: m != sick)
     assert targets(answers) == ["10.0.0.1:80", "10.0.0.3:80"]
-    assert not no_healthy_member(pool, healthy=lambda m: m != sick)
+    assert not no_healthy_member(pool.members, healthy=lambda m: m != sick)
 
 
 def test_when_no_member_is_healthy_all_are_answered_and_the_caller_can_tell() -> None:
@@ -207,7 +207,7 @@ def test_when_no_member_is_healthy_all_are_answered_and_the_caller_can_tell() ->
 
     answers = srv_answers(pool, healthy=nobody)
     assert targets(answers) == ["10.0.0.1:80", "10.0.0.2:80"]
-    assert no_healthy_member(pool, healthy=nobody)
+    assert no_healthy_member(pool.members, healthy=nobody)
 
 
 def test_a_pool_without_members_answers_one_record_that_does_not_resolve() -> None:
@@ -216,7 +216,7 @@ def test_a_pool_without_members_answers_one_record_that_does_not_resolve() -> No
     answers = srv_answers(pool, healthy=everyone)
     assert [a.target for a in answers] == [NO_MEMBERS_TARGET]
     assert target_ip(NO_MEMBERS_TARGET) is None
-    assert not no_healthy_member(pool, healthy=everyone)
+    assert not no_healthy_member(pool.members, healthy=everyone)
 
 
 # -- apportioning, for any weights ---------------------------------------------------------

@@ -18,9 +18,9 @@ from labelsync.app.status import live_state, run_status
 from labelsync.core.model import ContainerInfo
 from labelsync.core.pools import build_desired
 from labelsync.loop.reconcile import SyncState
+from labelsync.report.snapshot import Snapshot
 from labelsync.report.state_file import (
     StateFileWriter,
-    daemon_state,
     read_state_file,
     state_file_candidates,
     write_state_file,
@@ -28,6 +28,7 @@ from labelsync.report.state_file import (
 from labelsync.report.status_report import build_report, render_table, report_json
 from labelsync.settings import Settings
 from tests.support.caddy import free_port
+from tests.support.snapshots import snapshot_of
 
 POOL_ID = "labelsync-app-test-0123abcd"
 
@@ -94,6 +95,11 @@ def dynamic_state(**overrides: Any) -> dict[str, Any]:
     return state
 
 
+def snap(state: dict[str, Any] | None) -> Snapshot | None:
+    """The snapshot a state file holds, as `labelsync status` reads it back."""
+    return None if state is None else Snapshot.from_json(state)
+
+
 def dynamic_route() -> dict[str, Any]:
     return {
         "@id": POOL_ID,
@@ -127,7 +133,7 @@ def test_dynamic_members_get_counts_from_their_srv_target_names() -> None:
             routes=[dynamic_route(), {"@id": "users-own-route"}],
             upstreams=upstreams,
             caddy_health=None,
-            state=dynamic_state(),
+            snapshot=snap(dynamic_state()),
         )
     )
     assert [p["id"] for p in report["pools"]] == [POOL_ID]
@@ -164,7 +170,7 @@ def test_passive_failures_at_max_fails_make_a_member_unhealthy() -> None:
             routes=[dynamic_route()],
             upstreams=upstreams,
             caddy_health=None,
-            state=dynamic_state(),
+            snapshot=snap(dynamic_state()),
         )
     )
     member = members_of(report)["web-1"]
@@ -185,7 +191,7 @@ def test_first_verdict_pending_is_unknown_not_healthy() -> None:
             routes=[route],
             upstreams=[],
             caddy_health=None,
-            state=state,
+            snapshot=snap(state),
         )
     )
     member = members_of(report)["web-1"]
@@ -223,7 +229,7 @@ def test_static_mode_without_a_daemon_reads_everything_from_caddy() -> None:
             routes=[static_route()],
             upstreams=upstreams,
             caddy_health={"10.0.0.5:8080": True, "10.0.0.6:8080": False},
-            state=None,
+            snapshot=snap(None),
         )
     )
     pool = report["pools"][0]
@@ -249,7 +255,7 @@ def test_static_active_check_not_yet_reported_by_caddy_is_unknown() -> None:
             routes=[static_route()],
             upstreams=[],
             caddy_health={},
-            state=None,
+            snapshot=snap(None),
         )
     )
     member = report["pools"][0]["members"][0]
@@ -264,7 +270,7 @@ def test_dynamic_pool_without_a_daemon_says_members_are_unknown() -> None:
         routes=[dynamic_route()],
         upstreams=[],
         caddy_health=None,
-        state=None,
+        snapshot=snap(None),
     )
     assert report.pools[0].members == ()
     assert report.pools[0].note is not None and "not running" in report.pools[0].note
@@ -281,7 +287,7 @@ def test_table_is_aligned_and_shows_unknown_as_a_dash() -> None:
         routes=[dynamic_route()],
         upstreams=upstreams,
         caddy_health=None,
-        state=dynamic_state(),
+        snapshot=snap(dynamic_state()),
     )
     table = render_table(report)
     lines = table.splitlines()
@@ -306,7 +312,7 @@ def test_json_is_stable() -> None:
         routes=[dynamic_route()],
         upstreams=[],
         caddy_health=None,
-        state=dynamic_state(),
+        snapshot=snap(dynamic_state()),
     )
     first = json.dumps(report_json(report))
     assert first == json.dumps(report_json(report))
@@ -351,7 +357,7 @@ def test_state_records_members_and_containers_withheld_by_docker_health() -> Non
     desired = build_desired(containers)
     state = SyncState(docker_up=True, caddy_up=True, last_apply_ok=True)
     state.desired, state.containers = desired, containers
-    payload = daemon_state(Settings(), [state], ["http://127.0.0.1:2019"])
+    payload = snapshot_of([state], endpoints=["http://127.0.0.1:2019"]).to_json()
     (pool,) = payload["pools"]
     by_name = {m["container"]: m for m in pool["members"]}
     assert set(by_name) == {"web-1", "web-2", "web-3"}  # exited: not listed at all
@@ -367,7 +373,7 @@ def test_state_records_members_and_containers_withheld_by_docker_health() -> Non
             routes=None,
             upstreams=[],
             caddy_health=None,
-            state=json.loads(json.dumps(payload)),
+            snapshot=snap(json.loads(json.dumps(payload))),
         )
     )
     health = {m["container"]: (m["health"], m["reason"]) for m in members_of_all(report)}
@@ -395,9 +401,9 @@ def test_state_file_is_replaced_atomically_and_read_back(tmp_path: Path) -> None
 async def test_writer_coalesces_requests_and_skips_unchanged_states(tmp_path: Path) -> None:
     calls = []
 
-    def snapshot() -> dict[str, Any]:
+    def snapshot() -> Snapshot:
         calls.append(1)
-        return {"version": 1, "pid": os.getpid(), "written_at": str(len(calls))}
+        return Snapshot.from_json({"version": 1, "pid": os.getpid(), "written_at": str(len(calls))})
 
     writer = StateFileWriter(tmp_path / "state.json", snapshot)
     for _ in range(5):
@@ -471,7 +477,7 @@ def test_state_file_location(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) ->
 
 def test_a_stopping_daemon_leaves_another_daemons_state_file(tmp_path: Path) -> None:
     path = tmp_path / "state.json"
-    writer = StateFileWriter(path, lambda: {"version": 1, "pid": os.getpid()})
+    writer = StateFileWriter(path, lambda: Snapshot.from_json({"version": 1, "pid": os.getpid()}))
     writer.write_now()
     write_state_file(path, {"version": 1, "pid": os.getpid() + 100_000})  # someone else's
     writer.remove()

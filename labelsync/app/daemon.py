@@ -21,13 +21,15 @@ from labelsync.caddy.admin import CaddyAdmin, answers
 from labelsync.errors import ConfigError, LabelsyncError
 from labelsync.loop.reconcile import MembershipChannel, Reconciler
 from labelsync.report.logs import setup_logging
+from labelsync.report.metrics import PING_TIMEOUT
 from labelsync.report.observability import Observability
 from labelsync.report.sdnotify import SystemdNotifier
-from labelsync.settings import Settings, load_settings
+from labelsync.report.snapshot import LiveView
+from labelsync.report.state_file import state_file_path
+from labelsync.settings import DEFAULT_CADDY_ADMIN, Settings, load_settings
 from labelsync.sources.docker import DockerSource
 from labelsync.sources.static import StaticFile
 
-DEFAULT_ADMIN = "http://localhost:2019"
 LIVE_SETTINGS = (
     "log_level",
     "log_format",
@@ -50,11 +52,11 @@ async def caddy_endpoints(
     """
     wanted = [e.strip() for e in settings.caddy_admin.split(",") if e.strip()]
     if wanted == ["auto"]:
-        if await answers(DEFAULT_ADMIN):
-            logger.info(f"using the Caddy answering at {DEFAULT_ADMIN}")
-            wanted = [DEFAULT_ADMIN]
+        if await answers(DEFAULT_CADDY_ADMIN):
+            logger.info(f"using the Caddy answering at {DEFAULT_CADDY_ADMIN}")
+            wanted = [DEFAULT_CADDY_ADMIN]
         else:
-            logger.info(f"no Caddy answers at {DEFAULT_ADMIN}; starting the bundled Caddy")
+            logger.info(f"no Caddy answers at {DEFAULT_CADDY_ADMIN}; starting the bundled Caddy")
             wanted = ["embedded"]
     if "embedded" not in wanted:
         yield wanted
@@ -128,14 +130,43 @@ def _reachability_check(
 
     if not isinstance(membership, DynamicMembership):
         return None
-    from labelsync.membership.reachability import check_after_first_sync
+    from labelsync.loop.reachability import check_after_first_sync
 
     return asyncio.create_task(
         check_after_first_sync(reconciler.state, reconciler.caddy, membership.resolver, settings)
     )
 
 
-def _reload_settings(reconcilers: list[Reconciler], static: StaticFile | None) -> None:
+def _observability(
+    settings: Settings,
+    reconcilers: list[Reconciler],
+    membership: MembershipChannel | None,
+    notifier: SystemdNotifier,
+) -> Observability:
+    """The state file, metrics and systemd notifications, watching every reconciler."""
+    from labelsync.membership.channel import DynamicMembership
+
+    health = membership if isinstance(membership, DynamicMembership) else None
+    view = LiveView(reconcilers, settings=settings, health=health)
+    readers = []
+    if settings.metrics_listen:  # scrapes and /healthz read Caddy with clients of their own
+        readers = [CaddyAdmin(r.caddy.endpoint, timeout=PING_TIMEOUT * 2) for r in reconcilers]
+    observability = Observability(
+        view,
+        state_file=state_file_path(settings),
+        metrics_listen=settings.metrics_listen,
+        readers=readers,
+        notifier=notifier,
+    )
+    for reconciler in reconcilers:
+        reconciler.observers.extend(observability.observers)
+    return observability
+
+
+def _reload_settings(
+    reconcilers: list[Reconciler], static: StaticFile | None, notifier: SystemdNotifier
+) -> None:
+    notifier.reloading()
     try:
         fresh = load_settings()
     except ConfigError as exc:
@@ -158,6 +189,7 @@ def _reload_settings(reconcilers: list[Reconciler], static: StaticFile | None) -
         reconciler.settings = merged
         reconciler.verify_next()
     logger.info("SIGHUP: settings and static file reloaded; resyncing")
+    notifier.ready()
 
 
 async def _leave_fallbacks(reconcilers: list[Reconciler]) -> None:
@@ -186,7 +218,7 @@ async def run_daemon(settings: Settings) -> int:
     reconcilers: list[Reconciler] = []
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, lambda: _reload_settings(reconcilers, static))
+    loop.add_signal_handler(signal.SIGHUP, lambda: _reload_settings(reconcilers, static, notifier))
 
     def restore_routes() -> None:
         for reconciler in reconcilers:
@@ -208,7 +240,7 @@ async def run_daemon(settings: Settings) -> int:
             f"labelsync running: Caddy {', '.join(endpoints)}, Docker {sources[0].endpoint}, "
             f"upstreams {settings.upstreams}"
         )
-        observability = Observability(settings, reconcilers, endpoints, membership, notifier)
+        observability = _observability(settings, reconcilers, membership, notifier)
         await observability.start()
         tasks = [asyncio.create_task(r.run()) for r in reconcilers]
         stopper = asyncio.create_task(stop.wait())

@@ -24,12 +24,10 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
-import httpx
-from prometheus_client.parser import text_string_to_metric_families
-
 from labelsync.caddy.admin import CaddyAdmin, answers
 from labelsync.core.model import JSON
 from labelsync.errors import CaddyError, CaddyUnavailable
+from labelsync.report.snapshot import Snapshot
 from labelsync.report.state_file import (
     SYSTEM_RUNTIME_DIR,
     process_alive,
@@ -43,21 +41,18 @@ from labelsync.report.status_report import (
     render_table,
     report_json,
 )
-from labelsync.settings import Settings
-
-DEFAULT_ADMIN = "http://localhost:2019"
-CADDY_HEALTHY_METRIC = "caddy_reverse_proxy_upstreams_healthy"
+from labelsync.settings import DEFAULT_CADDY_ADMIN, Settings
 
 
-def live_state(settings: Settings) -> tuple[JSON | None, list[str]]:
-    """The state of a running daemon, and notes about state files that were skipped."""
+def live_state(settings: Settings) -> tuple[Snapshot | None, list[str]]:
+    """The snapshot of a running daemon, and notes about state files that were skipped."""
     notes: list[str] = []
     for path in state_file_candidates(settings):
         state = read_state_file(path)
         if state is None:
             continue
         if process_alive(int(state.get("pid") or 0)):
-            return state, notes
+            return Snapshot.from_json(state), notes
         notes.append(f"{path} is from labelsync pid {state.get('pid')}, which is not running")
     return None, notes
 
@@ -70,68 +65,41 @@ def _embedded_sockets() -> list[Path]:
     return [d / "admin.sock" for d in dict.fromkeys(dirs)]
 
 
-async def find_admin(settings: Settings, state: JSON | None) -> str:
+async def find_admin(settings: Settings, state: Snapshot | None) -> str:
     """The admin endpoint to read: the setting, else the running daemon's, else
     localhost:2019, else the bundled Caddy's socket. CaddyUnavailable names what was tried."""
     wanted = [e.strip() for e in settings.caddy_admin.split(",") if e.strip()]
-    daemon_endpoints = list((state or {}).get("caddy_admin") or [])
+    daemon_endpoints = [e.admin for e in state.endpoints] if state is not None else []
     if wanted and wanted[0] not in ("auto", "embedded"):
         candidates = [wanted[0]]
     elif daemon_endpoints:
         candidates = [daemon_endpoints[0]]
     else:
         sockets = [f"unix://{path}" for path in _embedded_sockets()]
-        candidates = sockets if wanted[:1] == ["embedded"] else [DEFAULT_ADMIN, *sockets]
+        candidates = sockets if wanted[:1] == ["embedded"] else [DEFAULT_CADDY_ADMIN, *sockets]
     for endpoint in candidates:
         if await answers(endpoint, timeout=2.0):
             return endpoint
     raise CaddyUnavailable(f"Caddy's admin API did not answer (tried {', '.join(candidates)})")
 
 
-async def caddy_active_health(endpoint: str) -> dict[str, bool] | None:
-    """Caddy's active-check verdicts by upstream address, from its `/metrics`."""
-    if endpoint.startswith("unix://"):
-        base = "http://localhost"
-        transport = httpx.AsyncHTTPTransport(uds=endpoint.removeprefix("unix://"))
-    else:
-        base = endpoint if "://" in endpoint else f"http://{endpoint}"
-        transport = httpx.AsyncHTTPTransport()
-    async with httpx.AsyncClient(
-        base_url=base, transport=transport, timeout=5.0, trust_env=False
-    ) as client:
-        try:
-            response = await client.get("/metrics")
-        except httpx.HTTPError:
-            return None
-    if response.status_code != 200:
-        return None
-    verdicts = {}
-    for family in text_string_to_metric_families(response.text):
-        if family.name != CADDY_HEALTHY_METRIC:
-            continue
-        for sample in family.samples:
-            if "upstream" in sample.labels:
-                verdicts[sample.labels["upstream"]] = sample.value >= 1
-    return verdicts
-
-
 async def gather_status(settings: Settings) -> StatusReport:
     """Read the state file and Caddy; CaddyError when Caddy cannot be read."""
     state, notes = live_state(settings)
     endpoint = await find_admin(settings, state)
-    server_name = str((state or {}).get("caddy_server") or settings.caddy_server)
+    server_name = (state.caddy_server if state is not None else "") or settings.caddy_server
     admin = CaddyAdmin(endpoint, timeout=5.0)
     try:
         server, _ = await admin.server(server_name)
         upstreams = await admin.upstreams()
+        routes: list[JSON] = list((server or {}).get("routes") or [])
+        caddy_health = None
+        if caddy_runs_active_checks(routes, state):
+            caddy_health = await admin.active_health()
     finally:
         await admin.aclose()
-    routes: list[JSON] = list((server or {}).get("routes") or [])
     if server is None:
         notes.append(f"Caddy has no server named {server_name!r}")
-    caddy_health = None
-    if caddy_runs_active_checks(routes):
-        caddy_health = await caddy_active_health(endpoint)
     if state is None:
         notes.append("labelsync is not running: health and containers are Caddy's view only")
     return build_report(
@@ -140,7 +108,7 @@ async def gather_status(settings: Settings) -> StatusReport:
         routes=routes,
         upstreams=upstreams,
         caddy_health=caddy_health,
-        state=state,
+        snapshot=state,
         notes=notes,
     )
 

@@ -32,6 +32,7 @@ from urllib.parse import quote
 
 import httpx
 from loguru import logger
+from prometheus_client.parser import text_string_to_metric_families
 
 from labelsync.caddy.operations import (
     AddRoute,
@@ -55,6 +56,7 @@ from labelsync.errors import (
 
 # How much of a failed write's body goes into the DEBUG log line.
 LOGGED_BODY_CHARS = 2000
+CADDY_HEALTHY_METRIC = "caddy_reverse_proxy_upstreams_healthy"
 
 
 class CaddyAdmin:
@@ -108,6 +110,25 @@ class CaddyAdmin:
         """True when Caddy holds an object with this `@id` (GET /id/<id>; 404 when not)."""
         value, _ = await self.get(_id_path(object_id))
         return value is not None
+
+    async def active_health(self) -> dict[str, bool] | None:
+        """Caddy's own active-check verdicts by upstream address (static mode), from the
+        `caddy_reverse_proxy_upstreams_healthy` gauge of its `/metrics` (Caddy refreshes
+        it about every 10 s); None when Caddy does not answer."""
+        try:
+            response = await self._send("GET", "/metrics")
+        except CaddyUnavailable:
+            return None
+        if response.status_code != 200:
+            return None
+        verdicts = {}
+        for family in text_string_to_metric_families(response.text):
+            if family.name != CADDY_HEALTHY_METRIC:
+                continue
+            for sample in family.samples:
+                if "upstream" in sample.labels:
+                    verdicts[sample.labels["upstream"]] = sample.value >= 1
+        return verdicts
 
     async def ping(self) -> bool:
         """True when the admin endpoint answers a read.

@@ -178,3 +178,18 @@ class DesiredState:
 
     def pool(self, pool_id: str) -> Pool | None:
         return next((p for p in self.pools if p.id == pool_id), None)
+
+
+@dataclass
+class MemberHealth:
+    """The verdict of labelsync's active check of one member (dynamic mode), as it goes."""
+
+    healthy: bool = True
+    reason: str = "not checked yet"
+    successes: int = 0  # consecutive
+    failures: int = 0  # consecutive
+
+    @property
+    def checked(self) -> bool:
+        """False until the first check gave a result (a member starts out healthy)."""
+        return bool(self.successes or self.failures) or not self.healthy

@@ -132,3 +132,13 @@ def split_address(address: str) -> tuple[str, int]:
     elif ":" in host:
         raise ValueError(f"IPv6 address without brackets: {address!r}")
     return host, port
+
+
+def parse_listen(address: str) -> tuple[str | None, int]:
+    """A listen address `host:port`, `[v6]:port` or `:port` -> (host, port), host None
+    for `:port` (every interface, as in Go and Caddy); ValueError for anything else."""
+    host, sep, port = address.strip().rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ValueError(f"a listen address is host:port or :port, not {address!r}")
+    host = host.strip("[]")
+    return (host or None), int(port)

@@ -31,7 +31,8 @@ from labelsync.caddy.listen import listen_plan, port_mismatch
 from labelsync.caddy.operations import Operation, apply_operations
 from labelsync.caddy.render import RenderOptions, render_routes
 from labelsync.core.changes import describe_changes
-from labelsync.core.model import ContainerInfo, DesiredState, Problem
+from labelsync.core.events import DockerEvent, EventKind
+from labelsync.core.model import ContainerInfo, DesiredState, Problem, Route
 from labelsync.core.outcomes import SyncResult
 from labelsync.core.pools import ParseMemo, build_desired
 from labelsync.errors import (
@@ -45,7 +46,7 @@ from labelsync.errors import (
 from labelsync.loop.caddy_watch import watch_caddy
 from labelsync.report.logs import log_problems
 from labelsync.settings import Settings
-from labelsync.sources.docker import DockerEvent, DockerSource
+from labelsync.sources.docker import DockerSource
 from labelsync.sources.static import StaticFile
 
 LEAVE_ACTIONS = frozenset({"kill", "stop", "die", "pause", "destroy"})
@@ -138,15 +139,15 @@ class Reconciler:
         for observer in self.observers:
             observer.on_event(event)
         event_time = event.time_ns / 1e9 if event.time_ns else None
-        if event.kind == "stream-down":
+        if event.kind is EventKind.STREAM_DOWN:
             self.state.docker_up = False
             logger.warning("Docker event stream lost; Caddy stays as it is until it is back")
             return
-        if event.kind == "stream-up":
+        if event.kind is EventKind.STREAM_UP:
             self.state.docker_up = True
             self.verify_next()
             return
-        action = event.action.split(":", 1)[0].strip()
+        action = event.verb
         if event.container_id and action in LEAVE_ACTIONS:
             if event.container_id not in self._leaving:
                 self._leaving.add(event.container_id)
@@ -161,6 +162,16 @@ class Reconciler:
             return
         desired = self._build(self.state.containers)
         self.membership.publish(desired)
+
+    def routes_of(self, container: ContainerInfo) -> tuple[Route, ...]:
+        """The routes `container`'s labels give (from the parse memo: no re-parse)."""
+        routes, _ = self._parsed.parse(
+            container,
+            prefix=self.settings.label_prefix,
+            default_network=self.settings.network,
+            shape_only=False,
+        )
+        return tuple(routes)
 
     # --- the core, once ---------------------------------------------------------------
     def _build(self, containers: tuple[ContainerInfo, ...]) -> DesiredState:

@@ -11,17 +11,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 
 from loguru import logger
 
 from labelsync.core.durations import parse_duration
-from labelsync.core.model import DesiredState, Member
+from labelsync.core.model import DesiredState, Member, MemberHealth
 from labelsync.core.names import pool_dns_name
 from labelsync.errors import ConfigError
 from labelsync.membership.health import ActiveChecker
 from labelsync.membership.resolver import Resolver
-from labelsync.membership.srv_records import srv_answers
+from labelsync.membership.srv_records import no_healthy_member, srv_answers
 from labelsync.settings import Settings
 
 # The drain on the way out lasts Caddy's refresh plus this margin, and at most DRAIN_MAX.
@@ -86,6 +86,15 @@ class DynamicMembership:
             finally:
                 await resolver.stop()
 
+    def states(self) -> Mapping[tuple[str, str], MemberHealth]:
+        """The active checks' verdicts by (pool id, member address)."""
+        return self.checker.states()
+
+    @property
+    def probes(self) -> int:
+        """Active checks run so far."""
+        return self.checker.probes
+
     def publish(self, desired: DesiredState) -> None:
         """Serve `desired`'s members from now on; start or stop probes to match."""
         self._desired = desired
@@ -107,7 +116,7 @@ class DynamicMembership:
         self.resolver.update(answers)
 
     def _note_all_down(self, pool_id: str, members: tuple[Member, ...]) -> None:
-        down = bool(members) and not any(self.checker.is_healthy(pool_id, m) for m in members)
+        down = no_healthy_member(members, healthy=lambda m: self.checker.is_healthy(pool_id, m))
         if down and pool_id not in self._all_down:
             logger.bind(pool=pool_id).warning(
                 f"pool {pool_id}: no member passes its health check; answering with all of "

@@ -27,7 +27,7 @@ import httpx
 from loguru import logger
 
 from labelsync.core.durations import parse_duration
-from labelsync.core.model import Member, Pool
+from labelsync.core.model import Member, MemberHealth, Pool
 
 OnChange = Callable[[str, str, bool, str], None]  # pool id, member address, healthy, reason
 
@@ -50,14 +50,6 @@ class ProbeSpec:
     fails: int
     verify: bool
     server_name: str | None
-
-
-@dataclass
-class MemberHealth:
-    healthy: bool = True
-    reason: str = "not checked yet"
-    successes: int = 0  # consecutive
-    failures: int = 0  # consecutive
 
 
 def probe_spec(pool: Pool, member: Member) -> ProbeSpec | None:

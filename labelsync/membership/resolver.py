@@ -43,7 +43,7 @@ from typing import Any, cast
 from dnslib import AAAA, EDNS0, QTYPE, RCODE, RR, SRV, A, DNSHeader, DNSRecord
 from loguru import logger
 
-from labelsync.core.names import in_zone, target_ip
+from labelsync.core.names import in_zone, parse_listen, target_ip
 from labelsync.membership.srv_records import SrvAnswer
 
 TTL = 0
@@ -131,12 +131,12 @@ def _normal(name: str) -> str:
     return name.rstrip(".").lower()
 
 
-def _parse_listen(listen: str) -> tuple[str, int]:
-    host, sep, port = listen.rpartition(":")
-    if not sep or not port.isdigit():
-        raise ValueError(f"resolver listen address must be host:port, not {listen!r}")
-    host = host.strip("[]") or "0.0.0.0"  # ":8053": every interface, as in Go
-    return host, int(port)
+def _bind_address(listen: str) -> tuple[str, int]:
+    try:
+        host, port = parse_listen(listen)
+    except ValueError as exc:
+        raise ValueError(f"resolver listen address: {exc}") from exc
+    return host or "0.0.0.0", port  # ":8053": every (IPv4) interface
 
 
 def _format_address(host: str, port: int) -> str:
@@ -159,7 +159,7 @@ class Resolver:
     """
 
     def __init__(self, listen: str = "127.0.0.1:8053", *, lookup_timeout: float = 2.0) -> None:
-        self._listen = _parse_listen(listen)
+        self._listen = _bind_address(listen)
         self._lookup_timeout = lookup_timeout
         self._served = _Served()
         self._bound: str | None = None

@@ -64,9 +64,9 @@ class SrvAnswer:
     target: str
 
 
-def no_healthy_member(pool: Pool, *, healthy: Callable[[Member], bool]) -> bool:
-    """True when the pool has members and none is healthy (answered all the same)."""
-    return bool(pool.members) and not any(healthy(m) for m in pool.members)
+def no_healthy_member(members: Sequence[Member], *, healthy: Callable[[Member], bool]) -> bool:
+    """True when there are members and none is healthy (answered all the same)."""
+    return bool(members) and not any(healthy(m) for m in members)
 
 
 def srv_answers(

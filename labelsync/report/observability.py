@@ -1,53 +1,52 @@
 """What a running daemon tells the outside: the state file, metrics, and systemd.
 
-    observability = Observability(settings, reconcilers, endpoints, membership, notifier)
+    view = LiveView(reconcilers, settings=settings, health=membership)
+    observability = Observability(view, state_file=path, metrics_listen=..., readers=...)
+    for reconciler in reconcilers:
+        reconciler.observers.extend(observability.observers)
     await observability.start()     # after the reconcilers exist, before they run
     ...
     await observability.aclose()    # on the way out
 
-It watches the loop through `Reconciler.observers` (events, syncs) and the membership's
-health flips, and turns them into: the state file `labelsync status` reads, the metrics
-and `/healthz` endpoint when `LABELSYNC_METRICS_LISTEN` is set, and systemd's READY=1 after
-the first successful sync, STATUS= on every state change, WATCHDOG=1 pings.
+It watches the loop (events, syncs) and the membership's health flips, marks the live
+view changed, and turns the snapshot into: the state file `labelsync status` reads, the
+metrics and `/healthz` endpoint when `LABELSYNC_METRICS_LISTEN` is set, and systemd's
+READY=1 after the first successful sync, STATUS= on every state change, WATCHDOG=1 pings.
 """
 
 from __future__ import annotations
 
 import asyncio
-import datetime
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
 
 from loguru import logger
 
-from labelsync.report.metrics import Metrics
+from labelsync.core.events import DockerEvent
+from labelsync.core.outcomes import SyncResult
+from labelsync.report.metrics import CaddyReader, Metrics
 from labelsync.report.sdnotify import SystemdNotifier
-from labelsync.report.state_file import StateFileWriter, daemon_state, state_file_path
-
-if TYPE_CHECKING:
-    from labelsync.loop.reconcile import MembershipChannel, Reconciler, SyncState
-    from labelsync.settings import Settings
-    from labelsync.sources.docker import DockerEvent
+from labelsync.report.snapshot import LiveView, Snapshot
+from labelsync.report.state_file import StateFileWriter
 
 STATE_REFRESH = 1.0  # seconds between checks for changes no event announces (first verdicts)
 
 
-def status_line(states: Sequence[SyncState]) -> str:
+def status_line(snapshot: Snapshot) -> str:
     """One line for systemd's STATUS=: what is wrong, or what is served."""
-    error = next((s.last_error for s in states if s.last_error), None)
-    if not all(s.docker_up for s in states):
+    error = snapshot.last_error
+    if not snapshot.docker_up:
         return "Docker unreachable; Caddy keeps its config" + (f" ({error})" if error else "")
-    if not all(s.synced.is_set() for s in states):
+    if not snapshot.synced:
         return "starting: first sync pending" + (f" ({error})" if error else "")
-    if not all(s.caddy_up for s in states):
+    if not snapshot.caddy_up:
         return f"Caddy unreachable; retrying ({error})"
-    if not all(s.last_apply_ok for s in states):
+    if not snapshot.last_apply_ok:
         return f"applying to Caddy failed; retrying ({error})"
-    desired = states[0].desired if states else None
-    pools = desired.pools if desired is not None else ()
-    members = sum(len(p.members) for p in pools)
-    problems = len(desired.problems) if desired is not None else 0
-    return f"in sync: {len(pools)} pool(s), {members} member(s), {problems} label problem(s)"
+    return (
+        f"in sync: {len(snapshot.pools)} pool(s), {snapshot.members} member(s), "
+        f"{snapshot.problem_count} label problem(s)"
+    )
 
 
 class Observability:
@@ -55,48 +54,31 @@ class Observability:
 
     def __init__(
         self,
-        settings: Settings,
-        reconcilers: Sequence[Reconciler],
-        endpoints: Sequence[str],
-        membership: MembershipChannel | None,
+        view: LiveView,
+        *,
+        state_file: Path,
+        metrics_listen: str | None = None,
+        readers: Sequence[CaddyReader] = (),
         notifier: SystemdNotifier | None = None,
     ) -> None:
-        self.settings = settings
-        self.reconcilers = list(reconcilers)
-        self.endpoints = list(endpoints)
-        self.membership = membership
+        self.view = view
         self.notifier = notifier or SystemdNotifier(None)
-        self.started_at = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
-        self.state_file = StateFileWriter(state_file_path(settings), self.snapshot)
-        checker = getattr(membership, "checker", None)
-        self.metrics: Metrics | None = None
-        if settings.metrics_listen:
-            probes = (lambda: int(checker.probes)) if checker is not None else None
-            self.metrics = Metrics(self.reconcilers, self.snapshot, probes=probes)
+        self.state_file = StateFileWriter(state_file, view.snapshot)
+        self.metrics_listen = metrics_listen
+        self.metrics = Metrics(view, readers) if metrics_listen else None
         self._tasks: list[asyncio.Task[None]] = []
 
-    def snapshot(self) -> dict[str, Any]:
-        """The daemon's state as the state file holds it."""
-        checker = getattr(self.membership, "checker", None)
-        return daemon_state(
-            self.reconcilers[0].settings if self.reconcilers else self.settings,
-            [r.state for r in self.reconcilers],
-            self.endpoints,
-            health=checker.states() if checker is not None else None,
-            started_at=self.started_at,
-        )
+    @property
+    def observers(self) -> list[Observability | Metrics]:
+        """What watches the loop's events and syncs."""
+        return [self] if self.metrics is None else [self, self.metrics]
 
     async def start(self) -> None:
         """Bind the metrics endpoint (ConfigError when it cannot) and start watching."""
-        if self.metrics is not None and self.settings.metrics_listen:
-            await self.metrics.start(self.settings.metrics_listen)
-        for reconciler in self.reconcilers:
-            reconciler.observers.append(self)
-            if self.metrics is not None:
-                reconciler.observers.append(self.metrics)
-        listeners = getattr(self.membership, "on_health_change", None)
-        if isinstance(listeners, list):
-            listeners.append(self._health_changed)
+        if self.metrics is not None and self.metrics_listen:
+            await self.metrics.start(self.metrics_listen)
+        if self.view.health is not None:
+            self.view.health.on_health_change.append(self._health_changed)
         self.notifier.status("starting: first sync pending")
         self.state_file.write_now()
         logger.debug(f"state file {self.state_file.path}")
@@ -119,27 +101,30 @@ class Observability:
     # -- observer of the loop ------------------------------------------------------------------
     def on_event(self, event: DockerEvent) -> None:
         container = event.container_id[:12] if event.container_id else None
-        logger.bind(event=event.action or event.kind, container=container).debug(
+        logger.bind(event=event.action or event.kind.value, container=container).debug(
             f"Docker {event.kind} event {event.action}".rstrip()
         )
-        if event.kind.startswith("stream-"):
+        if event.kind.is_stream:
             # Reconciler marks Docker up/down right after its observers: look next turn.
             asyncio.get_running_loop().call_soon(self._state_changed)
 
-    def on_sync(self, result: str, seconds: float, latency: float | None) -> None:
+    def on_sync(self, result: SyncResult, seconds: float, latency: float | None) -> None:
         self._state_changed()
 
     def _health_changed(self, pool_id: str, address: str, healthy: bool, reason: str) -> None:
+        self.view.changed()
         self.state_file.request()
 
     def _state_changed(self) -> None:
+        self.view.changed()
         self.state_file.request()
-        self.notifier.status(status_line([r.state for r in self.reconcilers]))
+        self.notifier.status(status_line(self.view.snapshot()))
 
     # -- tasks ---------------------------------------------------------------------------------
     async def _ready_after_first_sync(self) -> None:
-        await asyncio.gather(*(r.state.synced.wait() for r in self.reconcilers))
-        self.notifier.ready(status_line([r.state for r in self.reconcilers]))
+        await asyncio.gather(*(loop.state.synced.wait() for loop in self.view.loops))
+        self.view.changed()
+        self.notifier.ready(status_line(self.view.snapshot()))
         if self.notifier.enabled:
             logger.debug("first sync done: sent READY=1 to systemd")
 
@@ -154,6 +139,8 @@ class Observability:
         while True:
             await asyncio.sleep(STATE_REFRESH)
             try:
+                # A check's first verdict or a new failure reason announces nothing.
+                self.view.changed()
                 self.state_file.write_if_changed()
             except Exception:  # a bug here must not end the refreshes
                 logger.opt(exception=True).error("state file: refresh failed")

@@ -11,36 +11,31 @@ state.json`, else `/run/labelsync/state.json` for root (the unit's RuntimeDirect
 `/tmp/labelsync-<uid>/state.json`. Readers also look in `/run/labelsync/`, so a root shell
 whose XDG_RUNTIME_DIR is `/run/user/0` still finds the system service's file.
 
-The file holds facts (Docker's health, the check's verdict and reason, whether the
-member is in its pool's answer); judging them into healthy/unhealthy/unknown is left to
-the reader, which adds what Caddy knows (`labelsync.app.status`).
+The file holds the JSON form of the daemon's `Snapshot` (`snapshot.py`): facts such as
+Docker's health, the check's verdict and reason, whether the member is in its pool's
+answer. Judging them into healthy/unhealthy/unknown is left to the reader, which adds
+what Caddy knows (`labelsync.app.status`). This module only finds and writes the file.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime
 import json
 import os
 import tempfile
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from loguru import logger
 
-from labelsync import __version__
-from labelsync.core.labels import parse_container
-from labelsync.core.model import JSON, ContainerInfo, Pool
-from labelsync.core.names import pool_id
+from labelsync.core.model import JSON
+from labelsync.report.snapshot import STATE_VERSION, Snapshot
 
 if TYPE_CHECKING:
-    from labelsync.loop.reconcile import SyncState
-    from labelsync.membership.health import MemberHealth
     from labelsync.settings import Settings
 
-STATE_VERSION = 1
 STATE_NAME = "state.json"
 SYSTEM_RUNTIME_DIR = Path("/run/labelsync")
 
@@ -115,133 +110,14 @@ def _prepare_directory(directory: Path) -> None:
         raise PermissionError(f"{directory} is not a directory owned by this user")
 
 
-# -- what goes in ------------------------------------------------------------------------------
-
-
-def _now() -> str:
-    return datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds")
-
-
-def member_facts(pool: Pool, health: Mapping[tuple[str, str], MemberHealth] | None) -> list[JSON]:
-    """The members of `pool` as the state file records them."""
-    facts = []
-    for member in pool.members:
-        check = None
-        state = None if health is None else health.get((pool.id, member.address))
-        if state is not None:
-            checked = bool(state.successes or state.failures) or not state.healthy
-            check = {"healthy": state.healthy if checked else None, "reason": state.reason}
-        facts.append(
-            {
-                "address": member.address,
-                "container": member.container_name,
-                "container_id": member.container_id,
-                "origin": member.origin,
-                "weight": member.weight,
-                "track": member.track,
-                "in_pool": True,
-                "check": check,
-            }
-        )
-    return facts
-
-
-def withheld_members(
-    containers: Iterable[ContainerInfo], *, prefix: str, default_network: str | None
-) -> dict[str, list[JSON]]:
-    """Running or paused containers that are *not* members (Docker health not `healthy`,
-    paused), by the id of the pool their labels put them in: status lists them with why."""
-    withheld: dict[str, list[JSON]] = {}
-    for container in containers:
-        if container.state not in ("running", "paused") or container.is_serving:
-            continue
-        routes, _ = parse_container(container, prefix=prefix, default_network=default_network)
-        for route in routes:
-            withheld.setdefault(pool_id(route.hosts, route.path), []).append(
-                {
-                    "address": route.address,
-                    "container": container.name,
-                    "container_id": container.id,
-                    "origin": route.origin,
-                    "weight": route.weight,
-                    "track": route.track,
-                    "in_pool": False,
-                    "check": None,
-                }
-            )
-    return withheld
-
-
-def _passive(pool: Pool) -> JSON | None:
-    passive = pool.shape.settings.passive
-    if passive is None:
-        return None
-    return {"max_fails": passive.max_fails, "fail_duration": passive.fail_duration}
-
-
-def daemon_state(
-    settings: Settings,
-    states: Sequence[SyncState],
-    endpoints: Sequence[str],
-    *,
-    health: Mapping[tuple[str, str], MemberHealth] | None = None,
-    started_at: str | None = None,
-) -> JSON:
-    """Everything `labelsync status` needs from the daemon, as plain JSON."""
-    first = states[0] if states else None
-    desired = first.desired if first is not None else None
-    containers = {c.id: c for c in (first.containers if first is not None else ())}
-    withheld = withheld_members(
-        containers.values(), prefix=settings.label_prefix, default_network=settings.network
-    )
-    pools = []
-    for pool in desired.pools if desired is not None else ():
-        settings_of_pool = pool.shape.settings
-        members = member_facts(pool, health) + withheld.get(pool.id, [])
-        for fact in members:
-            container = containers.get(fact["container_id"])
-            fact["container_state"] = container.state if container is not None else None
-            fact["docker_health"] = container.health if container is not None else None
-        pools.append(
-            {
-                "id": pool.id,
-                "hosts": list(pool.shape.hosts),
-                "path": pool.shape.path,
-                "policy": settings_of_pool.lb_policy,
-                "split": settings_of_pool.split,
-                "active_check": settings_of_pool.active.path if settings_of_pool.active else None,
-                "passive": _passive(pool),
-                "members": members,
-            }
-        )
-    return {
-        "version": STATE_VERSION,
-        "labelsync": __version__,
-        "pid": os.getpid(),
-        "started_at": started_at,
-        "written_at": _now(),
-        "upstreams": settings.upstreams,
-        "caddy_server": settings.caddy_server,
-        "caddy_admin": list(endpoints),
-        "metrics_listen": settings.metrics_listen,
-        "docker_up": all(s.docker_up for s in states) if states else False,
-        "caddy_up": [s.caddy_up for s in states],
-        "last_apply_ok": all(s.last_apply_ok for s in states) if states else False,
-        "last_error": next((s.last_error for s in states if s.last_error), None),
-        "synced": all(s.synced.is_set() for s in states) if states else False,
-        "problems": len(desired.problems) if desired is not None else 0,
-        "pools": pools,
-    }
-
-
 class StateFileWriter:
     """Writes the daemon's state to `path` soon after each `request()`, coalescing bursts.
 
-    `snapshot` builds the payload at write time, so a burst of requests costs one write
-    of the newest state.
+    `snapshot` gives the current snapshot at write time, so a burst of requests costs
+    one write of the newest state.
     """
 
-    def __init__(self, path: Path, snapshot: Callable[[], JSON]) -> None:
+    def __init__(self, path: Path, snapshot: Callable[[], Snapshot]) -> None:
         self.path = path
         self.snapshot = snapshot
         self.writes = 0
@@ -259,13 +135,13 @@ class StateFileWriter:
     def write_if_changed(self) -> None:
         """Write when anything but the time differs from the last write (called every
         second: a check's first verdict or a new failure reason flips nothing)."""
-        payload = self.snapshot()
+        payload = self.snapshot().to_json()
         if _timeless(payload) != self._last_written:
             self._write(payload)
 
     def write_now(self) -> None:
         self._pending = False
-        self._write(self.snapshot())
+        self._write(self.snapshot().to_json())
 
     def _write(self, payload: JSON) -> None:
         try:

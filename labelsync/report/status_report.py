@@ -1,7 +1,8 @@
 """The status report: members judged healthy, unhealthy or unknown, as a table or JSON.
 
-Pure: takes what the daemon's state file says and what Caddy's admin API answered (read
-by `labelsync.app.status`) and merges them. A member's health is the verdict of every source
+Pure: takes the daemon's `Snapshot` (live in the daemon, or read back from its state
+file by `labelsync.app.status`) and what Caddy's admin API answered, and merges them.
+A member's health is the verdict of every source
 that has one: any failing source makes it `unhealthy` (all failing reasons are given),
 else any passing one `healthy`, else `unknown` with what is pending. The sources:
 Docker's `HEALTHCHECK` and a paused container; labelsync's own active check (dynamic
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field
 
 from labelsync.core.model import JSON
 from labelsync.core.names import is_owned, member_address_of
+from labelsync.report.snapshot import MemberView, PoolView, Snapshot
 
 REPORT_VERSION = 1
 CADDY_PASSIVE_MAX_FAILS = 1  # Caddy's default when passive checks are on
@@ -90,7 +92,7 @@ class _PoolFacts:
     caddy_active: bool  # Caddy runs the active checks (static mode)
     labelsync_active: bool  # labelsync runs them (dynamic mode)
     passive: tuple[int, str] | None  # max_fails, fail_duration
-    members: list[JSON] | None  # None: unknown
+    members: Sequence[MemberView] | None  # None: unknown
 
 
 def _route_facts(route: JSON) -> _PoolFacts:
@@ -104,7 +106,7 @@ def _route_facts(route: JSON) -> _PoolFacts:
     dynamic = "dynamic_upstreams" in handler
     members = None
     if not dynamic:
-        members = [{"address": u["dial"]} for u in handler.get("upstreams") or [] if "dial" in u]
+        members = [_caddy_member(u["dial"]) for u in handler.get("upstreams") or [] if "dial" in u]
     return _PoolFacts(
         id=str(route["@id"]),
         hosts=tuple(match.get("host") or ()),
@@ -123,19 +125,32 @@ def _route_facts(route: JSON) -> _PoolFacts:
     )
 
 
-def _state_facts(pool: JSON, dynamic: bool) -> _PoolFacts:
-    active = pool.get("active_check") is not None
-    passive = pool.get("passive")
+def _caddy_member(address: str) -> MemberView:
+    """A member only Caddy knows of (static mode, labelsync not running)."""
+    return MemberView(
+        address=address,
+        container=None,
+        container_id=None,
+        origin="caddy",
+        weight=1,
+        track="stable",
+        in_pool=True,
+        check=None,
+    )
+
+
+def _state_facts(pool: PoolView, dynamic: bool) -> _PoolFacts:
+    active = pool.active_check is not None
     return _PoolFacts(
-        id=pool["id"],
-        hosts=tuple(pool.get("hosts") or ()),
-        path=pool.get("path"),
-        policy=pool.get("policy"),
+        id=pool.id,
+        hosts=pool.hosts,
+        path=pool.path,
+        policy=pool.policy,
         dynamic=dynamic,
         caddy_active=active and not dynamic,
         labelsync_active=active and dynamic,
-        passive=None if not passive else (int(passive["max_fails"]), passive["fail_duration"]),
-        members=list(pool.get("members") or []),
+        passive=pool.passive,
+        members=pool.members,
     )
 
 
@@ -173,16 +188,15 @@ def _upstream_index(upstreams: Sequence[JSON]) -> dict[tuple[bool, str], JSON]:
 
 
 def _judge_member(
-    fact: JSON,
+    fact: MemberView,
     pool: _PoolFacts,
     counts: JSON | None,
     caddy_health: Mapping[str, bool] | None,
 ) -> tuple[str, str | None]:
     signals = _Signals()
-    state = fact.get("container_state")
-    if state == "paused":
+    if fact.container_state == "paused":
         signals.add(False, "container paused")
-    docker = fact.get("docker_health")
+    docker = fact.docker_health
     if docker == "unhealthy":
         signals.add(False, "Docker health check: unhealthy")
     elif docker == "starting":
@@ -190,9 +204,8 @@ def _judge_member(
     elif docker == "healthy":
         signals.add(True, "Docker health check: healthy")
     if pool.labelsync_active:
-        check = fact.get("check") or {}
-        verdict = check.get("healthy")
-        reason = check.get("reason") or "not checked yet"
+        verdict = fact.check.healthy if fact.check is not None else None
+        reason = (fact.check.reason if fact.check is not None else "") or "not checked yet"
         if verdict is True:
             signals.add(True, "active check passing")
         elif verdict is False:
@@ -200,7 +213,7 @@ def _judge_member(
         else:
             signals.add(None, f"active check: {reason}")
     if pool.caddy_active:
-        address = str(counts["address"]) if counts else fact["address"]
+        address = str(counts["address"]) if counts else fact.address
         known = None if caddy_health is None else caddy_health.get(address)
         if known is None:
             signals.add(None, "Caddy's active check: not reported")
@@ -213,23 +226,23 @@ def _judge_member(
             signals.add(False, f"{fails} failed request(s) within {window} (max_fails {max_fails})")
         else:
             signals.add(True, f"passive: {fails}/{max_fails} failures")
-    if fact.get("in_pool") is False and not signals.found:
+    if not fact.in_pool and not signals.found:
         signals.add(False, "not serving")
     return signals.judge()
 
 
 def _member_status(
-    fact: JSON,
+    fact: MemberView,
     pool: _PoolFacts,
     index: Mapping[tuple[bool, str], JSON],
     caddy_health: Mapping[str, bool] | None,
 ) -> MemberStatus:
-    address = str(fact["address"])
+    address = fact.address
     counts = index.get((bool(pool.dynamic), address.lower()))
     health, reason = _judge_member(fact, pool, counts, caddy_health)
     return MemberStatus(
-        container=fact.get("container") if fact.get("origin") != "static" else None,
-        origin=fact.get("origin"),
+        container=fact.container if fact.origin == "container" else None,
+        origin=fact.origin if fact.origin != "caddy" else None,
         address=address,
         health=health,
         reason=reason,
@@ -246,19 +259,16 @@ def build_report(
     routes: Sequence[JSON] | None,
     upstreams: Sequence[JSON],
     caddy_health: Mapping[str, bool] | None,
-    state: JSON | None,
+    snapshot: Snapshot | None,
     notes: Sequence[str] = (),
 ) -> StatusReport:
-    """Merge Caddy's view and the daemon's state into one report (pure).
+    """Merge Caddy's view and the daemon's snapshot into one report (pure).
 
     `routes` are the routes of labelsync's server in Caddy (None: not read, use the
     state's pools alone); `caddy_health` maps Caddy's upstream addresses to its active
     check verdicts (None when not read).
     """
-    state_dynamic = state is not None and state.get("upstreams") == "dynamic"
-    from_state = {p["id"]: _state_facts(p, state_dynamic) for p in (state or {}).get("pools", [])}
-    owned = [r for r in routes or () if is_owned(r.get("@id"))]
-    from_caddy = {str(r["@id"]): _route_facts(r) for r in owned}
+    from_caddy, from_state = _facts(routes, snapshot)
     order = list(from_caddy) + [pid for pid in from_state if pid not in from_caddy]
     index = _upstream_index(upstreams)
     pools = []
@@ -286,15 +296,15 @@ def build_report(
             )
         )
     daemon = None
-    if state is not None:
+    if snapshot is not None:
         daemon = {
-            "pid": state.get("pid"),
-            "upstreams": state.get("upstreams"),
-            "docker_up": state.get("docker_up"),
-            "caddy_up": all(state.get("caddy_up") or [False]),
-            "last_apply_ok": state.get("last_apply_ok"),
-            "last_error": state.get("last_error"),
-            "updated": state.get("written_at"),
+            "pid": snapshot.pid,
+            "upstreams": snapshot.upstreams,
+            "docker_up": snapshot.docker_up,
+            "caddy_up": bool(snapshot.endpoints) and snapshot.caddy_up,
+            "last_apply_ok": snapshot.last_apply_ok,
+            "last_error": snapshot.last_error,
+            "updated": snapshot.written_at,
         }
     return StatusReport(caddy_admin, caddy_server, daemon, tuple(pools), tuple(notes))
 
@@ -416,6 +426,18 @@ def render_table(report: StatusReport, *, colour: bool = False) -> str:
     return "\n".join(out) + "\n"
 
 
-def caddy_runs_active_checks(routes: Sequence[JSON]) -> bool:
-    """True when one of labelsync's routes has Caddy run active checks (static mode)."""
-    return any(_route_facts(route).caddy_active for route in routes if is_owned(route.get("@id")))
+def _facts(
+    routes: Sequence[JSON] | None, snapshot: Snapshot | None
+) -> tuple[dict[str, _PoolFacts], dict[str, _PoolFacts]]:
+    """Each pool as Caddy's owned routes describe it, and as the daemon's snapshot does."""
+    dynamic = snapshot is not None and snapshot.dynamic
+    from_state = {p.id: _state_facts(p, dynamic) for p in (snapshot.pools if snapshot else ())}
+    owned = [r for r in routes or () if is_owned(r.get("@id"))]
+    return {str(r["@id"]): _route_facts(r) for r in owned}, from_state
+
+
+def caddy_runs_active_checks(routes: Sequence[JSON] | None, snapshot: Snapshot | None) -> bool:
+    """True when Caddy runs active checks for one of labelsync's pools (static mode), by
+    Caddy's routes where they were read, else by the daemon's snapshot."""
+    from_caddy, from_state = _facts(routes, snapshot)
+    return any(f.caddy_active for f in (from_caddy if routes is not None else from_state).values())

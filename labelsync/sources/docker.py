@@ -13,7 +13,6 @@ import contextlib
 import socket
 import threading
 from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import docker
@@ -22,6 +21,7 @@ import requests
 from docker.utils import kwargs_from_env
 from loguru import logger
 
+from labelsync.core.events import STREAM_DOWN, STREAM_UP, SWARM_CHANGE, DockerEvent, EventKind
 from labelsync.core.model import ContainerInfo
 from labelsync.errors import DockerUnavailable
 from labelsync.sources.swarm import SwarmMode, SwarmReader, merge_containers
@@ -44,22 +44,6 @@ PROBE_API_VERSION = "1.24"
 
 RECONNECT_FIRST_DELAY = 0.1
 RECONNECT_MAX_DELAY = 5.0
-
-
-@dataclass(frozen=True)
-class DockerEvent:
-    """One change signal from Docker, or a synthetic change in the stream itself."""
-
-    kind: str  # "container" | "network" | "service" | "swarm" | "stream-up" | "stream-down"
-    action: str  # start, die, "health_status: healthy", connect, ...; "" for stream-up/down
-    container_id: str | None
-    time_ns: int  # Docker's timeNano; 0 for stream-up/down
-
-
-STREAM_UP = DockerEvent("stream-up", "", None, 0)
-STREAM_DOWN = DockerEvent("stream-down", "", None, 0)
-# Swarm tasks changed somewhere in the cluster (seen by polling: there are no task events).
-SWARM_CHANGE = DockerEvent("swarm", "tasks-changed", None, 0)
 
 
 # -- conversion (pure) -------------------------------------------------------------------------
@@ -134,13 +118,17 @@ def event_from_message(message: Mapping[str, Any]) -> DockerEvent | None:
     time_ns = int(message.get("timeNano") or 0)
     if kind == "container":
         if action in CONTAINER_ACTIONS or action.startswith(HEALTH_ACTION_PREFIX):
-            return DockerEvent("container", action, str(actor.get("ID") or message["id"]), time_ns)
+            return DockerEvent(
+                EventKind.CONTAINER, action, str(actor.get("ID") or message["id"]), time_ns
+            )
         return None
     if kind == "network" and action in NETWORK_ACTIONS:
         container_id = (actor.get("Attributes") or {}).get("container")
-        return DockerEvent("network", action, str(container_id) if container_id else None, time_ns)
+        return DockerEvent(
+            EventKind.NETWORK, action, str(container_id) if container_id else None, time_ns
+        )
     if kind == "service" and action in SERVICE_ACTIONS:
-        return DockerEvent("service", action, None, time_ns)
+        return DockerEvent(EventKind.SERVICE, action, None, time_ns)
     return None
 
 

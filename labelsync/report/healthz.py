@@ -1,0 +1,34 @@
+"""The `/healthz` verdict: is this daemon doing its job right now?
+
+Healthy when Docker answers, every Caddy admin endpoint answers, and the last apply
+succeeded. Whether Caddy answers is asked at request time (the snapshot only knows how
+the last request went), so the caller pings and passes the answers in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from labelsync.core.model import JSON
+from labelsync.report.snapshot import Snapshot
+
+
+def healthz(snapshot: Snapshot, caddy_answers: Sequence[tuple[str, bool]]) -> tuple[bool, JSON]:
+    """(healthy, body) for `/healthz`; `caddy_answers` pairs each endpoint with its ping."""
+    reasons = []
+    if not snapshot.docker_up:
+        reasons.append("Docker is unreachable")
+    for endpoint, answers in caddy_answers:
+        if not answers:
+            reasons.append(f"Caddy's admin API at {endpoint} does not answer")
+    if not snapshot.last_apply_ok:
+        reasons.append("the last apply failed" if snapshot.synced else "no successful sync yet")
+    body = {
+        "status": "ok" if not reasons else "unavailable",
+        "reasons": reasons,
+        "docker_up": snapshot.docker_up,
+        "caddy_up": all(answers for _, answers in caddy_answers),
+        "last_apply_ok": snapshot.last_apply_ok,
+        "last_error": snapshot.last_error,
+    }
+    return not reasons, body
