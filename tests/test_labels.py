@@ -854,3 +854,18 @@ def test_named_route_headers_inherit_per_header() -> None:
     )
     active = routes[1].settings.active
     assert active is not None and active.headers == (("A", "1"), ("B", "3"))
+
+
+def test_the_label_schema_is_one_table() -> None:
+    """Every pool key of KEYS maps back from PoolSettings, and nothing else does: the
+    conflict warnings and the parser speak of the same keys."""
+    from labelsync.core.labels import KEYS, MEMBER_KEYS, pool_key_values
+    from labelsync.core.model import ActiveHealth, PassiveHealth, PoolSettings
+
+    everything = PoolSettings(
+        active=ActiveHealth(path="/health", headers=(("X-Probe", "1"),)),
+        passive=PassiveHealth(),
+    )
+    written = set(pool_key_values(everything)) - {"health.headers.X-Probe"}
+    pool_keys = set(KEYS) - MEMBER_KEYS - {"host", "path"}  # host and path name the pool
+    assert written == pool_keys

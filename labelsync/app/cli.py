@@ -57,18 +57,12 @@ def _print_problems(problems: Sequence[Problem]) -> None:
 def cmd_render(settings: Settings, args: argparse.Namespace) -> int:
     from labelsync.caddy.listen import listen_plan, whole_config
     from labelsync.caddy.render import render_routes
-    from labelsync.core.pools import build_desired
-    from labelsync.loop.reconcile import render_options
+    from labelsync.loop.reconcile import build_from_settings, render_options
 
     containers = _running_containers(settings)
     static, static_problems = _static_containers(settings)
-    desired = build_desired(
-        [*containers, *static],
-        prefix=settings.label_prefix,
-        default_network=settings.network,
-        dynamic=settings.upstreams == "dynamic",
-    )
-    _print_problems([*static_problems, *desired.problems])
+    desired = build_from_settings(settings, [*containers, *static], problems=static_problems)
+    _print_problems(desired.problems)
     config = whole_config(
         listen_plan(settings),
         settings.caddy_server,
@@ -80,7 +74,7 @@ def cmd_render(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
-    from labelsync.core.pools import build_desired
+    from labelsync.loop.reconcile import build_from_settings
     from labelsync.sources.compose import compose_containers
 
     containers: list[ContainerInfo] = []
@@ -90,13 +84,8 @@ def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
     else:
         containers = [c for c in _running_containers(settings) if c.is_serving]
     static, problems = _static_containers(settings) if not args.compose else ([], [])
-    desired = build_desired(
-        [*containers, *static],
-        prefix=settings.label_prefix,
-        default_network=settings.network,
-        dynamic=settings.upstreams == "dynamic",
-    )
-    problems = [*problems, *desired.problems]
+    desired = build_from_settings(settings, [*containers, *static], problems=problems)
+    problems = list(desired.problems)
     for problem in problems:
         print(f"{problem.severity.value}: {problem}")
     errors = sum(1 for p in problems if p.severity is Severity.ERROR)

@@ -22,6 +22,7 @@ from typing import Literal
 
 from labelsync.core.durations import normalize_duration
 from labelsync.core.model import (
+    DEFAULT_COOKIE_NAME,
     JSON,
     ActiveHealth,
     DesiredState,
@@ -30,8 +31,6 @@ from labelsync.core.model import (
     PoolSettings,
 )
 from labelsync.core.names import WEIGHTED_POLICY, is_weighted, pool_dns_name
-
-DEFAULT_COOKIE_NAME = "lb"  # Caddy's own default for the cookie policy
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from labelsync.core import label_values as v
 from labelsync.core.model import (
+    DEFAULT_COOKIE_NAME,
     RETRIES_AUTO,
     ActiveHealth,
     ContainerInfo,
@@ -62,12 +63,14 @@ KEYS: dict[str, Callable[[str], object]] = {
     "timeout.response_header": v.duration(positive=True),
 }
 HEADER_KEY = "health.headers."  # + header name; value sent with the active check
+# Member keys belong to each container; every other key of KEYS is a pool key.
+MEMBER_KEYS = frozenset({"port", "network", "address", "weight", "order", "track", "enable"})
+UNSET = "unset"  # how `pool_key_values` writes a key that has no value
 ROUTE_KEY = "route."  # + name + "." + key
 _ACTIVE_KEYS = tuple(k for k in KEYS if k.startswith("health.") and "passive" not in k)
 _PASSIVE_KEYS = tuple(k for k in KEYS if k.startswith("health.passive."))
 # Ports that are TLS by convention: the default scheme for them is https.
 HTTPS_PORTS = frozenset({443, 8443, 9443, 10443})
-COOKIE_DEFAULT_NAME = "lb"
 
 
 def _parse_header_value(text: str) -> str:
@@ -372,12 +375,12 @@ class _RouteBuilder:
         if scheme != "https":
             for key in tls_keys:
                 self.no_effect(key, f"with scheme {scheme!r}")
-        policy = self.text("lb.policy") or "random"
+        policy = self.text("lb.policy") or PoolSettings.lb_policy
         return PoolSettings(
             scheme=scheme,
             tls_skip_verify=scheme == "https" and self.flag("tls.skip_verify", False),
             tls_server_name=self.text("tls.server_name") if scheme == "https" else None,
-            split=self.number("split", 0),
+            split=self.number("split", PoolSettings.split),
             lb_policy=policy,
             lb_key=self._lb_key(policy),
             lb_choose=self._lb_choose(policy),
@@ -393,7 +396,7 @@ class _RouteBuilder:
     def _lb_key(self, policy: str) -> str | None:
         key = self.text("lb.key")
         if policy == "cookie":
-            return key or COOKIE_DEFAULT_NAME
+            return key or DEFAULT_COOKIE_NAME
         if policy in ("header", "query"):
             if "lb.key" not in self.labels:
                 what = "header" if policy == "header" else "query parameter"
@@ -411,8 +414,8 @@ class _RouteBuilder:
     def _lb_choose(self, policy: str) -> int:
         if "lb.choose" in self.labels and policy != "random_choose":
             self.no_effect("lb.choose", f"with lb.policy {policy!r}")
-            return 2
-        return self.number("lb.choose", 2)
+            return PoolSettings.lb_choose
+        return self.number("lb.choose", PoolSettings.lb_choose)
 
     def _retries(self) -> int | str:
         retries = self.value("lb.retries")
@@ -432,13 +435,13 @@ class _RouteBuilder:
         port = self.value("health.port")
         return ActiveHealth(
             path=path,
-            interval=self.text("health.interval") or "30s",
-            timeout=self.text("health.timeout") or "5s",
-            expect_status=status if isinstance(status, int) else 200,
+            interval=self.text("health.interval") or ActiveHealth.interval,
+            timeout=self.text("health.timeout") or ActiveHealth.timeout,
+            expect_status=status if isinstance(status, int) else ActiveHealth.expect_status,
             port=port if isinstance(port, int) else None,
             body=self.text("health.body"),
-            passes=self.number("health.passes", 1),
-            fails=self.number("health.fails", 1),
+            passes=self.number("health.passes", ActiveHealth.passes),
+            fails=self.number("health.fails", ActiveHealth.fails),
             headers=tuple((k.removeprefix(HEADER_KEY), self.text(k) or "") for k in header_keys),
         )
 
@@ -452,8 +455,60 @@ class _RouteBuilder:
             return None
         statuses = self.value("health.passive.unhealthy_status")
         return PassiveHealth(
-            fail_duration=self.text("health.passive.fail_duration") or "30s",
-            max_fails=self.number("health.passive.max_fails", 3),
+            fail_duration=self.text("health.passive.fail_duration") or PassiveHealth.fail_duration,
+            max_fails=self.number("health.passive.max_fails", PassiveHealth.max_fails),
             unhealthy_latency=self.text("health.passive.unhealthy_latency"),
             unhealthy_status=statuses if isinstance(statuses, tuple) else (),
         )
+
+
+def pool_key_values(settings: PoolSettings) -> dict[str, str]:
+    """A route's pool keys as label key -> value, written the way a user would: the way
+    back from `PoolSettings` to `KEYS` (conflict warnings name keys and values)."""
+
+    def text(value: object) -> str:
+        if value is None:
+            return UNSET
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        return str(value)
+
+    values = {
+        "scheme": settings.scheme,
+        "tls.skip_verify": text(settings.tls_skip_verify),
+        "tls.server_name": text(settings.tls_server_name),
+        "split": text(settings.split),
+        "lb.policy": settings.lb_policy,
+        "lb.key": text(settings.lb_key),
+        "lb.choose": text(settings.lb_choose),
+        "lb.retries": text(settings.lb_retries),
+        "lb.try_duration": text(settings.lb_try_duration),
+        "lb.try_interval": text(settings.lb_try_interval),
+        "health.path": text(settings.active and settings.active.path),
+        "health.passive": "on" if settings.passive else "off",
+        "timeout.dial": text(settings.timeout_dial),
+        "timeout.response_header": text(settings.timeout_response_header),
+    }
+    if (active := settings.active) is not None:
+        status = active.expect_status
+        values |= {
+            "health.interval": active.interval,
+            "health.timeout": active.timeout,
+            "health.status": f"{status}xx" if status < 10 else str(status),
+            "health.port": text(active.port),
+            "health.body": text(active.body),
+            "health.passes": str(active.passes),
+            "health.fails": str(active.fails),
+        }
+        values |= {f"health.headers.{name}": value for name, value in active.headers}
+    if (passive := settings.passive) is not None:
+        values |= {
+            "health.passive.fail_duration": passive.fail_duration,
+            "health.passive.max_fails": str(passive.max_fails),
+            "health.passive.unhealthy_latency": text(passive.unhealthy_latency),
+            "health.passive.unhealthy_status": ",".join(
+                f"{s}xx" if s < 10 else str(s) for s in passive.unhealthy_status
+            )
+            or UNSET,
+        }
+    return values

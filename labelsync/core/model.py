@@ -91,6 +91,7 @@ class PassiveHealth:
 
 
 RETRIES_AUTO = "auto"
+DEFAULT_COOKIE_NAME = "lb"  # `lb.policy=cookie` without `lb.key` (Caddy's own default too)
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ import dataclasses
 import math
 from collections.abc import Collection, Iterable
 
-from labelsync.core.labels import parse_container
+from labelsync.core.labels import UNSET, parse_container, pool_key_values
 from labelsync.core.model import (
     RETRIES_AUTO,
     ContainerInfo,
@@ -29,7 +29,6 @@ from labelsync.core.model import (
 from labelsync.core.names import WEIGHTED_POLICY, pool_id
 
 DYNAMIC_AUTO_RETRIES = 2
-_UNSET = "unset"
 
 
 def resolve_retries(setting: int | str, member_count: int, *, dynamic: bool) -> int | None:
@@ -268,7 +267,7 @@ def _conflicts(identifier: str, routes: list[Route], prefix: str) -> list[Proble
     """One WARNING per pool key the members disagree on; the oldest (first) route wins."""
     if all(r.settings == routes[0].settings for r in routes[1:]):
         return []  # the usual case, and the cheap way to see it
-    flat = [_label_values(r.settings) for r in routes]
+    flat = [pool_key_values(r.settings) for r in routes]
     keys = sorted({key for values in flat for key in values})
     problems: list[Problem] = []
     for key in keys:
@@ -277,13 +276,13 @@ def _conflicts(identifier: str, routes: list[Route], prefix: str) -> list[Proble
         ]
         seen: dict[str, list[str]] = {}
         for route, values in applicable:
-            names = seen.setdefault(values.get(key, _UNSET), [])
+            names = seen.setdefault(values.get(key, UNSET), [])
             if route.container_name not in names:
                 names.append(route.container_name)
         if len(seen) < 2:
             continue
         winner_route, winner_values = applicable[0]
-        winner = winner_values.get(key, _UNSET)
+        winner = winner_values.get(key, UNSET)
         losers = sorted({n for value, names in seen.items() if value != winner for n in names})
         summary = "; ".join(f"{value!r} from {', '.join(names)}" for value, names in seen.items())
         problems.append(
@@ -306,57 +305,6 @@ def _applies(key: str, settings: PoolSettings) -> bool:
     if key.startswith("health.") and key not in ("health.path", "health.passive"):
         return settings.active is not None
     return True
-
-
-def _label_values(settings: PoolSettings) -> dict[str, str]:
-    """A route's pool keys as label key -> value, written the way a user would."""
-
-    def text(value: object) -> str:
-        if value is None:
-            return _UNSET
-        if isinstance(value, bool):
-            return "true" if value else "false"
-        return str(value)
-
-    values = {
-        "scheme": settings.scheme,
-        "tls.skip_verify": text(settings.tls_skip_verify),
-        "tls.server_name": text(settings.tls_server_name),
-        "split": text(settings.split),
-        "lb.policy": settings.lb_policy,
-        "lb.key": text(settings.lb_key),
-        "lb.choose": text(settings.lb_choose),
-        "lb.retries": text(settings.lb_retries),
-        "lb.try_duration": text(settings.lb_try_duration),
-        "lb.try_interval": text(settings.lb_try_interval),
-        "health.path": text(settings.active and settings.active.path),
-        "health.passive": "on" if settings.passive else "off",
-        "timeout.dial": text(settings.timeout_dial),
-        "timeout.response_header": text(settings.timeout_response_header),
-    }
-    if (active := settings.active) is not None:
-        status = active.expect_status
-        values |= {
-            "health.interval": active.interval,
-            "health.timeout": active.timeout,
-            "health.status": f"{status}xx" if status < 10 else str(status),
-            "health.port": text(active.port),
-            "health.body": text(active.body),
-            "health.passes": str(active.passes),
-            "health.fails": str(active.fails),
-        }
-        values |= {f"health.headers.{name}": value for name, value in active.headers}
-    if (passive := settings.passive) is not None:
-        values |= {
-            "health.passive.fail_duration": passive.fail_duration,
-            "health.passive.max_fails": str(passive.max_fails),
-            "health.passive.unhealthy_latency": text(passive.unhealthy_latency),
-            "health.passive.unhealthy_status": ",".join(
-                f"{s}xx" if s < 10 else str(s) for s in passive.unhealthy_status
-            )
-            or _UNSET,
-        }
-    return values
 
 
 def _caddy_order(pool: Pool) -> tuple[bool, int, str, bool, tuple[str, ...]]:

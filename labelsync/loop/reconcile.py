@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -73,7 +74,31 @@ class SyncObserver(Protocol):
     def on_sync(self, result: SyncResult, seconds: float, latency: float | None) -> None: ...
 
 
+def build_from_settings(
+    settings: Settings,
+    containers: Iterable[ContainerInfo],
+    *,
+    problems: Sequence[Problem] = (),
+    withdrawn: Collection[str] = (),
+    memo: ParseMemo | None = None,
+) -> DesiredState:
+    """The core's build with the settings that shape it (the daemon, `render`, `check`);
+    `problems` found before the build (the static file's) come first."""
+    desired = build_desired(
+        containers,
+        prefix=settings.label_prefix,
+        default_network=settings.network,
+        dynamic=settings.upstreams == "dynamic",
+        withdrawn=withdrawn,
+        memo=memo,
+    )
+    if problems:
+        desired = DesiredState(desired.pools, (*problems, *desired.problems))
+    return desired
+
+
 def render_options(settings: Settings) -> RenderOptions:
+    """How the settings want pools rendered into Caddy's JSON."""
     return RenderOptions(
         upstreams=settings.upstreams,
         resolver=settings.resolver_address,
@@ -175,18 +200,14 @@ class Reconciler:
 
     # --- the core, once ---------------------------------------------------------------
     def _build(self, containers: tuple[ContainerInfo, ...]) -> DesiredState:
-        everything = [*containers, *(self.static.containers if self.static else ())]
-        desired = build_desired(
-            everything,
-            prefix=self.settings.label_prefix,
-            default_network=self.settings.network,
-            dynamic=self.settings.upstreams == "dynamic",
+        static = self.static
+        return build_from_settings(
+            self.settings,
+            [*containers, *(static.containers if static else ())],
+            problems=static.problems if static else (),
             withdrawn=self._leaving,
             memo=self._parsed,
         )
-        if self.static is not None and self.static.problems:
-            desired = DesiredState(desired.pools, self.static.problems + desired.problems)
-        return desired
 
     async def sync_once(self) -> SyncResult:
         """Snapshot, build, apply; what came of it (nothing changes unless it is ok)."""
