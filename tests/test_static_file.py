@@ -61,7 +61,6 @@ def test_bad_keys_are_reported_like_labels_and_name_the_file_and_route() -> None
     desired = build_desired(containers, dynamic=False)
     assert desired.pools == ()
     (problem,) = {p for p in desired.problems if p.severity is Severity.ERROR}
-    assert "static:static.toml[api]" in str(problem)
     assert "did you mean 'round_robin'" in str(problem)
 
 
@@ -84,3 +83,69 @@ def test_a_broken_file_keeps_the_last_good_version(tmp_path: Path) -> None:
     path.write_text(FAILOVER.replace("192.168.1.6", "192.168.1.7"))
     assert static.reload()
     assert static.containers != good
+
+
+LEGACY = """
+[routes.legacy]
+host = "legacy.example.com"
+upstreams = ["127.0.0.1:9101", "127.0.0.1:9102"]
+lb.policy = "round_robin"
+
+[routes.other]
+host = "other.example.com"
+upstreams = ["127.0.0.1:9201"]
+"""
+
+
+def test_a_bad_value_is_reported_once_in_the_files_terms_and_keeps_the_route(
+    tmp_path: Path,
+) -> None:
+    """Same rule as a syntax error: the last good version of that route stays."""
+    path = tmp_path / "static.toml"
+    path.write_text(LEGACY)
+    static = StaticFile(path)
+    assert static.reload()
+    good = [c for c in static.containers if "legacy" in c.id]
+    path.write_text(LEGACY.replace('"round_robin"', '"rond_robin"').replace("9201", "9202"))
+    assert static.reload()
+    (problem,) = static.problems
+    assert str(problem) == (
+        "static file static.toml, [routes.legacy], line 5: lb.policy='rond_robin': "
+        "unknown policy; did you mean 'round_robin'?; keeping the last good version of "
+        "this route"
+    )
+    assert [c for c in static.containers if "legacy" in c.id] == good
+    assert any("9202" in c.labels["labelsync.address"] for c in static.containers)
+    # The build reports nothing more about the file's labels: once, not per upstream.
+    desired = build_desired(static.containers, dynamic=False)
+    assert static.merge_problems(desired.problems) == (problem,)
+    assert {p.shape.hosts for p in desired.pools} == {
+        ("legacy.example.com",),
+        ("other.example.com",),
+    }
+
+
+def test_a_bad_value_in_a_new_route_says_it_is_not_served(tmp_path: Path) -> None:
+    path = tmp_path / "static.toml"
+    path.write_text(
+        '[routes.api]\nhost = "api.test"\nupstreams = ["h:1"]\n[routes.api.lb]\npolicy = "nope"\n'
+    )
+    static = StaticFile(path)
+    static.reload()
+    (problem,) = static.problems
+    assert str(problem).startswith("static file static.toml, [routes.api], line 5: lb.policy=")
+    assert str(problem).endswith("; the route is not served until this is fixed")
+    assert static.containers == ()
+
+
+def test_unknown_keys_are_named_without_the_label_prefix(tmp_path: Path) -> None:
+    path = tmp_path / "static.toml"
+    path.write_text('[routes.a]\nhost = "a.test"\nupstreams = ["h:1", "h:2"]\nlb.polcy = "first"\n')
+    static = StaticFile(path)
+    static.reload()
+    (problem,) = static.problems
+    assert str(problem) == (
+        "static file static.toml, [routes.a], line 4: lb.polcy='first': unknown key; "
+        "did you mean 'lb.policy'?"
+    )
+    assert len(static.containers) == 2  # a warning drops nothing

@@ -12,12 +12,16 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from labelsync import __version__
 from labelsync.core.model import ContainerInfo, Problem, Severity
 from labelsync.errors import CaddyError, ConfigError, DockerUnavailable
 from labelsync.report.logs import setup_logging
 from labelsync.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from labelsync.sources.static import StaticFile
 
 EXIT_OK, EXIT_INVALID, EXIT_UNAVAILABLE = 0, 1, 2
 
@@ -37,16 +41,25 @@ def _running_containers(settings: Settings) -> list[ContainerInfo]:
         source.close()
 
 
-def _static_containers(settings: Settings) -> tuple[list[ContainerInfo], list[Problem]]:
+def _static_file(settings: Settings) -> StaticFile | None:
     if settings.static_file is None:
-        return [], []
+        return None
     from labelsync.sources.static import StaticFile
 
     if not settings.static_file.exists():
         raise ConfigError(f"static file {settings.static_file} does not exist")
     static = StaticFile(settings.static_file, settings.label_prefix)
     static.reload()
-    return list(static.containers), list(static.problems)
+    return static
+
+
+def _with_static(
+    static: StaticFile | None, problems: tuple[Problem, ...]
+) -> tuple[list[ContainerInfo], list[Problem]]:
+    """The static file's containers, and a build's problems with the file's in its terms."""
+    if static is None:
+        return [], list(problems)
+    return list(static.containers), list(static.merge_problems(problems))
 
 
 def _print_problems(problems: Sequence[Problem]) -> None:
@@ -60,9 +73,10 @@ def cmd_render(settings: Settings, args: argparse.Namespace) -> int:
     from labelsync.loop.reconcile import build_from_settings, render_options
 
     containers = _running_containers(settings)
-    static, static_problems = _static_containers(settings)
-    desired = build_from_settings(settings, [*containers, *static], problems=static_problems)
-    _print_problems(desired.problems)
+    static_file = _static_file(settings)
+    static, _ = _with_static(static_file, ())
+    desired = build_from_settings(settings, [*containers, *static])
+    _print_problems(_with_static(static_file, desired.problems)[1])
     config = whole_config(
         listen_plan(settings),
         settings.caddy_server,
@@ -83,9 +97,10 @@ def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
             containers.extend(compose_containers(Path(path)))
     else:
         containers = [c for c in _running_containers(settings) if c.is_serving]
-    static, problems = _static_containers(settings) if not args.compose else ([], [])
-    desired = build_from_settings(settings, [*containers, *static], problems=problems)
-    problems = list(desired.problems)
+    static_file = None if args.compose else _static_file(settings)
+    static, _ = _with_static(static_file, ())
+    desired = build_from_settings(settings, [*containers, *static])
+    _, problems = _with_static(static_file, desired.problems)
     for problem in problems:
         print(f"{problem.severity.value}: {problem}")
     errors = sum(1 for p in problems if p.severity is Severity.ERROR)

@@ -33,14 +33,26 @@ class Problem:
     key: str  # full label key, e.g. "labelsync.lb.policy"; "" when not about one key
     value: str | None
     message: str
+    line: int | None = None  # static routes: the key's line in the file, when known
 
     def __str__(self) -> str:
         where = f"container {self.container!r}"
+        file, _, route = self.container.removeprefix(STATIC_PREFIX).partition("[")
+        if self.container.startswith(STATIC_PREFIX) and route.endswith("]"):
+            # A route in a file: in the file's own terms, keys without the label prefix.
+            where = f"static file {file}, [routes.{route[:-1]}]"
+            if self.line is not None:
+                where += f", line {self.line}"
+        elif self.container.startswith(STATIC_PREFIX):
+            where = f"static file {self.container.removeprefix(STATIC_PREFIX)}"
         if not self.key:
             return f"{where}: {self.message}"
         if self.value is None:
             return f"{where}: {self.key}: {self.message}"
         return f"{where}: {self.key}={self.value!r}: {self.message}"
+
+
+STATIC_PREFIX = "static:"
 
 
 @dataclass(frozen=True)

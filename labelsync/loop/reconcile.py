@@ -201,13 +201,16 @@ class Reconciler:
     # --- the core, once ---------------------------------------------------------------
     def _build(self, containers: tuple[ContainerInfo, ...]) -> DesiredState:
         static = self.static
-        return build_from_settings(
+        desired = build_from_settings(
             self.settings,
             [*containers, *(static.containers if static else ())],
-            problems=static.problems if static else (),
             withdrawn=self._leaving,
             memo=self._parsed,
         )
+        if static is not None:
+            # The file's problems, in its terms, in place of the build's restatement.
+            desired = DesiredState(desired.pools, static.merge_problems(desired.problems))
+        return desired
 
     async def sync_once(self) -> SyncResult:
         """Snapshot, build, apply; what came of it (nothing changes unless it is ok)."""
