@@ -148,6 +148,42 @@ class Settings(BaseSettings):
         return self.resolver_advertise or self.resolver_listen
 
 
+# What `check` and `render` take from a running daemon: everything that changes what the
+# labels and the static file produce, or where the server listens.
+SHARED_WITH_CLI = (
+    "static_file",
+    "listen",
+    "auto_https",
+    "http_port",
+    "https_port",
+    "install_trust",
+    "label_prefix",
+    "network",
+    "upstreams",
+    "resolver_listen",
+    "resolver_advertise",
+    "resolver_refresh",
+    "stream_close_delay",
+    "caddy_server",
+    "docker_host",
+    "swarm",
+)
+
+
+def effective_settings(settings: Settings) -> dict[str, Any]:
+    """The settings a running daemon shares with the CLI, as JSON (the state file)."""
+    shared = settings.model_dump(include=set(SHARED_WITH_CLI), mode="json")
+    if settings.static_file is not None:
+        shared["static_file"] = str(settings.static_file.absolute())
+    return shared
+
+
+def with_daemon_settings(settings: Settings, shared: dict[str, Any]) -> Settings:
+    """`settings` with a running daemon's shared settings in place of its own."""
+    known = {k: v for k, v in shared.items() if k in SHARED_WITH_CLI}
+    return Settings.model_validate({**settings.model_dump(), **known})
+
+
 def load_settings() -> Settings:
     """Read settings; ConfigError with one line naming each bad variable (or the file)."""
     from pydantic import ValidationError

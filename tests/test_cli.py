@@ -35,7 +35,8 @@ def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
         capture_output=True,
         text=True,
         timeout=60,
-        env={**os.environ, **(env or {})},
+        # No daemon of this machine lends its settings unless a test says so.
+        env={**os.environ, "LABELSYNC_STATE_FILE": "/nonexistent/state.json", **(env or {})},
     )
 
 
@@ -90,3 +91,41 @@ def test_bad_settings_are_a_usage_error() -> None:
         "labelsync: settings: LABELSYNC_DEBOUNCE='fast': not a duration: 'fast' "
         "(use a number and a unit: 250ms, 5s, 1m30s)"
     )
+
+
+@pytest.mark.docker
+def test_check_and_render_use_the_running_daemons_settings(tmp_path: Path) -> None:
+    """A daemon with a static file and other ports: the CLI sees what it sees, and says so."""
+    import json
+    import uuid
+
+    from labelsync.report.state_file import STATE_VERSION
+    from labelsync.settings import Settings, effective_settings
+
+    static = tmp_path / "static.toml"
+    static.write_text('[routes.a]\nhost = "a.test"\nupstreams = ["h:1"]\nlb.policy = "nope"\n')
+    prefix = f"cli-{uuid.uuid4().hex[:8]}"  # no container on the shared engine has it
+    daemon = Settings(static_file=static, listen=":8080,:8443", label_prefix=prefix)
+    state = tmp_path / "state.json"
+    state.write_text(
+        json.dumps(
+            {"version": STATE_VERSION, "pid": os.getpid(), "settings": effective_settings(daemon)}
+        )
+    )
+    env = {"LABELSYNC_STATE_FILE": str(state)}
+
+    checked = run("check", env=env)
+    assert checked.returncode == 1, checked.stdout + checked.stderr
+    assert f"using the settings of the running labelsync (pid {os.getpid()})" in checked.stderr
+    assert f"static file {static}" in checked.stderr
+    assert "static file static.toml, [routes.a], line 4: lb.policy='nope'" in checked.stdout
+
+    rendered = run("render", env=env)
+    assert rendered.returncode == 0, rendered.stderr
+    config = json.loads(rendered.stdout)
+    assert config["apps"]["http"]["servers"]["labelsync"]["listen"] == [":8443"]
+    assert config["apps"]["http"]["http_port"] == 8080
+
+    own = run("check", "--env", env={**env, "LABELSYNC_LABEL_PREFIX": prefix})
+    assert own.returncode == 0, own.stdout + own.stderr
+    assert "running labelsync" not in own.stderr

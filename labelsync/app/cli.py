@@ -67,11 +67,40 @@ def _print_problems(problems: Sequence[Problem]) -> None:
         print(f"{problem.severity.value}: {problem}", file=sys.stderr)
 
 
+def _daemon_settings(settings: Settings, args: argparse.Namespace) -> Settings:
+    """The running daemon's settings for what it shares with the CLI (said on stderr),
+    found through its state file; this process's own when none runs, or with --env."""
+    if getattr(args, "env", False):
+        return settings
+    from labelsync.app.status import live_state
+    from labelsync.settings import with_daemon_settings
+
+    state, _ = live_state(settings)
+    shared = state.shared_settings if state is not None else None
+    if state is None or not isinstance(shared, dict):
+        return settings
+    try:
+        merged = with_daemon_settings(settings, shared)
+    except ValueError as exc:
+        print(f"labelsync: the running daemon's settings are unreadable ({exc})", file=sys.stderr)
+        return settings
+    static = merged.static_file or "none"
+    print(
+        f"labelsync: using the settings of the running labelsync (pid {state.pid}): "
+        f"static file {static}, listen {merged.listen}, prefix {merged.label_prefix}, "
+        f"upstreams {merged.upstreams}, network {merged.network or '-'} "
+        "(--env: this environment's instead)",
+        file=sys.stderr,
+    )
+    return merged
+
+
 def cmd_render(settings: Settings, args: argparse.Namespace) -> int:
     from labelsync.caddy.listen import listen_plan, whole_config
     from labelsync.caddy.render import render_routes
     from labelsync.loop.reconcile import build_from_settings, render_options
 
+    settings = _daemon_settings(settings, args)
     containers = _running_containers(settings)
     static_file = _static_file(settings)
     static, _ = _with_static(static_file, ())
@@ -91,6 +120,8 @@ def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
     from labelsync.loop.reconcile import build_from_settings
     from labelsync.sources.compose import compose_containers
 
+    if not args.compose:
+        settings = _daemon_settings(settings, args)
     containers: list[ContainerInfo] = []
     if args.compose:
         for path in args.compose:
@@ -135,9 +166,12 @@ def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="labelsync", description=__doc__.split("\n")[0])
     sub = root.add_subparsers(dest="command", required=True)
     sub.add_parser("run", help="the daemon: keep Caddy in step with Docker")
-    sub.add_parser("render", help="print the Caddy JSON the current containers produce")
+    env_help = "use this environment's settings even when a labelsync daemon runs"
+    render = sub.add_parser("render", help="print the Caddy JSON the current containers produce")
+    render.add_argument("--env", action="store_true", help=env_help)
     check = sub.add_parser("check", help="validate labels of running containers or compose files")
     check.add_argument("compose", nargs="*", help="compose files to validate instead")
+    check.add_argument("--env", action="store_true", help=env_help)
     status = sub.add_parser("status", help="each upstream with health and counts")
     status.add_argument("--json", action="store_true", help="stable JSON instead of a table")
     sub.add_parser("version", help="print versions")

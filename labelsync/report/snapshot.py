@@ -32,7 +32,7 @@ from labelsync.core.model import (
     Route,
 )
 from labelsync.core.names import pool_id
-from labelsync.settings import Settings
+from labelsync.settings import Settings, effective_settings
 
 STATE_VERSION = 1
 
@@ -154,6 +154,7 @@ class Snapshot:
     problems: tuple[Problem, ...] = ()
     problem_count: int = 0  # len(problems) here; what the file said when read back
     probes: int | None = None  # active checks run so far (dynamic mode)
+    shared_settings: JSON | None = None  # what `check` and `render` take from the daemon
 
     @property
     def caddy_up(self) -> bool:
@@ -198,6 +199,7 @@ class Snapshot:
             "synced": self.synced,
             "problems": self.problem_count,
             "pools": [_pool_json(pool) for pool in self.pools],
+            "settings": self.shared_settings,
         }
 
     @classmethod
@@ -230,6 +232,7 @@ class Snapshot:
             endpoints=endpoints,
             pools=tuple(_pool_from_json(pool) for pool in payload.get("pools") or ()),
             problem_count=int(payload.get("problems") or 0),
+            shared_settings=payload.get("settings"),
         )
 
 
@@ -333,6 +336,7 @@ def build_snapshot(
         problems=problems,
         problem_count=len(problems),
         probes=health.probes if health is not None else None,
+        shared_settings=effective_settings(settings),
     )
 
 
