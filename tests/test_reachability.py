@@ -8,12 +8,12 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import pytest
-from labelsync.membership.reachability import ReachabilityCheck, send_probe
 from loguru import logger
 
 from labelsync.core.model import ContainerInfo
 from labelsync.core.pools import build_desired
-from labelsync.membership import reachability
+from labelsync.loop import reachability
+from labelsync.loop.reachability import ReachabilityCheck, send_probe
 from labelsync.settings import Settings
 
 # What Go's net/http writes, raw, when a TLS listener receives plain HTTP.
