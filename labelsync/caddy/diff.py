@@ -14,6 +14,8 @@ are deleted and inserted again with their new content.
 
 from __future__ import annotations
 
+import itertools
+
 from labelsync.caddy.operations import (
     AddRoute,
     DeleteRoute,
@@ -61,7 +63,10 @@ def diff_routes(
     changed = {
         rid for rid in kept if not _same_shape(current_by_id[rid], desired[desired_position[rid]])
     }
-    staying = set(_longest_increasing(kept, desired_position, changed))
+    if _increasing(kept, desired_position):
+        staying = set(kept)  # already in order (the usual case): nothing moves
+    else:
+        staying = set(_longest_increasing(kept, desired_position, changed))
     for route_id in [rid for rid in kept if rid not in staying]:
         delete(route_id)
 
@@ -78,6 +83,22 @@ def diff_routes(
         operations.append(AddRoute(index, route))
         layout.insert(index, route_id)
     return operations
+
+
+def adopt_equal(current: list[JSON], desired: list[JSON]) -> list[JSON]:
+    """`current` with each route that equals its desired route replaced by that very
+    object: the same list for `diff_routes`, and a later diff against routes rendered
+    from the same pools compares them by identity, not key by key."""
+    wanted = {route.get("@id"): route for route in desired}
+    adopted = []
+    for route in current:
+        same = wanted.get(route.get("@id"))
+        adopted.append(same if same is not None and (same is route or same == route) else route)
+    return adopted
+
+
+def _increasing(route_ids: list[str], position: dict[str, int]) -> bool:
+    return all(position[a] < position[b] for a, b in itertools.pairwise(route_ids))
 
 
 def refresh_fallbacks(
@@ -125,7 +146,7 @@ def _same_shape(current: JSON, desired: JSON) -> bool:
     while the pool has members (the route was written before its first member served):
     an empty fallback can never serve, so the pool's first member is worth one write.
     """
-    if current == desired:
+    if current is desired or current == desired:
         return True
     if not (_is_dynamic(current) and _is_dynamic(desired)):
         return False

@@ -60,8 +60,13 @@ def _position(routes: list[JSON], route_id: str) -> int:
 
 
 def apply_operations(routes: list[JSON], operations: list[Operation]) -> list[JSON]:
-    """The server's `routes` list after `operations`, as Caddy would leave it."""
-    result = copy.deepcopy(routes)
+    """The server's `routes` list after `operations`, as Caddy would leave it.
+
+    A new list: routes that no operation touches are shared with `routes` (copying a
+    thousand routes for one change would cost more than the change), touched ones are
+    copies, so neither `routes` nor the operations' routes are ever mutated.
+    """
+    result = list(routes)
     for op in operations:
         match op:
             case AddRoute(index=index, route=route):
@@ -69,8 +74,12 @@ def apply_operations(routes: list[JSON], operations: list[Operation]) -> list[JS
             case ReplaceRoute(route_id=route_id, route=route):
                 result[_position(result, route_id)] = copy.deepcopy(route)
             case ReplaceUpstreams(route_id=route_id, upstreams=upstreams):
-                handler = result[_position(result, route_id)]["handle"][0]
-                handler["upstreams"] = copy.deepcopy(upstreams)
+                position = _position(result, route_id)
+                route = dict(result[position])
+                handle = list(route["handle"])
+                handle[0] = {**handle[0], "upstreams": copy.deepcopy(upstreams)}
+                route["handle"] = handle
+                result[position] = route
             case DeleteRoute(route_id=route_id):
                 del result[_position(result, route_id)]
     return result

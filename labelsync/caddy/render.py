@@ -82,9 +82,44 @@ def render_route(pool: Pool, options: RenderOptions) -> JSON:
     }
 
 
-def render_routes(desired: DesiredState, options: RenderOptions) -> list[JSON]:
-    """labelsync's routes, in the order they must appear in the server."""
-    return [render_route(pool, options) for pool in desired.pools]
+class RenderMemo:
+    """The route each pool rendered to last time, to reuse while the pool is the same.
+
+    Pools a build did not touch are the very objects of the previous build (see
+    `ParseMemo`), so a sync renders only the pools a change touched. A hit returns the
+    same JSON object as before: callers must not mutate rendered routes (nothing does;
+    `apply_operations` copies what it changes).
+    """
+
+    def __init__(self) -> None:
+        self._routes: dict[str, tuple[Pool, RenderOptions, JSON]] = {}
+
+    def route(self, pool: Pool, options: RenderOptions) -> JSON:
+        entry = self._routes.get(pool.id)
+        if entry is not None and entry[1] == options and (entry[0] is pool or entry[0] == pool):
+            return entry[2]
+        route = render_route(pool, options)
+        self._routes[pool.id] = (pool, options, route)
+        return route
+
+    def forget_others(self, pool_ids: set[str]) -> None:
+        for pool_id in [i for i in self._routes if i not in pool_ids]:
+            del self._routes[pool_id]
+
+
+def render_routes(
+    desired: DesiredState, options: RenderOptions, *, memo: RenderMemo | None = None
+) -> list[JSON]:
+    """labelsync's routes, in the order they must appear in the server.
+
+    With `memo`, pools rendered before and unchanged since are not rendered again.
+    """
+    if memo is None:
+        return [render_route(pool, options) for pool in desired.pools]
+    routes = [memo.route(pool, options) for pool in desired.pools]
+    if len(memo._routes) > len(routes):
+        memo.forget_others({pool.id for pool in desired.pools})
+    return routes
 
 
 def render_server(listen: Sequence[str], auto_https: str, routes: list[JSON]) -> JSON:

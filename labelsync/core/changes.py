@@ -31,6 +31,8 @@ def describe_changes(old: DesiredState | None, new: DesiredState) -> list[str]:
     phrases: list[str] = []
     for pool_id, pool in current.items():
         before = previous.get(pool_id)
+        if before is pool:
+            continue  # not rebuilt: unchanged (the incremental core shares such pools)
         if before is None:
             names = ", ".join(m.container_name for m in pool.members)
             phrases.append(f"pool {_label(pool)} added ({pool.shape.settings.lb_policy}: {names})")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Mapping
 
 from labelsync.core.labels import UNSET, parse_container, pool_key_values
 from labelsync.core.model import (
@@ -71,34 +71,86 @@ def split_weights(routes: list[Route], split: int) -> list[int] | None:
 
 
 def build_pools(
-    routes: Iterable[Route], *, dynamic: bool, prefix: str = "labelsync"
+    routes: Iterable[Route],
+    *,
+    dynamic: bool,
+    prefix: str = "labelsync",
+    memo: ParseMemo | None = None,
 ) -> tuple[tuple[Pool, ...], tuple[Problem, ...]]:
-    """Group routes into pools, sorted as their Caddy routes must appear."""
+    """Group routes into pools, sorted as their Caddy routes must appear.
+
+    With `memo`, a pool whose routes are the same as in the memo's previous build is
+    taken from it, not built again, and the order is reused when the set of pools is.
+    """
     groups: dict[PoolKey, list[Route]] = {}
     for route in routes:
         groups.setdefault((route.hosts, route.path), []).append(route)
-    pools: list[Pool] = []
-    problems: list[Problem] = []
-    for (hosts, path), members in groups.items():
-        pools.append(_build_pool(hosts, path, members, dynamic, prefix, problems))
-    pools.sort(key=_caddy_order)
-    return tuple(pools), tuple(sorted(problems, key=_problem_order))
+    built: dict[PoolKey, tuple[Pool, list[Problem]]] = {}
+    for key, members in groups.items():
+        found = memo.pool(key, members, dynamic, prefix) if memo is not None else None
+        if found is None:
+            pool_problems: list[Problem] = []
+            found = (
+                _build_pool(key[0], key[1], members, dynamic, prefix, pool_problems),
+                pool_problems,
+            )
+            if memo is not None:
+                memo.keep_pool(key, members, dynamic, prefix, found)
+        built[key] = found
+    order = memo.pool_order(built) if memo is not None else None
+    if order is None:
+        order = sorted(built, key=lambda k: _caddy_order(built[k][0]))
+        if memo is not None:
+            memo.keep_pool_order(order)
+    pools = tuple(built[key][0] for key in order)
+    problems = [problem for key in order for problem in built[key][1]]
+    return pools, tuple(sorted(problems, key=_problem_order))
 
 
 Parsed = tuple[list[Route], list[Problem]]
 
 
+_FlagKey = tuple[bool, bool, str, str | None]  # running, serving, prefix, default network
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Flagged:
+    container: ContainerInfo
+    flags: _FlagKey
+    parsed: list[Route]  # as parsed, before the flags
+    routes: list[Route]  # with `running` and `serving` set
+    problems: list[Problem]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Built:
+    routes: list[Route]
+    dynamic: bool
+    prefix: str
+    result: tuple[Pool, list[Problem]]
+
+
 class ParseMemo:
-    """The routes each container parsed to in the previous build, to reuse when unchanged.
+    """What the previous build made of each container and each pool, to reuse.
 
     A loop that rebuilds every few milliseconds from a listing of thousands of
-    containers re-parses only what changed. The key holds everything the parser reads,
-    so a hit returns exactly what parsing would; entries not used by a build are dropped.
+    containers re-parses only the containers that changed and rebuilds only the pools
+    whose routes changed: a container equal to (or the very object of) the last one seen
+    under its id gives the same routes, and a pool given the same routes gives the same
+    pool. Every key holds all that the result depends on, so a hit returns exactly
+    what building would (the property tests compare with builds from scratch); entries
+    not used by a build are dropped.
     """
 
     def __init__(self) -> None:
         self._previous: dict[tuple[object, ...], Parsed] = {}
         self._current: dict[tuple[object, ...], Parsed] = {}
+        self._flagged: dict[str, _Flagged] = {}  # by container id
+        self._flagged_next: dict[str, _Flagged] = {}
+        self._pools: dict[PoolKey, _Built] = {}
+        self._pools_next: dict[PoolKey, _Built] = {}
+        self._order: list[PoolKey] = []
+        self._order_keys: frozenset[PoolKey] = frozenset()
 
     def parse(
         self,
@@ -128,8 +180,70 @@ class ParseMemo:
         self._current[key] = found
         return found
 
+    def routes(
+        self,
+        container: ContainerInfo,
+        flags: _FlagKey,
+    ) -> tuple[list[Route], list[Problem]]:
+        """The container's routes with `running` and `serving` set, and its problems."""
+        entry = self._flagged.get(container.id)
+        if entry is not None and (entry.container is container or entry.container == container):
+            if entry.flags == flags:
+                self._flagged_next[container.id] = entry
+                return entry.routes, entry.problems
+            if entry.flags[0] == flags[0] and entry.flags[2:] == flags[2:]:
+                parsed: Parsed | None = (entry.parsed, entry.problems)  # only `serving` moved
+            else:
+                parsed = None
+        else:
+            parsed = None
+        running, serving, prefix, default_network = flags
+        if parsed is None:
+            parsed = self.parse(
+                container, prefix=prefix, default_network=default_network, shape_only=not running
+            )
+        found, problems = parsed
+        routes = [dataclasses.replace(r, running=running, serving=serving) for r in found]
+        self._flagged_next[container.id] = _Flagged(container, flags, found, routes, problems)
+        return routes, problems
+
+    def pool(
+        self, key: PoolKey, routes: list[Route], dynamic: bool, prefix: str
+    ) -> tuple[Pool, list[Problem]] | None:
+        entry = self._pools.get(key)
+        # List equality compares identical routes by identity first: cheap when unchanged.
+        if entry is None or entry.dynamic != dynamic or entry.prefix != prefix:
+            return None
+        if entry.routes != routes:
+            return None
+        self._pools_next[key] = entry
+        return entry.result
+
+    def keep_pool(
+        self,
+        key: PoolKey,
+        routes: list[Route],
+        dynamic: bool,
+        prefix: str,
+        built: tuple[Pool, list[Problem]],
+    ) -> None:
+        self._pools_next[key] = _Built(routes, dynamic, prefix, built)
+
+    def pool_order(self, built: Mapping[PoolKey, object]) -> list[PoolKey] | None:
+        """The previous build's order when it had exactly these pools (order depends
+        on hosts and path only, which the keys are)."""
+        if len(built) != len(self._order) or self._order_keys != built.keys():
+            return None
+        return self._order
+
+    def keep_pool_order(self, order: list[PoolKey]) -> None:
+        self._order = order
+        self._order_keys = frozenset(order)
+
     def finish_build(self) -> None:
         self._previous, self._current = self._current, {}
+        self._flagged, self._flagged_next = self._flagged_next, {}
+        self._pools, self._pools_next = self._pools_next, {}
 
 
 def build_desired(
@@ -154,15 +268,13 @@ def build_desired(
     problems: list[Problem] = []
     for container in containers:
         running = container.state in ("running", "paused")
-        found, found_problems = memo.parse(
-            container, prefix=prefix, default_network=default_network, shape_only=not running
-        )
         serving = container.is_serving and container.id not in withdrawn
-        routes.extend(dataclasses.replace(r, running=running, serving=serving) for r in found)
+        found, found_problems = memo.routes(container, (running, serving, prefix, default_network))
+        routes.extend(found)
         if running:  # a stopped container's label problems are reported when it runs
             problems.extend(found_problems)
+    pools, pool_problems = build_pools(routes, dynamic=dynamic, prefix=prefix, memo=memo)
     memo.finish_build()
-    pools, pool_problems = build_pools(routes, dynamic=dynamic, prefix=prefix)
     all_problems = sorted({*problems, *pool_problems}, key=_problem_order)
     return DesiredState(pools=pools, problems=tuple(all_problems))
 
@@ -197,8 +309,12 @@ def _build_pool(
     by_age = sorted(routes, key=_age)
     kept: dict[str, Route] = {}
     for route in by_age:
-        first = kept.setdefault(route.container_id, route)
-        if first is not route:
+        # By id, not identity: a listing may hold one record twice (the memo then gives
+        # both the same route objects), and that is reported like two equal records.
+        first = kept.get(route.container_id)
+        if first is None:
+            kept[route.container_id] = route
+        else:
             problems.append(
                 Problem(
                     Severity.WARNING,

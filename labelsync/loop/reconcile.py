@@ -27,10 +27,10 @@ from typing import Any, Protocol
 from loguru import logger
 
 from labelsync.caddy.admin import CaddyAdmin
-from labelsync.caddy.diff import diff_routes, owned_routes, refresh_fallbacks
+from labelsync.caddy.diff import adopt_equal, diff_routes, owned_routes, refresh_fallbacks
 from labelsync.caddy.listen import listen_plan, port_mismatch
 from labelsync.caddy.operations import Operation, apply_operations
-from labelsync.caddy.render import RenderOptions, render_routes
+from labelsync.caddy.render import RenderMemo, RenderOptions, render_routes
 from labelsync.core.changes import describe_changes
 from labelsync.core.events import DockerEvent, EventKind
 from labelsync.core.model import ContainerInfo, DesiredState, Problem, Route
@@ -144,7 +144,9 @@ class Reconciler:
         self._dirty = asyncio.Event()
         self._first_event: float | None = None  # wall-clock seconds of the oldest pending event
         self._leaving: set[str] = set()
+        # The incremental core: a sync re-parses, rebuilds and renders only what changed.
         self._parsed = ParseMemo()
+        self._rendered = RenderMemo()
         self._known_routes: list[dict[str, Any]] | None = None  # the server's, as last seen
         self._verify = True
         self._logged_problems: frozenset[Problem] = frozenset()
@@ -230,7 +232,7 @@ class Reconciler:
         self._log_new_problems(desired.problems)
         if self.membership is not None:
             self.membership.publish(desired)
-        routes = render_routes(desired, render_options(self.settings))
+        routes = render_routes(desired, render_options(self.settings), memo=self._rendered)
         if routes == self._refused_routes and not self._verify:
             return SyncResult.CADDY_REFUSED  # the same content would be refused again
         try:
@@ -318,7 +320,9 @@ class Reconciler:
             current = list(server.get("routes") or [])
             operations = diff_routes(current, routes)
             if not operations:
-                self._known_routes = current
+                # Known routes equal to desired ones are those very objects: the next
+                # diff compares the pools a change did not touch by identity.
+                self._known_routes = adopt_equal(current, routes)
                 return []
             try:
                 await self.caddy.apply(name, current, operations, etag)
@@ -326,7 +330,7 @@ class Reconciler:
                 # A stale ETag, or a route someone deleted meanwhile: read again, re-diff.
                 logger.info(f"Caddy's config changed while we wrote ({exc.status}); re-reading")
                 continue
-            self._known_routes = apply_operations(current, operations)
+            self._known_routes = adopt_equal(apply_operations(current, operations), routes)
             self.state.admin_writes += 1
             return operations
         raise CaddyConflict(f"config kept changing under us ({CONFLICT_RETRIES} tries)")

@@ -16,12 +16,12 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from loguru import logger
 
 from labelsync.core.durations import parse_duration
-from labelsync.core.model import DesiredState, Member, MemberHealth
+from labelsync.core.model import DesiredState, Member, MemberHealth, Pool
 from labelsync.core.names import pool_dns_name
 from labelsync.errors import ConfigError
 from labelsync.membership.health import ActiveChecker
 from labelsync.membership.resolver import Resolver
-from labelsync.membership.srv_records import no_healthy_member, srv_answers
+from labelsync.membership.srv_records import SrvAnswer, no_healthy_member, srv_answers
 from labelsync.settings import Settings
 
 # The drain on the way out lasts Caddy's refresh plus this margin, and at most DRAIN_MAX.
@@ -50,6 +50,10 @@ class DynamicMembership:
         self.checker = checker
         self._desired: DesiredState | None = None
         self._all_down: set[str] = set()
+        # pool id -> (pool, its members' verdicts, its records, its DNS name): a publish
+        # computes records only for pools that changed or whose members' health did.
+        self._answers: dict[str, tuple[Pool, tuple[bool, ...], tuple[SrvAnswer, ...], str]] = {}
+        self._checked: dict[str, Pool] = {}  # the pools with active checks, as last given
         # Called after each health flip, once the new membership is published.
         self.on_health_change: list[Callable[[str, str, bool, str], None]] = []
 
@@ -98,21 +102,38 @@ class DynamicMembership:
     def publish(self, desired: DesiredState) -> None:
         """Serve `desired`'s members from now on; start or stop probes to match."""
         self._desired = desired
-        self.checker.update(desired.pools)
+        checked = {pool.id: pool for pool in desired.pools if pool.shape.settings.active}
+        # The checker's work is per member: skip it when no pool with a check changed.
+        if checked.keys() != self._checked.keys() or any(
+            pool is not self._checked[pool_id] for pool_id, pool in checked.items()
+        ):
+            self.checker.update(desired.pools)
+        self._checked = checked
         self.republish()
 
     def republish(self) -> None:
         if self._desired is None:
             return
-        answers = {}
+        answers: dict[str, tuple[SrvAnswer, ...]] = {}
+        previous, current = self._answers, {}
         for pool in self._desired.pools:
+            checked = pool.shape.settings.active is not None
+            verdicts = (
+                tuple(self.checker.is_healthy(pool.id, m) for m in pool.members) if checked else ()
+            )
+            entry = previous.get(pool.id)
+            if entry is None or entry[1] != verdicts or (entry[0] is not pool and entry[0] != pool):
 
-            def healthy(member: Member, pool_id: str = pool.id) -> bool:
-                return self.checker.is_healthy(pool_id, member)
+                def healthy(member: Member, pool_id: str = pool.id) -> bool:
+                    return self.checker.is_healthy(pool_id, member)
 
-            records = srv_answers(pool, healthy=healthy)
-            answers[pool_dns_name(pool.id)] = records
-            self._note_all_down(pool.id, pool.members)
+                records = tuple(srv_answers(pool, healthy=healthy))
+                entry = (pool, verdicts, records, pool_dns_name(pool.id))
+            current[pool.id] = entry
+            answers[entry[3]] = entry[2]
+            if checked or pool.id in self._all_down:
+                self._note_all_down(pool.id, pool.members)
+        self._answers = current
         self.resolver.update(answers)
 
     def _note_all_down(self, pool_id: str, members: tuple[Member, ...]) -> None:

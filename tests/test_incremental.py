@@ -1,0 +1,114 @@
+"""The incremental core equals the core from scratch, for random change sequences.
+
+A loop keeps one `ParseMemo` and one `RenderMemo` and, after each change, builds,
+renders and diffs against what it knows Caddy holds (`adopt_equal`); building,
+rendering and diffing everything afresh must give equal pools, problems, routes and
+operations at every step, and applying the operations must reach the desired routes.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from labelsync.caddy.diff import adopt_equal, diff_routes
+from labelsync.caddy.operations import apply_operations
+from labelsync.caddy.render import RenderMemo, RenderOptions, render_routes
+from labelsync.core.model import ContainerInfo
+from labelsync.core.pools import ParseMemo, build_desired
+
+HOSTS = ["a.test", "b.test", "c.test", "a.test, b.test"]
+PATHS = [None, "/api/*", "/x"]
+POLICIES = ["random", "first", "round_robin", "weighted_round_robin", "rond_robin"]
+IPS = [f"10.0.0.{i}" for i in range(1, 7)]
+
+
+@st.composite
+def containers(draw: st.DrawFn, index: int) -> ContainerInfo:
+    labels = {"labelsync.host": draw(st.sampled_from(HOSTS)), "labelsync.port": "80"}
+    if (path := draw(st.sampled_from(PATHS))) is not None:
+        labels["labelsync.path"] = path
+    if draw(st.booleans()):
+        labels["labelsync.lb.policy"] = draw(st.sampled_from(POLICIES))
+    if draw(st.booleans()):
+        labels["labelsync.weight"] = str(draw(st.integers(0, 3)))
+    if draw(st.booleans()):
+        labels["labelsync.route.extra.host"] = draw(st.sampled_from(HOSTS))
+    if draw(st.booleans()):
+        labels["labelsync.split"] = "20"
+        labels["labelsync.track"] = draw(st.sampled_from(["stable", "canary"]))
+    return ContainerInfo(
+        id=f"c{index}",
+        name=f"web-{index}",
+        created=1000.0 + draw(st.integers(0, 5)),
+        labels=labels,
+        state=draw(st.sampled_from(["running", "running", "exited", "paused"])),
+        health=draw(st.sampled_from([None, None, "healthy", "unhealthy"])),
+        networks={"net": draw(st.sampled_from(IPS))},
+        exposed_ports=(80,),
+    )
+
+
+CHANGES = st.sampled_from(["add", "remove", "relabel", "state", "health", "withdraw", "same"])
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    data=st.data(),
+    steps=st.lists(CHANGES, min_size=1, max_size=12),
+    upstreams=st.sampled_from(["dynamic", "static"]),
+)
+def test_incremental_builds_renders_and_diffs_equal_from_scratch(
+    data: st.DataObject, steps: list[str], upstreams: str
+) -> None:
+    options = RenderOptions(upstreams=upstreams)  # type: ignore[arg-type]
+    dynamic = upstreams == "dynamic"
+    fleet = {f"c{i}": data.draw(containers(i)) for i in range(data.draw(st.integers(0, 6)))}
+    withdrawn: set[str] = set()
+    parse_memo, render_memo = ParseMemo(), RenderMemo()
+    caddy: list[dict[str, object]] = [{"@id": "user-route", "handle": []}]  # a user's own
+    known = caddy
+    next_index = 100
+    for step in steps:
+        ids = sorted(fleet)
+        if step == "add" or not ids:
+            fleet[f"c{next_index}"] = data.draw(containers(next_index))
+            next_index += 1
+        elif step == "remove":
+            del fleet[data.draw(st.sampled_from(ids))]
+        elif step == "relabel":
+            victim = data.draw(st.sampled_from(ids))
+            fresh = data.draw(containers(0))
+            fleet[victim] = replace(fresh, id=victim, name=fleet[victim].name)
+        elif step == "state":
+            victim = data.draw(st.sampled_from(ids))
+            state = data.draw(st.sampled_from(["running", "exited", "paused"]))
+            fleet[victim] = replace(fleet[victim], state=state)
+        elif step == "health":
+            victim = data.draw(st.sampled_from(ids))
+            health = data.draw(st.sampled_from([None, "healthy", "unhealthy", "starting"]))
+            fleet[victim] = replace(fleet[victim], health=health)
+        elif step == "withdraw":
+            victim = data.draw(st.sampled_from(ids))
+            withdrawn.symmetric_difference_update({victim})
+        # "same": nothing changed (an event that changed nothing, a resync)
+        listing = [fleet[i] for i in sorted(fleet)]
+        if data.draw(st.booleans()):  # new objects, as each Docker listing makes
+            listing = [replace(c) for c in listing]
+
+        incremental = build_desired(listing, dynamic=dynamic, withdrawn=withdrawn, memo=parse_memo)
+        scratch = build_desired(listing, dynamic=dynamic, withdrawn=withdrawn)
+        assert incremental == scratch
+
+        routes = render_routes(incremental, options, memo=render_memo)
+        assert routes == render_routes(scratch, options)
+
+        operations = diff_routes(known, routes)
+        assert operations == diff_routes(json.loads(json.dumps(caddy)), routes)
+        caddy = apply_operations(caddy, operations)
+        assert not diff_routes(caddy, routes)
+        known = adopt_equal(caddy, routes)
+        assert known == caddy
