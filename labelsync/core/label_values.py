@@ -12,9 +12,12 @@ import ipaddress
 import math
 import re
 from collections.abc import Callable, Iterable
+from typing import TypeVar
 
 from labelsync.core.durations import normalize_duration, parse_duration
 from labelsync.core.model import RETRIES_AUTO
+
+T = TypeVar("T", str, int)  # what a comma-separated list holds
 
 POLICIES = (
     "random",
@@ -170,13 +173,19 @@ def _host_name(item: str) -> str:
     raise LabelValueError(f"{item!r} is not a host name (e.g. app.example.com, *.example.com)")
 
 
+def _comma_list(text: str, parse: Callable[[str], T], nothing: str) -> tuple[T, ...]:
+    """Comma-separated items, each trimmed, lower-cased and parsed; de-duplicated, sorted.
+    `nothing` is the error when no item is given."""
+    items = [item.strip().lower() for item in text.split(",")]
+    parsed = {parse(item) for item in items if item}
+    if not parsed:
+        raise LabelValueError(nothing)
+    return tuple(sorted(parsed))
+
+
 def parse_hosts(text: str) -> tuple[str, ...]:
     """Comma-separated host names: trimmed, lower-cased, de-duplicated, sorted."""
-    items = [item.strip().lower() for item in text.split(",")]
-    hosts = {_host_name(item) for item in items if item}
-    if not hosts:
-        raise LabelValueError("no host name given (e.g. app.example.com)")
-    return tuple(sorted(hosts))
+    return _comma_list(text, _host_name, "no host name given (e.g. app.example.com)")
 
 
 def parse_server_name(text: str) -> str:
@@ -247,11 +256,7 @@ def parse_status(text: str) -> int:
 
 def parse_status_list(text: str) -> tuple[int, ...]:
     """`5xx,429` -> (5, 429): codes and class digits as Caddy's unhealthy_status takes."""
-    items = [item.strip().lower() for item in text.split(",")]
-    statuses = {_status(item) for item in items if item}
-    if not statuses:
-        raise LabelValueError("no status given (e.g. 5xx,429)")
-    return tuple(sorted(statuses))
+    return _comma_list(text, _status, "no status given (e.g. 5xx,429)")
 
 
 def parse_regex(text: str) -> str:
