@@ -67,17 +67,24 @@ class CaddyAdmin:
         await admin.apply("labelsync", server["routes"], operations, etag)
 
     `endpoint` is `http://host:port` (or bare `host:port`) or `unix:///path/to/admin.sock`.
+    `transport` replaces the connection the endpoint implies (tests pass an
+    `httpx.MockTransport` serving an in-memory Caddy); the endpoint still names it.
     `requests_sent` and `bytes_sent` (request bodies) count everything sent, reads included.
     """
 
-    def __init__(self, endpoint: str, *, timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        endpoint: str,
+        *,
+        timeout: float = 10.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
         self.endpoint = endpoint
         self.requests_sent = 0
         self.bytes_sent = 0
-        base_url, transport = _connection(endpoint)
         self._client = httpx.AsyncClient(
-            base_url=base_url,
-            transport=transport,
+            base_url=_base_url(endpoint),
+            transport=transport or _transport(endpoint),
             timeout=timeout,
             trust_env=False,  # HTTP(S)_PROXY must never divert admin traffic
             # No keep-alive: every write restarts Caddy's admin listener (see module doc).
@@ -263,19 +270,25 @@ def _id_path(route_id: str) -> str:
     return f"/id/{quote(route_id, safe='')}"
 
 
-def _connection(endpoint: str) -> tuple[str, httpx.AsyncHTTPTransport]:
-    """Base URL and transport for an endpoint string."""
+def _base_url(endpoint: str) -> str:
+    """The URL requests are addressed to; ConfigError for an endpoint we cannot use."""
     if endpoint.startswith("unix://"):
-        socket_path = endpoint.removeprefix("unix://")
-        if not socket_path.startswith("/"):
+        if not endpoint.removeprefix("unix://").startswith("/"):
             raise ConfigError(f"unix admin endpoint needs an absolute path: {endpoint!r}")
         # Caddy accepts any Host over a unix socket; the name only has to be valid.
-        return "http://localhost", httpx.AsyncHTTPTransport(uds=socket_path)
+        return "http://localhost"
     url = endpoint if "://" in endpoint else f"http://{endpoint}"
     parsed = httpx.URL(url)
     if parsed.scheme not in ("http", "https") or not parsed.host:
         raise ConfigError(f"admin endpoint must be http://host:port or unix:///path: {endpoint!r}")
-    return url.rstrip("/"), httpx.AsyncHTTPTransport()
+    return url.rstrip("/")
+
+
+def _transport(endpoint: str) -> httpx.AsyncHTTPTransport:
+    """The connection an endpoint string implies: a unix socket, or TCP."""
+    if endpoint.startswith("unix://"):
+        return httpx.AsyncHTTPTransport(uds=endpoint.removeprefix("unix://"))
+    return httpx.AsyncHTTPTransport()
 
 
 def _caddy_listen_address(endpoint: str) -> str:
