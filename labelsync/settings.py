@@ -10,6 +10,7 @@ where the TOML file holds the same names in lower case without the prefix::
 
 from __future__ import annotations
 
+import functools
 import os
 import tomllib
 from pathlib import Path
@@ -27,6 +28,12 @@ from labelsync.core.durations import parse_duration
 
 # Where `LABELSYNC_CADDY_ADMIN=auto` (and `labelsync status`) look for a running Caddy first.
 DEFAULT_CADDY_ADMIN = "http://localhost:2019"
+
+
+@functools.lru_cache(maxsize=64)
+def seconds(duration: str) -> float:
+    """`parse_duration`, once per distinct text."""
+    return parse_duration(duration)
 
 
 class Settings(BaseSettings):
@@ -126,18 +133,20 @@ class Settings(BaseSettings):
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config_file)))
         return tuple(sources)
 
-    # Convenience views, parsed once.
+    # Durations in seconds, each text parsed once (the loop reads them on every event).
+    # Cached by the text rather than on the instance: `model_copy(update=...)` (SIGHUP)
+    # copies an instance's cache along with it, but not its validation.
     @property
     def debounce_seconds(self) -> float:
-        return parse_duration(self.debounce)
+        return seconds(self.debounce)
 
     @property
     def debounce_max_seconds(self) -> float:
-        return parse_duration(self.debounce_max)
+        return seconds(self.debounce_max)
 
     @property
     def resync_seconds(self) -> float:
-        return parse_duration(self.resync_interval)
+        return seconds(self.resync_interval)
 
     @property
     def listen_addresses(self) -> list[str]:
