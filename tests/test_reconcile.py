@@ -1,8 +1,11 @@
-"""The loop's decisions, against a real Caddy, with container records fed in directly.
+"""The loop's decisions, with container records fed in directly.
 
-The source is a stand-in with DockerSource's interface (snapshot, events): the loop
-must not care where records come from. Caddy is the real session Caddy; each test
-writes into a server of its own.
+The source is a stand-in (a list of records, an outage switch, an event queue): the loop
+must not care where records come from. Most tests write into an in-memory Caddy
+(tests/support/memory_caddy.py), which interprets the admin requests as Caddy does and
+counts them; the few at the end use a real Caddy, for what only Caddy shows: its own
+ETag conflicts, creating a server in a Caddy that restarted from its own config, and a
+config it refuses.
 """
 
 from __future__ import annotations
@@ -10,20 +13,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
+import httpx
 import pytest
+from loguru import logger
 
 from labelsync.caddy.admin import CaddyAdmin
+from labelsync.core.events import DockerEvent
 from labelsync.core.model import ContainerInfo
 from labelsync.core.outcomes import SyncResult
-from labelsync.errors import CaddyRefused, DockerUnavailable
+from labelsync.errors import DockerUnavailable
 from labelsync.loop.reconcile import Reconciler
 from labelsync.settings import Settings
-from labelsync.sources.docker import DockerEvent
 from tests.support.caddy import CaddyProcess, free_port
 from tests.support.containers import short_uuid
+from tests.support.memory_caddy import MemoryCaddy
 
 
 class ListedContainers:
@@ -78,13 +84,17 @@ def listing() -> ListedContainers:
     return ListedContainers()
 
 
+@pytest.fixture
+def memory() -> MemoryCaddy:
+    return MemoryCaddy()
+
+
 @contextlib.asynccontextmanager
 async def reconciler_on(
-    admin_url: str, settings: Settings, listing: ListedContainers, *, timeout: float = 10.0
+    admin: CaddyAdmin, settings: Settings, listing: ListedContainers
 ) -> AsyncIterator[Reconciler]:
-    """A loop writing to the Caddy at `admin_url`; its client and retry timer end after."""
-    admin = CaddyAdmin(admin_url, timeout=timeout)
-    loop = Reconciler(settings, listing, admin)  # type: ignore[arg-type]
+    """A loop writing through `admin`; the client and any retry timer end after."""
+    loop = Reconciler(settings, listing, admin)
     try:
         yield loop
     finally:
@@ -94,12 +104,10 @@ async def reconciler_on(
 
 @pytest.fixture
 async def reconciler(
-    caddy: CaddyProcess, settings: Settings, listing: ListedContainers
+    memory: MemoryCaddy, settings: Settings, listing: ListedContainers
 ) -> AsyncIterator[Reconciler]:
-    async with reconciler_on(caddy.admin_url, settings, listing) as loop:
+    async with reconciler_on(memory.admin(), settings, listing) as loop:
         yield loop
-    with contextlib.suppress(AssertionError):
-        caddy.admin("DELETE", f"/config/apps/http/servers/{settings.caddy_server}")
 
 
 @contextlib.asynccontextmanager
@@ -114,200 +122,340 @@ async def running(loop: Reconciler) -> AsyncIterator[None]:
             await task
 
 
-def owned(caddy: CaddyProcess, settings: Settings) -> list[dict[str, Any]]:
-    routes = caddy.get_config(f"apps/http/servers/{settings.caddy_server}/routes") or []
-    return [r for r in routes if str(r.get("@id", "")).startswith("labelsync-")]
+def is_owned(route: dict[str, Any]) -> bool:
+    return str(route.get("@id", "")).startswith("labelsync-")
+
+
+def owned(memory: MemoryCaddy, settings: Settings) -> list[dict[str, Any]]:
+    return [r for r in memory.routes(settings.caddy_server) if is_owned(r)]
 
 
 def dials(route: dict[str, Any]) -> list[str]:
     return [u["dial"] for u in route["handle"][0].get("upstreams", [])]
 
 
-async def settle(loop: Reconciler, seconds: float = 0.8) -> None:
+async def settle(seconds: float = 0.4) -> None:
     """Let the debounce window pass and the sync finish."""
     await asyncio.sleep(seconds)
 
 
+@pytest.fixture
+def errors_logged() -> Iterator[list[str]]:
+    messages: list[str] = []
+    sink = logger.add(lambda message: messages.append(str(message)), level="ERROR")
+    yield messages
+    logger.remove(sink)
+
+
+# -- against the in-memory Caddy -------------------------------------------------------------
+
+
 async def test_a_burst_of_changes_is_one_admin_write(
-    caddy: CaddyProcess, settings: Settings, listing: ListedContainers, reconciler: Reconciler
+    memory: MemoryCaddy, settings: Settings, listing: ListedContainers, reconciler: Reconciler
 ) -> None:
-    """100 containers across pools starting together reload Caddy once, not 100 times."""
+    """30 containers across pools starting together reload Caddy once, not 30 times."""
     async with running(reconciler):
-        writes = reconciler.state.admin_writes
+        writes = memory.writes
         for i in range(30):
             listing.containers.append(container(f"burst-{i}", f"burst{i % 5}.test"))
             reconciler.notify()
             await asyncio.sleep(0.005)
-        await settle(reconciler)
-        assert reconciler.state.admin_writes - writes == 1
-        assert len(owned(caddy, settings)) == 5
+        await settle()
+        assert memory.writes - writes == 1
+        assert reconciler.state.admin_writes == 1
+        assert len(owned(memory, settings)) == 5
 
 
 async def test_an_unchanged_state_writes_nothing(
-    settings: Settings, listing: ListedContainers, reconciler: Reconciler
+    memory: MemoryCaddy, listing: ListedContainers, reconciler: Reconciler
 ) -> None:
     """A sync with nothing new sends no admin request at all; a due check only reads."""
     listing.containers.append(container("same", "same.test"))
-    assert (await reconciler.sync_once()).ok
-    writes = reconciler.state.admin_writes
-    requests = reconciler.caddy.requests_sent
-    assert (await reconciler.sync_once()).ok
-    assert reconciler.caddy.requests_sent == requests
+    assert await reconciler.sync_once() == SyncResult.APPLIED
+    requests = len(memory.requests)
+    assert await reconciler.sync_once() == SyncResult.UNCHANGED
+    assert len(memory.requests) == requests
     reconciler.verify_next()
-    assert (await reconciler.sync_once()).ok
-    assert reconciler.state.admin_writes == writes
-    assert reconciler.caddy.requests_sent - requests == 1  # the read, nothing else
+    assert await reconciler.sync_once() == SyncResult.UNCHANGED
+    assert [r.method for r in memory.requests[requests:]] == ["GET"]  # the read, nothing else
+    assert reconciler.caddy.requests_sent == len(memory.requests)
 
 
 async def test_docker_outage_changes_nothing_in_caddy(
-    caddy: CaddyProcess, settings: Settings, listing: ListedContainers, reconciler: Reconciler
+    memory: MemoryCaddy, settings: Settings, listing: ListedContainers, reconciler: Reconciler
 ) -> None:
     """While Docker cannot be asked, no route is removed; afterwards it converges."""
     listing.containers.append(container("keep", "keep.test"))
-    assert (await reconciler.sync_once()).ok
-    before = owned(caddy, settings)
+    assert await reconciler.sync_once() == SyncResult.APPLIED
+    before, requests = owned(memory, settings), len(memory.requests)
     listing.reachable = False
     listing.containers.clear()
     assert await reconciler.sync_once() == SyncResult.DOCKER_UNAVAILABLE
-    assert owned(caddy, settings) == before
+    assert len(memory.requests) == requests
+    assert owned(memory, settings) == before
     assert not reconciler.state.docker_up
     listing.reachable = True
-    assert (await reconciler.sync_once()).ok
-    assert owned(caddy, settings) == []
+    assert await reconciler.sync_once() == SyncResult.APPLIED
+    assert owned(memory, settings) == []
 
 
 async def test_kill_withdraws_a_member_before_the_listing_says_so(
-    caddy: CaddyProcess, settings: Settings, listing: ListedContainers, reconciler: Reconciler
+    memory: MemoryCaddy, settings: Settings, listing: ListedContainers, reconciler: Reconciler
 ) -> None:
     """A container leaves on `kill`, while Docker still lists it as running."""
     first = container("first", "kill.test", ip="127.0.0.2")
     second = container("second", "kill.test", ip="127.0.0.3")
     listing.containers += [first, second]
     async with running(reconciler):
-        assert len(dials(owned(caddy, settings)[0])) == 2
+        assert len(dials(owned(memory, settings)[0])) == 2
         listing.queue.put_nowait(DockerEvent("container", "kill", second.id, time.time_ns()))
-        await settle(reconciler)
-        assert dials(owned(caddy, settings)[0]) == ["127.0.0.2:8080"]
+        await settle()
+        assert dials(owned(memory, settings)[0]) == ["127.0.0.2:8080"]
         listing.queue.put_nowait(DockerEvent("container", "start", second.id, time.time_ns()))
-        await settle(reconciler)
-        assert len(dials(owned(caddy, settings)[0])) == 2
+        await settle()
+        assert len(dials(owned(memory, settings)[0])) == 2
+
+
+USER_ROUTE = {"@id": "user-route", "handle": [{"handler": "static_response", "body": "x"}]}
 
 
 async def test_a_concurrent_edit_is_neither_overwritten_nor_lost(
-    caddy: CaddyProcess, settings: Settings, listing: ListedContainers, reconciler: Reconciler
+    memory: MemoryCaddy, settings: Settings, listing: ListedContainers, reconciler: Reconciler
 ) -> None:
     """Someone else writes between our read and our write: we re-read and keep their edit."""
     listing.containers.append(container("one", "one.test"))
-    assert (await reconciler.sync_once()).ok
-    user_route = {"@id": "user-route", "handle": [{"handler": "static_response", "body": "x"}]}
-    real_apply = reconciler.caddy.apply
-    interfered = False
-
-    async def apply_after_someone_else(*args: Any, **kwargs: Any) -> None:
-        nonlocal interfered
-        if not interfered:
-            interfered = True
-            caddy.admin(
-                "POST", f"/config/apps/http/servers/{settings.caddy_server}/routes", user_route
-            )
-        await real_apply(*args, **kwargs)
-
-    reconciler.caddy.apply = apply_after_someone_else  # type: ignore[method-assign]
+    assert await reconciler.sync_once() == SyncResult.APPLIED
+    routes_path = f"/config/apps/http/servers/{settings.caddy_server}/routes"
+    memory.before_next_write = lambda caddy: caddy.edit("POST", routes_path, USER_ROUTE)
     listing.containers.append(container("two", "two.test"))
-    assert (await reconciler.sync_once()).ok
-    routes = caddy.get_config(f"apps/http/servers/{settings.caddy_server}/routes")
-    assert interfered
-    assert [r.get("@id") for r in routes][-1] == "user-route"
-    assert len(owned(caddy, settings)) == 2
+    assert await reconciler.sync_once() == SyncResult.APPLIED
+    assert [r.status for r in memory.write_requests][-2:] == [412, 200]
+    assert memory.routes(settings.caddy_server)[-1]["@id"] == "user-route"
+    assert len(owned(memory, settings)) == 2
+
+
+async def test_a_route_deleted_meanwhile_is_re_read_not_retried_later(
+    memory: MemoryCaddy, settings: Settings, listing: ListedContainers, reconciler: Reconciler
+) -> None:
+    """The route a write addresses by @id is deleted just before: Caddy resolves the @id
+    before it checks If-Match, so it answers 404 (not 412). That is temporary too: the
+    loop reads again and writes the route whole, at once, with no backoff."""
+    listing.containers += [container("a", "a.test"), container("b", "b.test")]
+    assert await reconciler.sync_once() == SyncResult.APPLIED
+    [route_a, _] = owned(memory, settings)
+    memory.before_next_write = lambda caddy: caddy.edit("DELETE", f"/id/{route_a['@id']}")
+    listing.containers[0] = container("a", "a.test", ip="127.0.0.9")
+    assert await reconciler.sync_once() == SyncResult.APPLIED
+    assert [r.status for r in memory.write_requests][-2:] == [404, 200]
+    assert not reconciler.retry_pending
+    assert sorted(dials(r)[0] for r in owned(memory, settings)) == [
+        "127.0.0.2:8080",
+        "127.0.0.9:8080",
+    ]
 
 
 async def test_drift_in_caddy_is_restored(
-    caddy: CaddyProcess, settings: Settings, listing: ListedContainers, reconciler: Reconciler
+    memory: MemoryCaddy, settings: Settings, listing: ListedContainers, reconciler: Reconciler
 ) -> None:
     """An owned route deleted behind our back comes back at the next check (resync)."""
     listing.containers.append(container("drift", "drift.test"))
-    assert (await reconciler.sync_once()).ok
-    route_id = owned(caddy, settings)[0]["@id"]
-    caddy.admin("DELETE", f"/id/{route_id}")
+    assert await reconciler.sync_once() == SyncResult.APPLIED
+    route_id = owned(memory, settings)[0]["@id"]
+    memory.edit("DELETE", f"/id/{route_id}")
+    assert await reconciler.sync_once() == SyncResult.UNCHANGED  # not noticed without a read
     reconciler.verify_next()
-    assert (await reconciler.sync_once()).ok
-    assert [r["@id"] for r in owned(caddy, settings)] == [route_id]
+    assert await reconciler.sync_once() == SyncResult.APPLIED
+    assert [r["@id"] for r in owned(memory, settings)] == [route_id]
 
 
 async def test_drift_is_also_caught_before_any_write(
-    caddy: CaddyProcess, settings: Settings, listing: ListedContainers, reconciler: Reconciler
+    memory: MemoryCaddy, settings: Settings, listing: ListedContainers, reconciler: Reconciler
 ) -> None:
     """A write always starts from a fresh read, so it restores drift on the way."""
     listing.containers.append(container("a", "a.test"))
-    assert (await reconciler.sync_once()).ok
-    route_id = owned(caddy, settings)[0]["@id"]
-    caddy.admin("DELETE", f"/id/{route_id}")
+    assert await reconciler.sync_once() == SyncResult.APPLIED
+    route_id = owned(memory, settings)[0]["@id"]
+    memory.edit("DELETE", f"/id/{route_id}")
+    writes = memory.writes
     listing.containers.append(container("b", "b.test"))
-    assert (await reconciler.sync_once()).ok
-    assert route_id in [r["@id"] for r in owned(caddy, settings)]
-    assert len(owned(caddy, settings)) == 2
+    assert await reconciler.sync_once() == SyncResult.APPLIED
+    assert route_id in [r["@id"] for r in owned(memory, settings)]
+    assert len(owned(memory, settings)) == 2
+    assert memory.writes - writes == 1
 
 
-async def test_a_restarted_caddy_gets_the_server_and_routes_back(
-    caddy_factory: Any, settings: Settings, listing: ListedContainers
+async def test_a_restarted_empty_caddy_gets_the_server_and_routes_back(
+    memory: MemoryCaddy, settings: Settings, listing: ListedContainers, reconciler: Reconciler
+) -> None:
+    """Caddy restarted without labelsync's server: the check restores everything."""
+    listing.containers.append(container("back", "back.test"))
+    assert await reconciler.sync_once() == SyncResult.APPLIED
+    memory.restart(None)
+    reconciler.verify_next()  # what a restart of the bundled Caddy, or the resync, triggers
+    assert await reconciler.sync_once() == SyncResult.APPLIED
+    server = memory.get(f"apps/http/servers/{settings.caddy_server}")
+    assert server["listen"] == settings.listen_addresses
+    assert [r["match"][0]["host"] for r in server["routes"]] == [["back.test"]]
+
+
+async def test_caddy_down_is_retried_with_backoff_and_nothing_is_lost(
+    memory: MemoryCaddy, settings: Settings, listing: ListedContainers, reconciler: Reconciler
+) -> None:
+    """Caddy unreachable is temporary: the sync fails cleanly, a retry is scheduled, and
+    once Caddy answers the same routes are written."""
+    listing.containers.append(container("wait", "wait.test"))
+    memory.down()
+    assert await reconciler.sync_once() == SyncResult.CADDY_FAILED
+    assert not reconciler.state.caddy_up
+    assert reconciler.state.last_error
+    assert reconciler.retry_pending
+    memory.restart(None)
+    async with running(reconciler):
+        assert [r["match"][0]["host"] for r in owned(memory, settings)] == [["wait.test"]]
+
+
+def refusing(host: str) -> Callable[[Any], str | None]:
+    def refuse(config: Any) -> str | None:
+        return f"no route may serve {host}" if host in str(config) else None
+
+    return refuse
+
+
+async def test_a_refused_config_is_not_retried_until_the_routes_change(
+    memory: MemoryCaddy,
+    listing: ListedContainers,
+    reconciler: Reconciler,
+    errors_logged: list[str],
+) -> None:
+    """Caddy refusing a config is permanent for that content: one ERROR, no backoff
+    retries of it; a change of the routes, or the periodic check, sends again."""
+    listing.containers.append(container("ok", "ok.test"))
+    assert await reconciler.sync_once() == SyncResult.APPLIED
+    memory.refuse = refusing("bad.test")
+    listing.containers.append(container("bad", "bad.test"))
+    writes = len(memory.write_requests)
+    assert await reconciler.sync_once() == SyncResult.CADDY_REFUSED
+    assert not reconciler.retry_pending
+    assert reconciler.state.caddy_up and not reconciler.state.last_apply_ok
+    assert "no route may serve bad.test" in (reconciler.state.last_error or "")
+    assert await reconciler.sync_once() == SyncResult.CADDY_REFUSED
+    assert len(memory.write_requests) - writes == 1  # the same routes are not sent again
+    assert len([m for m in errors_logged if "refused" in m]) == 1
+    reconciler.verify_next()  # the resync
+    assert await reconciler.sync_once() == SyncResult.CADDY_REFUSED
+    assert len(memory.write_requests) - writes == 2
+    assert len([m for m in errors_logged if "refused" in m]) == 1  # a WARNING the second time
+    listing.containers.pop()
+    listing.containers.append(container("good", "good.test"))
+    assert await reconciler.sync_once() == SyncResult.APPLIED
+    assert reconciler.state.last_apply_ok
+
+
+async def test_a_refused_config_is_reported_as_its_own_result(
+    memory: MemoryCaddy, listing: ListedContainers, reconciler: Reconciler
+) -> None:
+    """Observers see `caddy_refused`, not `caddy_failed` (the metric's result label)."""
+    seen: list[SyncResult] = []
+
+    class Results:
+        def on_event(self, event: DockerEvent) -> None:
+            pass
+
+        def on_sync(self, result: SyncResult, seconds: float, latency: float | None) -> None:
+            seen.append(result)
+
+    reconciler.observers.append(Results())
+    memory.refuse = refusing("bad.test")
+    listing.containers.append(container("bad", "bad.test"))
+    task = asyncio.create_task(reconciler.run())
+    try:
+        await settle()
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    assert seen == [SyncResult.CADDY_REFUSED]
+
+
+# -- against a real Caddy --------------------------------------------------------------------
+
+
+class Interfering(httpx.AsyncBaseTransport):
+    """A real connection that lets someone else write once, just before our next write."""
+
+    def __init__(self) -> None:
+        self.inner = httpx.AsyncHTTPTransport()
+        self.before_write: Callable[[], None] | None = None
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if request.method != "GET" and self.before_write is not None:
+            interfere, self.before_write = self.before_write, None
+            interfere()
+        return await self.inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+@pytest.fixture
+def cleanup_server(caddy: CaddyProcess, settings: Settings) -> Iterator[None]:
+    yield
+    with contextlib.suppress(AssertionError):
+        caddy.admin("DELETE", f"/config/apps/http/servers/{settings.caddy_server}")
+
+
+async def test_a_real_caddys_etag_conflict_keeps_the_other_edit(
+    caddy: CaddyProcess, settings: Settings, listing: ListedContainers, cleanup_server: None
+) -> None:
+    """Caddy answers 412 to a write whose ETag someone else's edit made stale; the loop
+    re-reads, keeps that edit, and Caddy serves both."""
+    routes_path = f"/config/apps/http/servers/{settings.caddy_server}/routes"
+    transport = Interfering()
+    admin = CaddyAdmin(caddy.admin_url, transport=transport)
+    async with reconciler_on(admin, settings, listing) as loop:
+        listing.containers.append(container("one", "one.test"))
+        assert await loop.sync_once() == SyncResult.APPLIED
+        transport.before_write = lambda: caddy.admin("POST", routes_path, USER_ROUTE)
+        listing.containers.append(container("two", "two.test"))
+        assert await loop.sync_once() == SyncResult.APPLIED
+    routes = caddy.get_config(f"apps/http/servers/{settings.caddy_server}/routes")
+    assert [r.get("@id") for r in routes][-1] == "user-route"
+    assert len([r for r in routes if is_owned(r)]) == 2
+
+
+async def test_a_real_caddy_restarted_from_its_own_config_gets_the_server_back(
+    caddy_factory: Callable[[], CaddyProcess], settings: Settings, listing: ListedContainers
 ) -> None:
     """Caddy restarted with its base config (no labelsync server): everything returns."""
     private = caddy_factory()
     server = f"apps/http/servers/{settings.caddy_server}"
     listing.containers.append(container("back", "back.test"))
-    async with reconciler_on(private.admin_url, settings, listing) as loop:
-        assert (await loop.sync_once()).ok
+    async with reconciler_on(CaddyAdmin(private.admin_url), settings, listing) as loop:
+        assert await loop.sync_once() == SyncResult.APPLIED
         private.reset()  # as if Caddy restarted from its own config file
         assert private.get_config(server) is None
-        loop.verify_next()  # what a restart of the bundled Caddy, or the resync, triggers
-        assert (await loop.sync_once()).ok
+        loop.verify_next()
+        assert await loop.sync_once() == SyncResult.APPLIED
         routes = private.get_config(f"{server}/routes")
         assert [r["match"][0]["host"] for r in routes] == [["back.test"]]
 
 
-async def test_caddy_down_is_retried_and_nothing_is_lost(
-    caddy_factory: Any, settings: Settings, listing: ListedContainers
+async def test_a_listen_address_caddy_refuses_is_not_retried_on_backoff(
+    caddy: CaddyProcess, listing: ListedContainers, errors_logged: list[str]
 ) -> None:
-    """Caddy unreachable: the sync fails cleanly and is retried with backoff."""
-    private = caddy_factory()
-    listing.containers.append(container("wait", "wait.test"))
-    async with reconciler_on(private.admin_url, settings, listing, timeout=2.0) as loop:
-        private.stop()
-        assert await loop.sync_once() == SyncResult.CADDY_FAILED
-        assert not loop.state.caddy_up
-        assert loop.state.last_error
-        assert loop.retry_pending
-
-
-async def test_a_refused_config_is_not_retried_until_the_routes_change(
-    settings: Settings, listing: ListedContainers, reconciler: Reconciler
-) -> None:
-    """Caddy refusing a config is permanent for that content: no backoff retries of it,
-    one ERROR; a change of the routes, or the periodic check, sends again."""
-    listing.containers.append(container("ok", "ok.test"))
-    assert await reconciler.sync_once() == SyncResult.APPLIED
-    real_apply = reconciler.caddy.apply
-    refusing = True
-    attempts = 0
-
-    async def refuse(*args: Any, **kwargs: Any) -> None:
-        nonlocal attempts
-        attempts += 1
-        if refusing:
-            raise CaddyRefused("Caddy answered 500 to PATCH ...: bad", status=500)
-        await real_apply(*args, **kwargs)
-
-    reconciler.caddy.apply = refuse  # type: ignore[method-assign]
-    listing.containers.append(container("bad", "bad.test"))
-    assert await reconciler.sync_once() == SyncResult.CADDY_REFUSED
-    assert not reconciler.retry_pending
-    assert await reconciler.sync_once() == SyncResult.CADDY_REFUSED
-    assert attempts == 1  # the same routes are not sent again
-    assert reconciler.state.caddy_up and not reconciler.state.last_apply_ok
-    reconciler.verify_next()  # the resync
-    assert await reconciler.sync_once() == SyncResult.CADDY_REFUSED
-    assert attempts == 2
-    refusing = False
-    listing.containers.append(container("more", "more.test"))
-    assert await reconciler.sync_once() == SyncResult.APPLIED
-    assert attempts == 3 and reconciler.state.last_apply_ok
+    """A server on an address another server claims: Caddy refuses the config (500),
+    keeps serving the old one, and the loop waits for a change instead of retrying."""
+    settings = Settings(
+        caddy_server=f"reconcile-{short_uuid()}",
+        listen=f"127.0.0.1:{caddy.http_port}",  # the session server's own listener
+        auto_https="off",
+        upstreams="static",
+    )
+    listing.containers.append(container("clash", "clash.test"))
+    async with reconciler_on(CaddyAdmin(caddy.admin_url), settings, listing) as loop:
+        assert await loop.sync_once() == SyncResult.CADDY_REFUSED
+        assert not loop.retry_pending
+        assert await loop.sync_once() == SyncResult.CADDY_REFUSED
+    assert caddy.get_config(f"apps/http/servers/{settings.caddy_server}") is None
+    [refused] = [m for m in errors_logged if "refused" in m]
+    assert "500" in refused

@@ -2,7 +2,10 @@
 
 SIGTERM/SIGINT stop within a second and leave Caddy's config as it is (an embedded
 Caddy is stopped with us). SIGHUP re-reads settings that can change live and the
-static file, then resyncs everything.
+static file, then resyncs everything (RELOADING=1, then READY=1, to systemd).
+
+One reconciler per Caddy endpoint; they share one Docker source (one event stream,
+shared listings) and one static file watch (see loop/fanout.py).
 """
 
 from __future__ import annotations
@@ -19,7 +22,9 @@ from loguru import logger
 
 from labelsync.caddy.admin import CaddyAdmin, answers
 from labelsync.errors import ConfigError, LabelsyncError
-from labelsync.loop.reconcile import MembershipChannel, Reconciler
+from labelsync.loop.fanout import SharedSource, SharedStatic
+from labelsync.loop.ports import MembershipChannel, StaticRoutes
+from labelsync.loop.reconcile import Reconciler
 from labelsync.report.logs import setup_logging
 from labelsync.report.metrics import PING_TIMEOUT
 from labelsync.report.observability import Observability
@@ -123,18 +128,25 @@ def _membership(
 
 
 def _reachability_check(
-    reconciler: Reconciler, membership: MembershipChannel | None, settings: Settings
+    reconcilers: list[Reconciler],
+    admins: list[CaddyAdmin],
+    membership: MembershipChannel | None,
+    settings: Settings,
 ) -> asyncio.Task[None] | None:
-    """Dynamic mode: confirm once that Caddy asks the resolver (see reachability.py)."""
-    from labelsync.membership.channel import DynamicMembership
+    """Dynamic mode: confirm once that each Caddy asks the resolver (see reachability.py).
 
-    if not isinstance(membership, DynamicMembership):
+    One Caddy after the other: the check counts the resolver's pool queries, which any
+    Caddy's lookups would raise.
+    """
+    if membership is None:
         return None
     from labelsync.loop.reachability import check_after_first_sync
 
-    return asyncio.create_task(
-        check_after_first_sync(reconciler.state, reconciler.caddy, membership.resolver, settings)
-    )
+    async def check_each() -> None:
+        for reconciler, admin in zip(reconcilers, admins, strict=True):
+            await check_after_first_sync(reconciler.state, admin, membership.resolver, settings)
+
+    return asyncio.create_task(check_each())
 
 
 def _observability(
@@ -144,10 +156,7 @@ def _observability(
     notifier: SystemdNotifier,
 ) -> Observability:
     """The state file, metrics and systemd notifications, watching every reconciler."""
-    from labelsync.membership.channel import DynamicMembership
-
-    health = membership if isinstance(membership, DynamicMembership) else None
-    view = LiveView(reconcilers, settings=settings, health=health)
+    view = LiveView(reconcilers, settings=settings, health=membership)
     readers = []
     if settings.metrics_listen:  # scrapes and /healthz read Caddy with clients of their own
         readers = [CaddyAdmin(r.caddy.endpoint, timeout=PING_TIMEOUT * 2) for r in reconcilers]
@@ -164,15 +173,14 @@ def _observability(
 
 
 def _reload_settings(
-    reconcilers: list[Reconciler], static: StaticFile | None, notifier: SystemdNotifier
-) -> None:
-    notifier.reloading()
+    current: Settings, reconcilers: list[Reconciler], static: StaticRoutes | None
+) -> Settings:
+    """The settings after a SIGHUP: the live ones re-read, the others as they were."""
     try:
         fresh = load_settings()
     except ConfigError as exc:
         logger.error(f"SIGHUP: settings not reloaded: {exc}")
-        return
-    current = reconcilers[0].settings
+        return current
     ignored = [
         name
         for name in type(fresh).model_fields
@@ -189,7 +197,7 @@ def _reload_settings(
         reconciler.settings = merged
         reconciler.verify_next()
     logger.info("SIGHUP: settings and static file reloaded; resyncing")
-    notifier.ready()
+    return merged
 
 
 async def _leave_fallbacks(reconcilers: list[Reconciler]) -> None:
@@ -213,12 +221,23 @@ async def run_daemon(settings: Settings) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     static = (
-        StaticFile(settings.static_file, settings.label_prefix) if settings.static_file else None
+        SharedStatic(StaticFile(settings.static_file, settings.label_prefix))
+        if settings.static_file
+        else None
     )
     reconcilers: list[Reconciler] = []
+    live = settings
+
+    def reload() -> None:
+        nonlocal live
+        notifier.reloading()
+        live = _reload_settings(live, reconcilers, static)
+        if all(r.state.synced.is_set() for r in reconcilers):
+            notifier.ready()  # else READY=1 comes after the first sync, as at any start
+
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, lambda: _reload_settings(reconcilers, static, notifier))
+    loop.add_signal_handler(signal.SIGHUP, reload)
 
     def restore_routes() -> None:
         for reconciler in reconcilers:
@@ -231,20 +250,20 @@ async def run_daemon(settings: Settings) -> int:
         caddy_endpoints(settings, restore_routes) as endpoints,
     ):
         admins = [CaddyAdmin(endpoint) for endpoint in endpoints]
-        sources = [DockerSource(settings.docker_host, swarm=settings.swarm) for _ in endpoints]
-        for admin, source in zip(admins, sources, strict=True):
+        source = SharedSource(DockerSource(settings.docker_host, swarm=settings.swarm))
+        for admin in admins:
             reconcilers.append(
                 Reconciler(settings, source, admin, static=static, membership=membership)
             )
         logger.info(
-            f"labelsync running: Caddy {', '.join(endpoints)}, Docker {sources[0].endpoint}, "
+            f"labelsync running: Caddy {', '.join(endpoints)}, Docker {source.endpoint}, "
             f"upstreams {settings.upstreams}"
         )
         observability = _observability(settings, reconcilers, membership, notifier)
         await observability.start()
         tasks = [asyncio.create_task(r.run()) for r in reconcilers]
         stopper = asyncio.create_task(stop.wait())
-        check = _reachability_check(reconcilers[0], membership, settings)
+        check = _reachability_check(reconcilers, admins, membership, settings)
         done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
         extras = [stopper] if check is None else [stopper, check]
         for task in [*tasks, *extras]:
@@ -255,8 +274,7 @@ async def run_daemon(settings: Settings) -> int:
         await observability.aclose()
         for admin in admins:
             await admin.aclose()
-        for source in sources:
-            source.close()
+        source.close()
     if crashed and crashed[0] is not None:
         logger.opt(exception=crashed[0]).error("labelsync stopped on an unexpected error")
         return 1

@@ -21,8 +21,8 @@ from typing import Protocol
 
 from loguru import logger
 
-from labelsync.caddy.admin import CaddyAdmin
 from labelsync.errors import CaddyError, CaddyUnavailable
+from labelsync.loop.ports import CaddyWriter
 
 WATCH_INTERVAL = 0.5  # seconds between probes: routes are back ≤ 2 s after a restart
 
@@ -30,7 +30,8 @@ WATCH_INTERVAL = 0.5  # seconds between probes: routes are back ≤ 2 s after a 
 class Watched(Protocol):
     """The part of the loop the watch needs."""
 
-    caddy: CaddyAdmin
+    @property
+    def caddy(self) -> CaddyWriter: ...
 
     def probe_route_id(self) -> str | None: ...
 

@@ -22,11 +22,10 @@ import asyncio
 import time
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from loguru import logger
 
-from labelsync.caddy.admin import CaddyAdmin
 from labelsync.caddy.diff import adopt_equal, diff_routes, owned_routes, refresh_fallbacks
 from labelsync.caddy.listen import listen_plan, port_mismatch
 from labelsync.caddy.operations import Operation, apply_operations
@@ -45,33 +44,20 @@ from labelsync.errors import (
     DockerUnavailable,
 )
 from labelsync.loop.caddy_watch import watch_caddy
+from labelsync.loop.ports import (
+    CaddyWriter,
+    ContainerSource,
+    MembershipPublisher,
+    StaticRoutes,
+    SyncObserver,
+)
 from labelsync.report.logs import log_problems
 from labelsync.settings import Settings
-from labelsync.sources.docker import DockerSource
-from labelsync.sources.static import StaticFile
 
 LEAVE_ACTIONS = frozenset({"kill", "stop", "die", "pause", "destroy"})
 JOIN_ACTIONS = frozenset({"start", "unpause"})
 CONFLICT_RETRIES = 5
 CADDY_BACKOFF = (0.25, 10.0)
-
-
-class MembershipChannel(Protocol):
-    """Where live membership goes when it does not go into Caddy's JSON."""
-
-    def publish(self, desired: DesiredState) -> None: ...
-
-
-class SyncObserver(Protocol):
-    """Sees every Docker event and every sync (metrics, state file, systemd status).
-
-    `latency` runs from the oldest event the sync covers to the end (None unless the
-    result is ok).
-    """
-
-    def on_event(self, event: DockerEvent) -> None: ...
-
-    def on_sync(self, result: SyncResult, seconds: float, latency: float | None) -> None: ...
 
 
 def build_from_settings(
@@ -123,16 +109,20 @@ class SyncState:
 
 
 class Reconciler:
-    """Keeps the routes labelsync owns in Caddy equal to what the labels say."""
+    """Keeps the routes labelsync owns in one Caddy equal to what the labels say.
+
+    The edges come in as ports (`loop.ports`); several reconcilers, one per Caddy, may
+    share one source and one static file (`loop.fanout`).
+    """
 
     def __init__(
         self,
         settings: Settings,
-        docker: DockerSource,
-        caddy: CaddyAdmin,
+        docker: ContainerSource,
+        caddy: CaddyWriter,
         *,
-        static: StaticFile | None = None,
-        membership: MembershipChannel | None = None,
+        static: StaticRoutes | None = None,
+        membership: MembershipPublisher | None = None,
     ) -> None:
         self.settings = settings
         self.docker = docker

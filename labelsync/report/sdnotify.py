@@ -19,6 +19,7 @@ from __future__ import annotations
 import collections
 import os
 import socket
+import time
 from collections.abc import MutableMapping
 
 from loguru import logger
@@ -107,7 +108,9 @@ class SystemdNotifier:
         return self.notify("STOPPING=1")
 
     def reloading(self) -> bool:
-        return self.notify("RELOADING=1")
+        """RELOADING=1 (READY=1 follows when the reload is done); MONOTONIC_USEC= lets a
+        `Type=notify-reload` unit match it to the signal it sent."""
+        return self.notify("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
 
     def watchdog(self) -> bool:
         """WATCHDOG=1, when systemd asked for pings."""

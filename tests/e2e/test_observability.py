@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -294,7 +295,8 @@ def test_systemd_notify_ready_after_first_sync_and_watchdog(
     kind: str, start_daemon: StartDaemon, short_dir: Path, tmp_path: Path
 ) -> None:
     """`Type=notify`: READY=1 only once the first sync has written Caddy; WATCHDOG=1 pings
-    when WATCHDOG_USEC asks for them; STOPPING=1 on the way out."""
+    when WATCHDOG_USEC asks for them; RELOADING=1 then READY=1 on SIGHUP; STOPPING=1 on
+    the way out."""
     address = str(short_dir / "notify") if kind == "path" else f"@labelsync-{uuid.uuid4().hex}"
     listener = NotifyListener(address)
     try:
@@ -312,6 +314,12 @@ def test_systemd_notify_ready_after_first_sync_and_watchdog(
         assert server.json() is not None
         assert any(line.startswith("STATUS=in sync") for line in ready)
         listener.wait_for("WATCHDOG=1")
+        # SIGHUP: RELOADING=1 (with the monotonic time systemd matches it by), then READY=1.
+        assert daemon.process is not None
+        daemon.process.send_signal(signal.SIGHUP)
+        reloading = listener.wait_for("RELOADING=1")
+        assert any(line.startswith("MONOTONIC_USEC=") for line in reloading)
+        listener.wait_for("READY=1")
         daemon.stop()
         listener.wait_for("STOPPING=1", timeout=5)
     finally:

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
 from tests.e2e.conftest import StartDaemon
+from tests.support.caddy import CaddyProcess, free_port
+from tests.support.containers import short_uuid
 from tests.support.daemon import wait_routed
+from tests.support.waiting import wait_until
 
 MODES = ["dynamic", "static"]
 
@@ -40,3 +45,35 @@ def test_scale_one_to_five_to_one(
     wait_routed(daemon, unique_host, {replicas[0].name})
     if mode == "dynamic":
         assert daemon.config_etag() == etag, "scaling wrote Caddy config in dynamic mode"
+
+
+def test_two_caddy_endpoints_are_fed_by_one_docker_event_stream(
+    start_daemon: StartDaemon,
+    caddy: CaddyProcess,
+    caddy_factory: Callable[[], CaddyProcess],
+    backend,
+    unique_host: str,
+) -> None:
+    """`LABELSYNC_CADDY_ADMIN=a,b`: both Caddies get the routes, from one event stream."""
+    second = caddy_factory()
+    name = f"ls-two-{short_uuid()}"
+    # Each Caddy listens on its own port: the server exists in the second one already.
+    second.admin(
+        "PUT",
+        f"/config/apps/http/servers/{name}",
+        {"listen": [f"127.0.0.1:{free_port()}"], "automatic_https": {"disable": True}},
+    )
+    daemon = start_daemon(
+        upstreams="static",
+        name=name,
+        env={"LABELSYNC_CADDY_ADMIN": f"{caddy.admin_url},{second.admin_url}"},
+    )
+    first = backend(labels={"labelsync.host": unique_host})
+    wait_routed(daemon, unique_host, {first.name})
+
+    def second_routes_it() -> bool:
+        routes = second.get_config(f"apps/http/servers/{name}/routes") or []
+        return any(unique_host in r["match"][0]["host"] for r in routes)
+
+    wait_until(second_routes_it, timeout=10, message="the second Caddy to get the route")
+    assert daemon.logs().count("Docker event stream connected") == 1
