@@ -46,7 +46,7 @@ KEYS: dict[str, Callable[[str], object]] = {
     "lb.retries": v.parse_retries,
     "lb.try_duration": v.duration(positive=False),
     "lb.try_interval": v.duration(positive=False),
-    "health.path": v.parse_path,
+    "health.path": v.parse_health_path,
     "health.interval": v.duration(positive=True),
     "health.timeout": v.duration(positive=True),
     "health.status": v.parse_status,
