@@ -75,6 +75,8 @@ class Settings(BaseSettings):
     """Human text, or one JSON object per line."""
     metrics_listen: str | None = None
     """host:port of the Prometheus /metrics and /healthz endpoint; off when unset."""
+    dashboard_listen: str | None = "127.0.0.1:9465"
+    """host:port of the read-only web dashboard; `off` (or empty) turns it off."""
     upstreams: Literal["dynamic", "static"] = "dynamic"
     """Membership through the built-in resolver, or written into Caddy's JSON."""
     resolver_listen: str = "127.0.0.1:8053"
@@ -117,6 +119,15 @@ class Settings(BaseSettings):
     @classmethod
     def _empty_is_unset(cls, value: Any) -> Any:
         return None if value == "" else value
+
+    @field_validator("dashboard_listen", mode="before")
+    @classmethod
+    def _off_is_unset(cls, value: Any) -> Any:
+        if value is False or value is None:
+            return None
+        if isinstance(value, str) and value.strip().lower() in ("", "off", "none", "false", "0"):
+            return None
+        return value
 
     @classmethod
     def settings_customise_sources(

@@ -317,7 +317,15 @@ def test_json_is_stable() -> None:
     first = json.dumps(report_json(report))
     assert first == json.dumps(report_json(report))
     body = report_json(report)
-    assert list(body) == ["version", "caddy", "daemon", "pools", "notes"]
+    assert list(body) == [
+        "version",
+        "caddy",
+        "daemon",
+        "pools",
+        "notes",
+        "containers",
+        "other_problems",
+    ]
     assert list(body["pools"][0]["members"][0]) == [
         "container",
         "origin",

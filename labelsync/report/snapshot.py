@@ -21,6 +21,14 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from labelsync import __version__
+from labelsync.core.explain import (
+    ContainerVerdict,
+    explain_all,
+    problem_from_json,
+    problem_json,
+    verdict_from_json,
+    verdict_json,
+)
 from labelsync.core.model import (
     JSON,
     ContainerInfo,
@@ -155,6 +163,10 @@ class Snapshot:
     problem_count: int = 0  # len(problems) here; what the file said when read back
     probes: int | None = None  # active checks run so far (dynamic mode)
     shared_settings: JSON | None = None  # what `check` and `render` take from the daemon
+    # Why each container with labels is (not) routed (core/explain.py), and the label
+    # problems of no container listed there (the static file's).
+    containers: tuple[ContainerVerdict, ...] = ()
+    other_problems: tuple[Problem, ...] = ()
 
     @property
     def caddy_up(self) -> bool:
@@ -200,6 +212,8 @@ class Snapshot:
             "problems": self.problem_count,
             "pools": [_pool_json(pool) for pool in self.pools],
             "settings": self.shared_settings,
+            "containers": [verdict_json(verdict) for verdict in self.containers],
+            "other_problems": [problem_json(problem) for problem in self.other_problems],
         }
 
     @classmethod
@@ -233,6 +247,8 @@ class Snapshot:
             pools=tuple(_pool_from_json(pool) for pool in payload.get("pools") or ()),
             problem_count=int(payload.get("problems") or 0),
             shared_settings=payload.get("settings"),
+            containers=tuple(verdict_from_json(c) for c in payload.get("containers") or ()),
+            other_problems=tuple(problem_from_json(p) for p in payload.get("other_problems") or ()),
         )
 
 
@@ -322,6 +338,8 @@ def build_snapshot(
         for pool in (desired.pools if desired is not None else ())
     )
     problems = desired.problems if desired is not None else ()
+    explained = _verdicts(first, containers.values(), desired, settings)
+    listed = {verdict.name for verdict in explained}
     return Snapshot(
         pid=os.getpid(),
         version=__version__,
@@ -337,6 +355,34 @@ def build_snapshot(
         problem_count=len(problems),
         probes=health.probes if health is not None else None,
         shared_settings=effective_settings(settings),
+        containers=explained,
+        other_problems=tuple(p for p in problems if p.container not in listed),
+    )
+
+
+def _verdicts(
+    loop: ObservedLoop | None,
+    containers: Iterable[ContainerInfo],
+    desired: DesiredState | None,
+    settings: Settings,
+) -> tuple[ContainerVerdict, ...]:
+    """Why each container is (not) routed; routes from the loop's parse memo (a stopped
+    container has no address to parse: its verdict says it is not running)."""
+    if loop is None:
+        return ()
+
+    def routes_of(container: ContainerInfo) -> Sequence[Route]:
+        running = container.state in ("running", "paused")
+        return loop.routes_of(container) if running else ()
+
+    return tuple(
+        explain_all(
+            containers,
+            desired,
+            prefix=settings.label_prefix,
+            default_network=settings.network,
+            routes_of=routes_of,
+        )
     )
 
 

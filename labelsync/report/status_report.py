@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from labelsync.core.explain import judge_container, problem_json, verdict_json
 from labelsync.core.model import JSON
 from labelsync.core.names import is_owned, member_address_of
 from labelsync.report.snapshot import MemberView, PoolView, Snapshot
@@ -55,6 +56,10 @@ class StatusReport:
     daemon: JSON | None  # pid, mode, Docker/Caddy reachability; None when not running
     pools: tuple[PoolStatus, ...]
     notes: tuple[str, ...] = ()
+    # Every container with labels, routed or not and why (`core.explain`, judged with
+    # its members' health here); label problems of no listed container (static file).
+    containers: tuple[JSON, ...] = ()
+    other_problems: tuple[JSON, ...] = ()
 
 
 # -- judging health ------------------------------------------------------------------------
@@ -306,7 +311,24 @@ def build_report(
             "last_error": snapshot.last_error,
             "updated": snapshot.written_at,
         }
-    return StatusReport(caddy_admin, caddy_server, daemon, tuple(pools), tuple(notes))
+    health = {
+        (pool.id, m.address.lower()): (m.health, m.reason) for pool in pools for m in pool.members
+    }
+
+    def health_of(pool: str, address: str) -> tuple[str, str | None]:
+        return health.get((pool, address.lower()), ("unknown", None))
+
+    verdicts = snapshot.containers if snapshot is not None else ()
+    others = snapshot.other_problems if snapshot is not None else ()
+    return StatusReport(
+        caddy_admin,
+        caddy_server,
+        daemon,
+        tuple(pools),
+        tuple(notes),
+        containers=tuple(judge_container(verdict_json(v), health_of) for v in verdicts),
+        other_problems=tuple(problem_json(p) for p in others),
+    )
 
 
 # -- output ----------------------------------------------------------------------------------
@@ -344,6 +366,8 @@ def report_json(report: StatusReport) -> JSON:
             for pool in report.pools
         ],
         "notes": list(report.notes),
+        "containers": list(report.containers),
+        "other_problems": list(report.other_problems),
     }
 
 

@@ -73,6 +73,9 @@ class Daemon:
             "LABELSYNC_RESYNC_INTERVAL": "60s",
             # Not the shared /run/labelsync/state.json: each test daemon keeps its own.
             "LABELSYNC_STATE_FILE": str(LOG_DIR / f"state-{name}.json"),
+            # Off unless a test asks for it: daemons running side by side would race
+            # for the default 127.0.0.1:9465.
+            "LABELSYNC_DASHBOARD_LISTEN": "off",
             **(env or {}),
         }
         self.process: subprocess.Popen[bytes] | None = None
