@@ -27,7 +27,7 @@ from labelsync.core.model import ContainerInfo
 from labelsync.core.pools import build_desired
 from labelsync.loop.reconcile import SyncState
 from labelsync.report.snapshot import Snapshot
-from labelsync.report.status_report import build_report, report_json
+from labelsync.report.status_report import build_report, render_table, report_json
 from tests.support.snapshots import snapshot_of
 
 
@@ -247,3 +247,21 @@ def test_explain_exits_2_when_no_daemon_runs_and_docker_is_unreachable(tmp_path:
     )
     assert done.returncode == 2, done.stderr
     assert done.stderr.count("\n") == 1 and "no.sock" in done.stderr
+
+
+def test_status_table_lists_containers_that_are_not_routed() -> None:
+    containers = (container("web-1"), container("web-2", state="exited"))
+    state = SyncState(docker_up=True, caddy_up=True, last_apply_ok=True)
+    state.desired, state.containers = build_desired(containers), containers
+    snapshot = Snapshot.from_json(json.loads(json.dumps(snapshot_of([state]).to_json())))
+    report = build_report(
+        caddy_admin="a",
+        caddy_server="s",
+        routes=None,
+        upstreams=[],
+        caddy_health=None,
+        snapshot=snapshot,
+    )
+    table = render_table(report)
+    assert "\n  web-2  not routed: container is exited, not running\n" in table
+    assert "  web-1  " not in table.split("not routed (")[1]

@@ -445,9 +445,29 @@ def render_table(report: StatusReport, *, colour: bool = False) -> str:
             continue
         out.append(line(HEADER))
         out.extend(line(row, row[2]) for row in block)
+    out.extend(_not_routed_lines(report))
     for note in report.notes:
         out.append(f"note: {note}")
     return "\n".join(out) + "\n"
+
+
+def _not_routed_lines(report: StatusReport) -> list[str]:
+    """Containers with labels that do not serve (or only partly), one line each with the
+    first reason: `labelsync explain NAME` gives all of them and the fixes."""
+    lines = []
+    for container in report.containers:
+        if container.get("status") == "routed":
+            continue
+        whys = [r["why"] for r in container.get("reasons") or ()]
+        for route in container.get("routes") or ():
+            if route.get("status") != "routed":
+                whys += [r["why"] for r in route.get("reasons") or ()]
+        first = whys[0] if whys else "see labelsync explain"
+        more = f" (+{len(whys) - 1} more)" if len(whys) > 1 else ""
+        lines.append(f"  {container['name']}  {container['status']}: {first}{more}")
+    if not lines:
+        return []
+    return ["", "not routed (labelsync explain NAME says why and what to change):", *lines]
 
 
 def _facts(
