@@ -22,11 +22,11 @@ from pathlib import Path  # noqa: E402
 from loguru import logger  # noqa: E402
 
 from labelsync.caddy.admin import CaddyAdmin  # noqa: E402
+from labelsync.core.events import STREAM_UP  # noqa: E402
 from labelsync.core.model import ContainerInfo  # noqa: E402
 from labelsync.loop.reconcile import Reconciler  # noqa: E402
 from labelsync.membership.channel import DynamicMembership  # noqa: E402
 from labelsync.settings import Settings  # noqa: E402
-from labelsync.sources.docker import STREAM_UP  # noqa: E402
 
 IMPORTED = time.monotonic()
 PREFIX = "lsbench"
@@ -110,7 +110,7 @@ async def main(
     async with membership if membership is not None else _nothing() as channel:
         reconciler = Reconciler(
             settings,
-            source,  # type: ignore[arg-type]
+            source,
             admin,
             membership=channel,
         )

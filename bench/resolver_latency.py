@@ -37,8 +37,9 @@ def question(name: str, query_id: int) -> bytes:
 
 
 def _serve(pools: int) -> None:
+    from labelsync.core.names import member_target
     from labelsync.membership.resolver import Resolver
-    from labelsync.membership.srv_records import SrvAnswer, member_target
+    from labelsync.membership.srv_records import SrvAnswer
 
     async def main() -> None:
         resolver = Resolver("127.0.0.1:0")

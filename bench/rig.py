@@ -23,11 +23,11 @@ import docker.errors
 
 from labelsync.caddy.admin import CaddyAdmin
 from labelsync.caddy.operations import Operation, apply_operations
+from labelsync.core.events import DockerEvent
 from labelsync.core.model import JSON, ContainerInfo, DesiredState
 from labelsync.loop.reconcile import Reconciler
 from labelsync.membership.channel import DynamicMembership
 from labelsync.settings import Settings
-from labelsync.sources.docker import DockerEvent
 from tests.support.caddy import SERVER_NAME, CaddyProcess
 from tests.support.containers import TEST_ID_LABEL, ContainerFactory
 from tests.support.daemon import free_udp_port
@@ -171,6 +171,10 @@ class TimedAdmin:
         self.read_seconds: list[float] = []
 
     @property
+    def endpoint(self) -> str:
+        return self.inner.endpoint
+
+    @property
     def requests_sent(self) -> int:
         return self.inner.requests_sent
 
@@ -187,6 +191,12 @@ class TimedAdmin:
 
     async def ensure_server(self, name: str, server: JSON) -> bool:
         return await self.inner.ensure_server(name, server)
+
+    async def get(self, path: str) -> tuple[Any, str | None]:
+        return await self.inner.get(path)
+
+    async def has_id(self, object_id: str) -> bool:
+        return await self.inner.has_id(object_id)
 
     async def apply(
         self, server_name: str, current: list[JSON], operations: list[Operation], etag: str | None
@@ -270,8 +280,8 @@ async def labelsync(
 
         reconciler = Reconciler(
             settings,
-            RecordingSource(source, recorder),  # type: ignore[arg-type]
-            admin,  # type: ignore[arg-type]
+            RecordingSource(source, recorder),
+            admin,
             membership=recording,
         )
         reconciler.observers.append(_WritesRecorded(reconciler, recorder))

@@ -11,8 +11,8 @@ import asyncio
 import hashlib
 from collections.abc import AsyncIterator, Iterable, Sequence
 
+from labelsync.core.events import STREAM_UP, DockerEvent
 from labelsync.core.model import ContainerInfo
-from labelsync.sources.docker import STREAM_UP, DockerEvent
 
 from .rig import PREFIX
 

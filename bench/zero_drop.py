@@ -27,8 +27,9 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from labelsync.caddy.admin import CaddyAdmin
+from labelsync.core.events import DockerEvent
 from labelsync.core.model import ContainerInfo
-from labelsync.sources.docker import DockerEvent, DockerSource
+from labelsync.sources.docker import DockerSource
 
 from .rig import (
     PREFIX,

@@ -66,9 +66,12 @@ class LoopState(Protocol):
 class AdminCounters(Protocol):
     """The Caddy admin client of one endpoint, as far as it counts what it sent."""
 
-    endpoint: str
-    requests_sent: int
-    bytes_sent: int
+    @property
+    def endpoint(self) -> str: ...
+    @property
+    def requests_sent(self) -> int: ...
+    @property
+    def bytes_sent(self) -> int: ...
 
 
 class ObservedLoop(Protocol):
