@@ -153,6 +153,11 @@ class RecordingMembership:
         self.inner.publish(desired)
         self.recorder.published.append((time.time_ns(), desired))
 
+    def channels(
+        self, desired: DesiredState, now: float
+    ) -> tuple[DesiredState, frozenset[str], float | None]:
+        return self.inner.channels(desired, now)
+
 
 @dataclass
 class Write:

@@ -16,7 +16,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import field_validator
+from pydantic import Field, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -85,6 +85,8 @@ class Settings(BaseSettings):
     """Address Caddy uses to reach the resolver; the listen address when unset."""
     resolver_refresh: str = "250ms"
     """How often Caddy re-reads a pool's members."""
+    dynamic_budget: int = Field(default=90, ge=0, le=100)
+    """Most pools served by the resolver; past it, quiet pools carry members in the JSON."""
     stream_close_delay: str = "10m"
     """How long upgraded connections (websockets) outlive a Caddy reload."""
     docker_host: str | None = None

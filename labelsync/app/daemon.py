@@ -128,6 +128,24 @@ def _membership(
     return DynamicMembership.running(settings)
 
 
+def _budget_follows_health(
+    reconcilers: list[Reconciler], membership: MembershipChannel | None
+) -> None:
+    """A health flip in a pool whose members the JSON carries (outside the dynamic
+    budget) needs a sync: the pool joins the budget, or its list changes."""
+    from labelsync.membership.channel import DynamicMembership
+
+    if not isinstance(membership, DynamicMembership):
+        return
+
+    def flipped(pool_id: str, *_: object) -> None:
+        for reconciler in reconcilers:
+            if pool_id in reconciler.json_pools:
+                reconciler.notify()
+
+    membership.on_health_change.append(flipped)
+
+
 def _reachability_check(
     reconcilers: list[Reconciler],
     admins: list[CaddyAdmin],
@@ -270,6 +288,7 @@ async def run_daemon(settings: Settings) -> int:
             reconcilers.append(
                 Reconciler(settings, source, admin, static=static, membership=membership)
             )
+        _budget_follows_health(reconcilers, membership)
         logger.info(
             f"labelsync running: Caddy {', '.join(endpoints)}, Docker {source.endpoint}, "
             f"upstreams {settings.upstreams}"

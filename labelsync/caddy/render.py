@@ -17,7 +17,7 @@ Two upstream modes:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from labelsync.core.durations import normalize_duration
@@ -44,6 +44,9 @@ class RenderOptions:
     """How often Caddy re-reads a pool's members (dynamic mode)."""
     stream_close_delay: str = "10m"
     """How long upgraded connections (websockets) outlive a Caddy reload."""
+    json_pools: frozenset[str] = frozenset()
+    """Dynamic mode: the pools outside the dynamic budget, whose members are written
+    into the JSON (labelsync still runs their active checks); see membership/budget.py."""
 
 
 def selection_policy(settings: PoolSettings) -> str:
@@ -92,14 +95,23 @@ class RenderMemo:
     """
 
     def __init__(self) -> None:
-        self._routes: dict[str, tuple[Pool, RenderOptions, JSON]] = {}
+        self._routes: dict[str, tuple[Pool, RenderOptions, bool, JSON]] = {}
 
-    def route(self, pool: Pool, options: RenderOptions) -> JSON:
+    def route(self, pool: Pool, options: RenderOptions, base: RenderOptions | None = None) -> JSON:
+        """`render_route(pool, options)`; `base` is `options` without `json_pools` (what
+        the entry is compared with: only this pool's own channel matters)."""
+        base = base or replace(options, json_pools=frozenset())
+        in_json = pool.id in options.json_pools
         entry = self._routes.get(pool.id)
-        if entry is not None and entry[1] == options and (entry[0] is pool or entry[0] == pool):
-            return entry[2]
+        if (
+            entry is not None
+            and entry[2] == in_json
+            and (entry[1] is base or entry[1] == base)
+            and (entry[0] is pool or entry[0] == pool)
+        ):
+            return entry[3]
         route = render_route(pool, options)
-        self._routes[pool.id] = (pool, options, route)
+        self._routes[pool.id] = (pool, base, in_json, route)
         return route
 
     def forget_others(self, pool_ids: set[str]) -> None:
@@ -116,7 +128,8 @@ def render_routes(
     """
     if memo is None:
         return [render_route(pool, options) for pool in desired.pools]
-    routes = [memo.route(pool, options) for pool in desired.pools]
+    base = replace(options, json_pools=frozenset())
+    routes = [memo.route(pool, options, base) for pool in desired.pools]
     if len(memo._routes) > len(routes):
         memo.forget_others({pool.id for pool in desired.pools})
     return routes
@@ -152,7 +165,10 @@ def render_config(
 
 def _reverse_proxy(pool: Pool, options: RenderOptions) -> JSON:
     settings = pool.shape.settings
-    dynamic = options.upstreams == "dynamic"
+    checks_by_labelsync = options.upstreams == "dynamic"
+    # Outside the dynamic budget a pool of the dynamic mode carries its members in the
+    # JSON, as in static mode, but labelsync keeps running its active checks.
+    dynamic = checks_by_labelsync and pool.id not in options.json_pools
     handler: JSON = {"handler": "reverse_proxy"}
     if dynamic:
         handler["dynamic_upstreams"] = {
@@ -171,7 +187,7 @@ def _reverse_proxy(pool: Pool, options: RenderOptions) -> JSON:
         handler["upstreams"] = [{"dial": member.address} for member in pool.members]
     handler["load_balancing"] = _load_balancing(pool, dynamic=dynamic)
     health_checks: JSON = {}
-    if settings.active is not None and not dynamic:
+    if settings.active is not None and not checks_by_labelsync:
         # In dynamic mode labelsync probes members itself: Caddy runs no active
         # checks on dynamic upstreams, and its check state would not survive reloads.
         health_checks["active"] = _active_health(settings.active)

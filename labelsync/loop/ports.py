@@ -93,6 +93,14 @@ class MembershipPublisher(Protocol):
 
     def publish(self, desired: DesiredState) -> None: ...
 
+    def channels(
+        self, desired: DesiredState, now: float
+    ) -> tuple[DesiredState, frozenset[str], float | None]:
+        """After `publish`: the pools as the JSON carries them, the ids of those whose
+        members go into the JSON (outside the dynamic budget), and when (monotonic
+        seconds) that set changes next without any event; see membership/budget.py."""
+        ...
+
 
 class MembershipChannel(MembershipPublisher, HealthSource, Protocol):
     """The publisher as the daemon sees it: with the health checks' verdicts, count and

@@ -83,13 +83,14 @@ def build_from_settings(
     return desired
 
 
-def render_options(settings: Settings) -> RenderOptions:
+def render_options(settings: Settings, json_pools: frozenset[str] = frozenset()) -> RenderOptions:
     """How the settings want pools rendered into Caddy's JSON."""
     return RenderOptions(
         upstreams=settings.upstreams,
         resolver=settings.resolver_address,
         resolver_refresh=settings.resolver_refresh,
         stream_close_delay=settings.stream_close_delay,
+        json_pools=json_pools,
     )
 
 
@@ -143,6 +144,11 @@ class Reconciler:
         self._caddy_backoff = CADDY_BACKOFF[0]
         self._retry_handle: asyncio.TimerHandle | None = None
         self._refused_routes: list[dict[str, Any]] | None = None  # held back until they change
+        # Dynamic mode past the budget: pools whose members the JSON carries, as rendered
+        # and as last rendered (`refresh_fallbacks` renders the same).
+        self.json_pools: frozenset[str] = frozenset()
+        self._rendered_desired: DesiredState | None = None
+        self._budget_handle: asyncio.TimerHandle | None = None
 
     # --- signals in -------------------------------------------------------------------
     def notify(self, *, event_time: float | None = None) -> None:
@@ -220,9 +226,13 @@ class Reconciler:
         self.state.containers = containers
         desired = self._build(containers)
         self._log_new_problems(desired.problems)
+        rendered, json_pools = desired, frozenset[str]()
         if self.membership is not None:
             self.membership.publish(desired)
-        routes = render_routes(desired, render_options(self.settings), memo=self._rendered)
+            rendered, json_pools, next_change = self.membership.channels(desired, time.monotonic())
+            self._schedule_budget_sync(next_change)
+        options = render_options(self.settings, json_pools)
+        routes = render_routes(rendered, options, memo=self._rendered)
         if routes == self._refused_routes and not self._verify:
             return SyncResult.CADDY_REFUSED  # the same content would be refused again
         try:
@@ -244,6 +254,7 @@ class Reconciler:
         latency = time.time() - first_event if first_event is not None else None
         changes = describe_changes(self.state.desired, desired)
         self.state.desired = desired
+        self.json_pools, self._rendered_desired = json_pools, rendered
         if changes or operations:
             took = f" in {latency * 1000:.0f} ms" if latency is not None else ""
             what = "; ".join(changes) or "restored routes in Caddy"
@@ -348,7 +359,8 @@ class Reconciler:
         if server is None:
             return 0
         current = list(server.get("routes") or [])
-        routes = render_routes(self.state.desired, render_options(self.settings))
+        rendered = self._rendered_desired or self.state.desired
+        routes = render_routes(rendered, render_options(self.settings, self.json_pools))
         operations = refresh_fallbacks(current, routes)
         if operations:
             await self.caddy.apply(name, current, operations, etag)
@@ -367,6 +379,16 @@ class Reconciler:
         if self._retry_handle is not None:
             self._retry_handle.cancel()
             self._retry_handle = None
+
+    def _schedule_budget_sync(self, when: float | None) -> None:
+        """A sync when a pool of the dynamic budget has been quiet long enough to leave
+        it (its members go back into the JSON): no event would cause one."""
+        if self._budget_handle is not None:
+            self._budget_handle.cancel()
+            self._budget_handle = None
+        if when is not None:
+            delay = max(0.0, when - time.monotonic()) + 0.01
+            self._budget_handle = asyncio.get_running_loop().call_later(delay, self.notify)
 
     def _schedule_retry(self, first_event: float | None) -> None:
         delay = self._caddy_backoff

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import replace
 
 from loguru import logger
 
@@ -19,6 +20,7 @@ from labelsync.core.durations import parse_duration
 from labelsync.core.model import DesiredState, Member, MemberHealth, Pool
 from labelsync.core.names import pool_dns_name
 from labelsync.errors import ConfigError
+from labelsync.membership.budget import Budget
 from labelsync.membership.health import ActiveChecker
 from labelsync.membership.resolver import Resolver
 from labelsync.membership.srv_records import SrvAnswer, no_healthy_member, srv_answers
@@ -45,9 +47,14 @@ async def _drain(resolver: Resolver, settings: Settings) -> None:
 class DynamicMembership:
     """Publishes membership to the resolver; re-publishes when a health check flips."""
 
-    def __init__(self, resolver: Resolver, checker: ActiveChecker) -> None:
+    def __init__(
+        self, resolver: Resolver, checker: ActiveChecker, budget: Budget | None = None
+    ) -> None:
         self.resolver = resolver
         self.checker = checker
+        self.budget = budget or Budget()
+        self._changed: set[str] = set()  # pools whose answer changed since `channels`
+        self._json_views: dict[str, tuple[Pool, Pool]] = {}  # pool id -> (pool, live view)
         self._desired: DesiredState | None = None
         self._all_down: set[str] = set()
         # pool id -> (pool, its members' verdicts, its records, its DNS name): a publish
@@ -79,7 +86,7 @@ class DynamicMembership:
                     listener(pool_id, address, healthy, reason)
 
         checker = ActiveChecker(on_change=on_change)
-        membership = cls(resolver, checker)
+        membership = cls(resolver, checker, Budget(size=settings.dynamic_budget))
         logger.info(f"resolver answering on {resolver.bound_address} (udp)")
         try:
             yield membership
@@ -128,6 +135,8 @@ class DynamicMembership:
                     return self.checker.is_healthy(pool_id, member)
 
                 records = tuple(srv_answers(pool, healthy=healthy))
+                if entry is not None and entry[2] != records:
+                    self._changed.add(pool.id)
                 entry = (pool, verdicts, records, pool_dns_name(pool.id))
             current[pool.id] = entry
             answers[entry[3]] = entry[2]
@@ -135,6 +144,65 @@ class DynamicMembership:
                 self._note_all_down(pool.id, pool.members)
         self._answers = current
         self.resolver.update(answers)
+
+    def channels(
+        self, desired: DesiredState, now: float
+    ) -> tuple[DesiredState, frozenset[str], float | None]:
+        """The pools as Caddy's JSON carries them, the ids of those outside the dynamic
+        budget (members in the JSON: only those the resolver would answer), and when
+        the budget next lets a pool go (`Budget.next_change`).
+
+        Call after `publish(desired)`; `now` is monotonic seconds.
+        """
+        changed, self._changed = self._changed, set()
+        ids = {pool.id for pool in desired.pools}
+        was_over = self.budget.over
+        json_pools = self.budget.assign(ids, changed & ids, now)
+        if self.budget.over != was_over:
+            self._log_budget(len(ids))
+        if not json_pools:
+            self._json_views.clear()
+            return desired, json_pools, None
+        views: dict[str, tuple[Pool, Pool]] = {}
+        pools = []
+        for pool in desired.pools:
+            if pool.id in json_pools:
+                view = self._live_view(pool)
+                views[pool.id] = (pool, view)
+                pool = view
+            pools.append(pool)
+        self._json_views = views
+        rendered = DesiredState(tuple(pools), desired.problems)
+        return rendered, json_pools, self.budget.next_change()
+
+    def _live_view(self, pool: Pool) -> Pool:
+        """`pool` with the members the resolver answers (healthy ones, or all when none
+        is): the same object as last time while nothing changed."""
+        if pool.shape.settings.active is None:
+            return pool  # no check: every member is live
+        live = tuple(m for m in pool.members if self.checker.is_healthy(pool.id, m))
+        live = live or pool.members
+        cached = self._json_views.get(pool.id)
+        if cached is not None and cached[0] is pool and cached[1].members == live:
+            return cached[1]
+        return pool if live == pool.members else replace(pool, members=live)
+
+    def _log_budget(self, pools: int) -> None:
+        budget = self.budget
+        if budget.over:
+            logger.warning(
+                f"{pools} pools exceed LABELSYNC_DYNAMIC_BUDGET={budget.size}: quiet pools "
+                "carry their members in Caddy's JSON, and at most "
+                f"{budget.size} pools whose membership is changing are served by the "
+                "resolver. A membership change of a quiet pool costs one admin write "
+                f"(it joins the budget), and one more when it leaves after "
+                f"{budget.hold:g}s without changes"
+            )
+        else:
+            logger.info(
+                f"{pools} pools fit LABELSYNC_DYNAMIC_BUDGET={budget.size}: every pool's "
+                "membership is served by the resolver again"
+            )
 
     def _note_all_down(self, pool_id: str, members: tuple[Member, ...]) -> None:
         down = no_healthy_member(members, healthy=lambda m: self.checker.is_healthy(pool_id, m))

@@ -214,6 +214,15 @@ class _LiveCollector(Collector):
         yield _gauge("last_apply_ok", "1 when the last sync was applied.", snapshot.last_apply_ok)
         yield _gauge("pools", "Pools labelsync owns.", len(snapshot.pools))
         yield _gauge("members", "Members across all pools.", snapshot.members)
+        channel = GaugeMetricFamily(
+            "labelsync_pool_membership",
+            "1 for how Caddy learns each pool's members: resolver (dynamic upstreams) or "
+            "json (static mode, or a quiet pool outside the dynamic budget).",
+            labels=["pool", "channel"],
+        )
+        for pool in snapshot.pools:
+            channel.add_metric([pool.id, pool.membership], 1.0)
+        yield channel
         problems = GaugeMetricFamily(
             "labelsync_label_problems", "Label problems in the current input.", labels=["severity"]
         )

@@ -132,6 +132,9 @@ class PoolView:
     active_check: str | None  # the health.path, when active checks are on
     passive: tuple[int, str] | None  # max_fails, fail_duration
     members: tuple[MemberView, ...]
+    # How Caddy learns the members: "resolver" (dynamic upstreams) or "json" (static
+    # mode, or a quiet pool outside the dynamic budget); see membership/budget.py.
+    membership: str = "resolver"
 
 
 @dataclass(frozen=True)
@@ -268,6 +271,7 @@ def _pool_json(pool: PoolView) -> JSON:
         if passive is None
         else {"max_fails": passive[0], "fail_duration": passive[1]},
         "members": [_member_json(member) for member in pool.members],
+        "membership": pool.membership,
     }
 
 
@@ -298,6 +302,7 @@ def _pool_from_json(pool: JSON) -> PoolView:
         active_check=pool.get("active_check"),
         passive=None if not passive else (int(passive["max_fails"]), str(passive["fail_duration"])),
         members=tuple(_member_from_json(member) for member in pool.get("members") or ()),
+        membership=str(pool.get("membership") or "resolver"),
     )
 
 
@@ -336,8 +341,17 @@ def build_snapshot(
     containers = {c.id: c for c in (first.state.containers if first is not None else ())}
     withheld = _withheld(first, containers.values()) if first is not None else {}
     verdicts = health.states() if health is not None else None
+    # The loop's pools outside the dynamic budget (a plain attribute, read if present).
+    in_json: frozenset[str] = getattr(first, "json_pools", frozenset())
+    dynamic = settings.upstreams == "dynamic"
     pools = tuple(
-        _pool_view(pool, verdicts, withheld.get(pool.id, ()), containers)
+        _pool_view(
+            pool,
+            verdicts,
+            withheld.get(pool.id, ()),
+            containers,
+            "resolver" if dynamic and pool.id not in in_json else "json",
+        )
         for pool in (desired.pools if desired is not None else ())
     )
     problems = desired.problems if desired is not None else ()
@@ -412,6 +426,7 @@ def _pool_view(
     verdicts: Mapping[tuple[str, str], MemberHealth] | None,
     withheld: Sequence[MemberView],
     containers: Mapping[str, ContainerInfo],
+    membership: str,
 ) -> PoolView:
     settings = pool.shape.settings
     members = []
@@ -434,6 +449,7 @@ def _pool_view(
         active_check=settings.active.path if settings.active else None,
         passive=None if passive is None else (passive.max_fails, passive.fail_duration),
         members=(*members, *withheld),
+        membership=membership,
     )
 
 

@@ -435,6 +435,8 @@ def render_table(report: StatusReport, *, colour: bool = False) -> str:
     for pool, block in zip(report.pools, rows, strict=True):
         target = ", ".join(pool.hosts) + (pool.path or "")
         mode = f", {pool.upstreams}" if pool.upstreams else ""
+        if pool.upstreams == "static" and (report.daemon or {}).get("upstreams") == "dynamic":
+            mode += " (outside the dynamic budget: members in Caddy's JSON)"
         out.append("")
         out.append(f"{target}  policy {pool.policy or '-'}{mode}  [{pool.id}]")
         if pool.note:
