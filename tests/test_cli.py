@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -129,3 +130,72 @@ def test_check_and_render_use_the_running_daemons_settings(tmp_path: Path) -> No
     own = run("check", "--env", env={**env, "LABELSYNC_LABEL_PREFIX": prefix})
     assert own.returncode == 0, own.stdout + own.stderr
     assert "running labelsync" not in own.stderr
+
+
+EXPOSING = """
+services:
+  built:
+    image: {image}
+    labels:
+      labelsync.host: built.example.com
+  elsewhere:
+    image: registry.invalid/never-pulled:1
+    labels:
+      labelsync.host: elsewhere.example.com
+"""
+
+
+def test_check_of_a_compose_file_reads_the_ports_of_local_images(
+    tmp_path: Path, docker_client: Any
+) -> None:
+    """An image with EXPOSE gives the service its port; one Docker lacks is named."""
+    import io
+    import tarfile
+    import uuid
+
+    image = f"labelsync-test/expose:{uuid.uuid4().hex[:10]}"
+    rootfs = io.BytesIO()
+    with tarfile.open(fileobj=rootfs, mode="w") as tar:
+        info = tarfile.TarInfo("marker")
+        tar.addfile(info, io.BytesIO(b""))
+    repository, tag = image.split(":")
+    docker_client.api.import_image_from_data(
+        rootfs.getvalue(), repository=repository, tag=tag, changes=["EXPOSE 8080"]
+    )
+    try:
+        compose = tmp_path / "compose.yaml"
+        compose.write_text(EXPOSING.format(image=image))
+        result = run("check", str(compose))
+    finally:
+        docker_client.images.remove(image, force=True)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "'built'" not in result.stdout  # port 8080 from the image: no problem
+    assert (
+        "error: container 'elsewhere': labelsync.port: the compose file names no port and the "
+        "image 'registry.invalid/never-pulled:1' was not inspected" in result.stdout
+    )
+    assert "2 container(s), 1 pool(s)" in result.stdout
+
+
+def test_render_into_a_reader_that_leaves_early_ends_quietly(tmp_path: Path) -> None:
+    """`labelsync render | head`: no BrokenPipeError traceback when the reader is gone."""
+    env = {
+        **os.environ,
+        "LABELSYNC_STATE_FILE": "/nonexistent/state.json",
+        "LABELSYNC_LABEL_PREFIX": "broken-pipe-test",
+    }
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader left before labelsync wrote anything
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "labelsync.app.cli", "render"],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+            env=env,
+        )
+    finally:
+        os.close(write_end)
+    assert "Traceback" not in result.stderr and "BrokenPipe" not in result.stderr, result.stderr
+    assert result.returncode == 0

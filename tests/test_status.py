@@ -490,3 +490,32 @@ def test_a_stopping_daemon_leaves_another_daemons_state_file(tmp_path: Path) -> 
     write_state_file(path, {"version": 1, "pid": os.getpid() + 100_000})  # someone else's
     writer.remove()
     assert path.exists()
+
+
+def test_a_canary_pool_shows_the_labels_policy_and_caddys() -> None:
+    """A split in dynamic mode: weighted by the labels, round_robin in Caddy; both said."""
+    state = dynamic_state()
+    state["pools"][0]["policy"] = "weighted_round_robin"
+    state["pools"][0]["split"] = 10
+    report = build_report(
+        caddy_admin="http://127.0.0.1:2019",
+        caddy_server="labelsync",
+        routes=[dynamic_route()],
+        upstreams=[],
+        caddy_health=None,
+        snapshot=snap(state),
+    )
+    pool = report_json(report)["pools"][0]
+    assert (pool["policy"], pool["caddy_policy"]) == ("weighted_round_robin", "round_robin")
+    assert "policy weighted_round_robin (Caddy: round_robin), dynamic" in render_table(report)
+    same = report_json(
+        build_report(
+            caddy_admin="http://127.0.0.1:2019",
+            caddy_server="labelsync",
+            routes=[dynamic_route()],
+            upstreams=[],
+            caddy_health=None,
+            snapshot=snap(dynamic_state()),
+        )
+    )
+    assert same["pools"][0]["caddy_policy"] is None

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -116,6 +118,19 @@ def cmd_render(settings: Settings, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _not_inspected(problem: Problem, uninspected: dict[str, str], prefix: str) -> Problem:
+    """ "exposes no port" for a compose service whose image could not be looked up."""
+    image = uninspected.get(problem.container)
+    if image is None or problem.key != f"{prefix}.port" or "exposes no port" not in problem.message:
+        return problem
+    message = (
+        f"the compose file names no port and the image {image!r} was not inspected (this "
+        f"Docker engine does not have it); set {prefix}.port, or build or pull the image "
+        "and check again"
+    )
+    return dataclasses.replace(problem, message=message)
+
+
 def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
     from labelsync.loop.reconcile import build_from_settings
     from labelsync.sources.compose import compose_containers
@@ -123,15 +138,27 @@ def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
     if not args.compose:
         settings = _daemon_settings(settings, args)
     containers: list[ContainerInfo] = []
+    uninspected: dict[str, str] = {}
     if args.compose:
-        for path in args.compose:
-            containers.extend(compose_containers(Path(path)))
+        from labelsync.sources.docker import DockerSource
+
+        docker = DockerSource(settings.docker_host, swarm="off")
+        try:
+            for path in args.compose:
+                containers.extend(
+                    compose_containers(
+                        Path(path), image_ports=docker.image_exposed_ports, uninspected=uninspected
+                    )
+                )
+        finally:
+            docker.close()
     else:
         containers = [c for c in _running_containers(settings) if c.is_serving]
     static_file = None if args.compose else _static_file(settings)
     static, _ = _with_static(static_file, ())
     desired = build_from_settings(settings, [*containers, *static])
     _, problems = _with_static(static_file, desired.problems)
+    problems = [_not_inspected(p, uninspected, settings.label_prefix) for p in problems]
     for problem in problems:
         print(f"{problem.severity.value}: {problem}")
     errors = sum(1 for p in problems if p.severity is Severity.ERROR)
@@ -219,6 +246,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         return _fail(str(exc))
     except KeyboardInterrupt:
+        return EXIT_OK
+    except BrokenPipeError:
+        # `labelsync render | head`: the reader has all it wanted. Point stdout at
+        # /dev/null so the interpreter's final flush does not fail again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
         return EXIT_OK
 
 

@@ -34,7 +34,7 @@ def describe_changes(old: DesiredState | None, new: DesiredState) -> list[str]:
         if before is pool:
             continue  # not rebuilt: unchanged (the incremental core shares such pools)
         if before is None:
-            names = ", ".join(m.container_name for m in pool.members)
+            names = ", ".join(m.container_name for m in pool.members) or "no members yet"
             phrases.append(f"pool {_label(pool)} added ({pool.shape.settings.lb_policy}: {names})")
             continue
         settings = _shape_changes(before, pool)

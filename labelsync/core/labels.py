@@ -235,6 +235,8 @@ class _RouteBuilder:
 
     def no_effect(self, key: str, reason: str) -> None:
         label = self.labels[key]
+        if isinstance(label.value, v.LabelValueError):
+            return  # already an error of its own; "no effect" would only distract
         self.problems.add(Severity.WARNING, label.full_key, label.raw, f"has no effect {reason}")
 
     # -- the route --------------------------------------------------------------------

@@ -28,7 +28,7 @@ from loguru import logger
 
 from labelsync.caddy.diff import adopt_equal, diff_routes, owned_routes, refresh_fallbacks
 from labelsync.caddy.listen import listen_plan, port_mismatch
-from labelsync.caddy.operations import Operation, apply_operations
+from labelsync.caddy.operations import DeleteRoute, Operation, apply_operations
 from labelsync.caddy.render import RenderMemo, RenderOptions, render_routes
 from labelsync.core.changes import describe_changes
 from labelsync.core.events import DockerEvent, EventKind
@@ -252,7 +252,9 @@ class Reconciler:
         self.state.last_apply_ok = True
         self.state.last_error = None
         latency = time.time() - first_event if first_event is not None else None
-        changes = describe_changes(self.state.desired, desired)
+        changes = describe_changes(self.state.desired, desired) + _stale_removals(
+            self.state.desired, operations
+        )
         self.state.desired = desired
         self.json_pools, self._rendered_desired = json_pools, rendered
         if changes or operations:
@@ -462,3 +464,14 @@ class Reconciler:
             tasks.create_task(watch_caddy(self))
             if self.static is not None:
                 tasks.create_task(self._static_changes())
+
+
+def _stale_removals(old: DesiredState | None, operations: list[Operation]) -> list[str]:
+    """Routes deleted that no earlier build had: found in Caddy at start-up (a static file
+    no longer configured, a container removed while labelsync was away) or drift."""
+    known = {pool.id for pool in old.pools} if old is not None else set()
+    return [
+        f"route {op.route_id} removed (in Caddy, but nothing labelled gives it now)"
+        for op in operations
+        if isinstance(op, DeleteRoute) and op.route_id not in known
+    ]

@@ -79,7 +79,8 @@ class DynamicMembership:
 
         def on_change(pool_id: str, address: str, healthy: bool, reason: str) -> None:
             state = "healthy" if healthy else f"unhealthy ({reason})"
-            logger.bind(pool=pool_id, member=address).info(f"member {address} is {state}")
+            who = membership.describe(pool_id, address) if membership is not None else address
+            logger.bind(pool=pool_id, member=address).info(f"member {who} is {state}")
             if membership is not None:
                 membership.republish()
                 for listener in membership.on_health_change:
@@ -96,6 +97,18 @@ class DynamicMembership:
                 await _drain(resolver, settings)
             finally:
                 await resolver.stop()
+
+    def describe(self, pool_id: str, address: str) -> str:
+        """`web-1 (172.17.0.5:8080) of app.localhost`: the member as an operator knows it."""
+        for pool in self._desired.pools if self._desired is not None else ():
+            if pool.id != pool_id:
+                continue
+            where = ",".join(pool.shape.hosts) + (pool.shape.path or "")
+            names = sorted({m.container_name for m in pool.members if m.address == address})
+            if names:
+                return f"{', '.join(names)} ({address}) of {where}"
+            return f"{address} of {where}"
+        return address
 
     def states(self) -> Mapping[tuple[str, str], MemberHealth]:
         """The active checks' verdicts by (pool id, member address)."""

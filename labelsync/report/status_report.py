@@ -47,6 +47,7 @@ class PoolStatus:
     upstreams: str | None  # dynamic | static
     members: tuple[MemberStatus, ...]
     note: str | None = None
+    caddy_policy: str | None = None  # what Caddy's route holds, when it is not `policy`
 
 
 @dataclass(frozen=True)
@@ -98,6 +99,7 @@ class _PoolFacts:
     labelsync_active: bool  # labelsync runs them (dynamic mode)
     passive: tuple[int, str] | None  # max_fails, fail_duration
     members: Sequence[MemberView] | None  # None: unknown
+    caddy_policy: str | None = None  # Caddy's, where the labels' policy is carried otherwise
 
 
 def _route_facts(route: JSON) -> _PoolFacts:
@@ -171,6 +173,9 @@ def _merge(caddy: _PoolFacts | None, state: _PoolFacts | None) -> _PoolFacts:
         hosts=caddy.hosts or state.hosts,
         path=caddy.path,
         policy=state.policy or caddy.policy,
+        # A canary split or weights in dynamic mode: Caddy holds round_robin over SRV
+        # targets repeated by weight; both are true, so both are said.
+        caddy_policy=caddy.policy if state.policy and caddy.policy != state.policy else None,
         dynamic=caddy.dynamic,
         caddy_active=caddy.caddy_active,
         labelsync_active=bool(caddy.dynamic) and state.labelsync_active,
@@ -298,6 +303,7 @@ def build_report(
                 else ("dynamic" if facts.dynamic else "static"),
                 members=members,
                 note=note,
+                caddy_policy=facts.caddy_policy,
             )
         )
     daemon = None
@@ -346,6 +352,7 @@ def report_json(report: StatusReport) -> JSON:
                 "hosts": list(pool.hosts),
                 "path": pool.path,
                 "policy": pool.policy,
+                "caddy_policy": pool.caddy_policy,
                 "upstreams": pool.upstreams,
                 "note": pool.note,
                 "members": [
@@ -438,7 +445,10 @@ def render_table(report: StatusReport, *, colour: bool = False) -> str:
         if pool.upstreams == "static" and (report.daemon or {}).get("upstreams") == "dynamic":
             mode += " (outside the dynamic budget: members in Caddy's JSON)"
         out.append("")
-        out.append(f"{target}  policy {pool.policy or '-'}{mode}  [{pool.id}]")
+        policy = pool.policy or "-"
+        if pool.caddy_policy:
+            policy += f" (Caddy: {pool.caddy_policy})"
+        out.append(f"{target}  policy {policy}{mode}  [{pool.id}]")
         if pool.note:
             out.append(f"  ({pool.note})")
         if not block:

@@ -7,7 +7,7 @@ from the documentation range: they are validated, never contacted.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -49,8 +49,18 @@ def _networks(service: Mapping[str, Any]) -> dict[str, str]:
     return {str(name): PLACEHOLDER_IP for name in names}
 
 
-def compose_containers(path: Path) -> list[ContainerInfo]:
-    """One record per service of a compose file (ConfigError when it is not one)."""
+ImagePorts = Callable[[str], "tuple[int, ...] | None"]
+
+
+def compose_containers(
+    path: Path, *, image_ports: ImagePorts | None = None, uninspected: dict[str, str] | None = None
+) -> list[ContainerInfo]:
+    """One record per service of a compose file (ConfigError when it is not one).
+
+    A service whose file names no port gets its image's EXPOSE ports from `image_ports`
+    (the local Docker engine, for `check`); one whose image could not be looked up is
+    recorded in `uninspected` (name -> image), so that "exposes no port" can say so.
+    """
     try:
         document = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as exc:
@@ -59,20 +69,28 @@ def compose_containers(path: Path) -> list[ContainerInfo]:
     if not isinstance(services, Mapping):
         raise ConfigError(f"{path}: no `services:` mapping; is this a compose file?")
     containers = []
-    for index, (name, service) in enumerate(services.items()):
+    for index, (service_name, service) in enumerate(services.items()):
         service = service if isinstance(service, Mapping) else {}
         deploy = service.get("deploy")
         deploy = deploy if isinstance(deploy, Mapping) else {}
         host = service.get("network_mode") == "host"
+        ports = _ports(service)
+        name = str(service.get("container_name") or service_name)
+        image = service.get("image")
+        if not ports and isinstance(image, str) and image:
+            found = image_ports(image) if image_ports is not None else None
+            if found is None and uninspected is not None:
+                uninspected[name] = image
+            ports = found or ()
         containers.append(
             ContainerInfo(
-                id=f"compose:{path}:{name}",
-                name=str(service.get("container_name") or name),
+                id=f"compose:{path}:{service_name}",
+                name=name,
                 created=float(index),
                 labels={**_labels(deploy.get("labels")), **_labels(service.get("labels"))},
                 networks={} if host else _networks(service),
-                exposed_ports=_ports(service),
-                compose_service=str(name),
+                exposed_ports=ports,
+                compose_service=str(service_name),
                 host_network=host,
             )
         )

@@ -248,6 +248,26 @@ class DockerSource:
             f"cannot reach the Docker engine at {self._endpoint}: {describe_failure(exc)}"
         )
 
+    def image_exposed_ports(self, image: str) -> tuple[int, ...] | None:
+        """The TCP ports an image's EXPOSE names; None when this engine does not have the
+        image or does not answer (`check compose.yaml` then says it was not inspected)."""
+        try:
+            client = self._connect(min(self._timeout, 3.0))
+        except Exception:
+            return None
+        try:
+            config = client.inspect_image(image).get("Config") or {}
+        except Exception:  # not pulled or built here, or the engine went away
+            return None
+        finally:
+            client.close()
+        ports = set()
+        for spec in config.get("ExposedPorts") or {}:
+            number, _, protocol = str(spec).partition("/")
+            if number.isdigit() and protocol in ("", "tcp"):
+                ports.add(int(number))
+        return tuple(sorted(ports))
+
     def list_containers(self) -> list[ContainerInfo]:
         """Every container, stopped ones included, in one API call.
 
