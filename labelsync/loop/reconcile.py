@@ -10,8 +10,10 @@ only decides *when* to run it and what to do when an edge is unavailable:
 - Caddy unreachable or busy: retried with capped backoff; a stale ETag or a vanished
   @id (someone else wrote meanwhile) re-reads and re-diffs, so their change is neither
   overwritten nor lost;
-- Caddy refused the config: one ERROR, and the same routes are not sent again until
-  they change or the next resync (`_refused_write` decides);
+- Caddy refused a write: the routes to blame are found by bisection and quarantined
+  (one ERROR each, held back until their labels change) while every other change is
+  written (`quarantine.py`); a refusal no single route explains holds the whole write
+  back until the routes change or the next resync (`_refused_write`);
 - every `resync_interval` the owned routes are compared with Caddy's, which restores
   a restarted or drifted Caddy.
 """
@@ -20,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,6 +53,7 @@ from labelsync.loop.ports import (
     StaticRoutes,
     SyncObserver,
 )
+from labelsync.loop.quarantine import Held, Quarantine, isolate, suspects
 from labelsync.report.logs import log_problems
 from labelsync.settings import Settings
 
@@ -81,6 +84,56 @@ def build_from_settings(
     if problems:
         desired = DesiredState(desired.pools, (*problems, *desired.problems))
     return desired
+
+
+# Caddy's error names the JSON field it choked on ("expect_body: compiling ..."): the label
+# that sets it, by the end of its key.
+CADDY_FIELD_LABELS = (
+    ("expect_body", "health.body"),
+    ("expect_status", "health.status"),
+    ("uri", "health.path"),
+    ("selection_policy", "lb.policy"),
+    ("try_duration", "lb.try_duration"),
+    ("try_interval", "lb.try_interval"),
+    ("dial_timeout", "timeout.dial"),
+    ("response_header_timeout", "timeout.response_header"),
+    ("fail_duration", "health.passive.fail_duration"),
+    ("unhealthy_latency", "health.passive.unhealthy_latency"),
+    ("unhealthy_status", "health.passive.unhealthy_status"),
+    ("server_name", "tls.server_name"),
+)
+
+
+def describe_refusal(
+    held: Held, desired: DesiredState, containers: Sequence[ContainerInfo], prefix: str
+) -> str:
+    """The ERROR line of a quarantined route: its pool, containers, the label(s) whose
+    value Caddy's reason quotes (else all of the pool's labels), and the reason."""
+    pool = next((p for p in desired.pools if p.shape.id == held.route_id), None)
+    names = sorted({m.container_name for m in pool.members}) if pool is not None else []
+    where = " ".join(pool.shape.hosts) + (pool.shape.path or "") if pool is not None else ""
+    reason = held.error.body or str(held.error)
+    labels = [
+        (key, value)
+        for container in containers
+        if container.name in names
+        for key, value in sorted(container.labels.items())
+        if key.startswith(f"{prefix}.")
+    ]
+    named = [
+        (k, v)
+        for k, v in labels
+        for field, suffix in CADDY_FIELD_LABELS
+        if f"{field}:" in reason and k.endswith(f".{suffix}")
+    ]
+    quoted = [(k, v) for k, v in labels if len(v.strip()) >= 2 and v.strip() in reason]
+    shown = ", ".join(f"{k}={v!r}" for k, v in dict(named or quoted or labels).items())
+    who = f"container(s) {', '.join(names)}" if names else "no running container"
+    return (
+        f"Caddy refused the route of pool {where} ({held.route_id}), {who}: {shown}: "
+        f"{reason}; that route stays as Caddy has it (or out) until its labels change, "
+        "every other change is applied"
+    )
 
 
 def render_options(settings: Settings, json_pools: frozenset[str] = frozenset()) -> RenderOptions:
@@ -149,6 +202,8 @@ class Reconciler:
         self.json_pools: frozenset[str] = frozenset()
         self._rendered_desired: DesiredState | None = None
         self._budget_handle: asyncio.TimerHandle | None = None
+        self._quarantine = Quarantine()  # single routes Caddy refused (quarantine.py)
+        self._new_refusals: list[Held] = []
 
     # --- signals in -------------------------------------------------------------------
     def notify(self, *, event_time: float | None = None) -> None:
@@ -248,7 +303,10 @@ class Reconciler:
             return SyncResult.CADDY_FAILED
         self._caddy_backoff = CADDY_BACKOFF[0]
         self._refused_routes = None
+        quarantined = self._log_refusals(desired)
         self.state.caddy_up = True
+        # A quarantined route is the labels' fault, told like a label problem: the
+        # sync itself succeeded (healthz stays green; Caddy serves everything else).
         self.state.last_apply_ok = True
         self.state.last_error = None
         latency = time.time() - first_event if first_event is not None else None
@@ -260,11 +318,16 @@ class Reconciler:
         if changes or operations:
             took = f" in {latency * 1000:.0f} ms" if latency is not None else ""
             what = "; ".join(changes) or "restored routes in Caddy"
+            if len(self._quarantine):
+                held = ", ".join(h.route_id for h in self._quarantine.held)
+                what += f" (held back, refused by Caddy: {held})"
             logger.bind(writes=len(operations)).info(
                 f"applied: {what} ({len(operations)} admin operation(s)){took}"
             )
             self.state.applies += 1
         self.state.synced.set()
+        if quarantined:
+            return SyncResult.CADDY_REFUSED  # applied, but for the routes just quarantined
         return SyncResult.APPLIED if operations else SyncResult.UNCHANGED
 
     def _refused_write(self, routes: list[dict[str, Any]], exc: CaddyRefused) -> SyncResult:
@@ -273,7 +336,8 @@ class Reconciler:
         Sending the same content again gets the same answer, so it is held back (no
         backoff retries) until the routes change or a check is due (resync, SIGHUP, a
         restarted Caddy); one ERROR per refused content. Caddy keeps serving its old
-        config. This is where a route-by-route quarantine would go.
+        config. Only for refusals no single route explains (see `_apply`); a route to
+        blame is quarantined instead.
         """
         again = routes == self._refused_routes
         self._refused_routes = routes
@@ -289,6 +353,16 @@ class Reconciler:
                 f"({self.settings.resync_interval})"
             )
         return SyncResult.CADDY_REFUSED
+
+    def _log_refusals(self, desired: DesiredState) -> int:
+        """One ERROR per newly quarantined route, naming containers, label and reason;
+        how many."""
+        refusals, self._new_refusals = self._new_refusals, []
+        for held in refusals:
+            logger.bind(pool=held.route_id).error(
+                describe_refusal(held, desired, self.state.containers, self.settings.label_prefix)
+            )
+        return len(refusals)
 
     def _log_new_problems(self, problems: tuple[Problem, ...]) -> None:
         current = frozenset(problems)
@@ -310,10 +384,51 @@ class Reconciler:
         # write; only then (and when a check is due) is the server read, for its ETag and
         # for drift. A membership change in dynamic mode thus sends no admin request.
         verify, self._verify = self._verify, False
+        for route_id in self._quarantine.release_changed(routes):
+            logger.info(f"route {route_id} changed since Caddy refused it; trying it again")
         known = self._known_routes
-        if not verify and known is not None and not diff_routes(known, routes):
+        if (
+            not verify
+            and known is not None
+            and not diff_routes(known, self._quarantine.hold_back(known, routes))
+        ):
             return []
         self._known_routes = None
+        written: list[Operation] = []
+        refusal = await self._write(lambda now: self._quarantine.hold_back(now, routes), written)
+        if refusal is None:
+            return written
+        error, current, target = refusal
+        suspected = suspects(current, target)
+        if len(suspected) > 1:
+            refused = await isolate(
+                lambda make: self._write_refusal(make, written), target, suspected, error
+            )
+        else:
+            refused = dict.fromkeys(suspected, error)
+        if not refused:
+            raise error
+        by_id = {str(route["@id"]): route for route in routes}
+        for route_id, route_error in refused.items():
+            self._new_refusals.append(self._quarantine.hold(by_id[route_id], route_error))
+        # Whatever the refused write held besides the suspects (deletions, member lists).
+        again = await self._write(lambda now: self._quarantine.hold_back(now, routes), written)
+        if again is not None:
+            raise again[0]
+        return written
+
+    async def _write_refusal(
+        self, make: Callable[[list[dict[str, Any]]], list[dict[str, Any]]], written: list[Operation]
+    ) -> CaddyRefused | None:
+        refusal = await self._write(make, written)
+        return None if refusal is None else refusal[0]
+
+    async def _write(
+        self, make: Callable[[list[dict[str, Any]]], list[dict[str, Any]]], written: list[Operation]
+    ) -> tuple[CaddyRefused, list[dict[str, Any]], list[dict[str, Any]]] | None:
+        """Write `make(Caddy's routes)`, re-reading on a stale ETag; the operations sent go
+        into `written`. None when done; Caddy's refusal with the routes it held and the
+        target it refused."""
         name = self.settings.caddy_server
         for _ in range(CONFLICT_RETRIES):
             server, etag = await self.caddy.server(name)
@@ -321,21 +436,26 @@ class Reconciler:
                 await self._create_server(name)
                 continue
             current = list(server.get("routes") or [])
-            operations = diff_routes(current, routes)
+            target = make(current)
+            operations = diff_routes(current, target)
             if not operations:
                 # Known routes equal to desired ones are those very objects: the next
                 # diff compares the pools a change did not touch by identity.
-                self._known_routes = adopt_equal(current, routes)
-                return []
+                self._known_routes = adopt_equal(current, target)
+                return None
             try:
                 await self.caddy.apply(name, current, operations, etag)
             except (CaddyConflict, CaddyNotFound) as exc:
                 # A stale ETag, or a route someone deleted meanwhile: read again, re-diff.
                 logger.info(f"Caddy's config changed while we wrote ({exc.status}); re-reading")
                 continue
-            self._known_routes = adopt_equal(apply_operations(current, operations), routes)
+            except CaddyRefused as exc:
+                self._known_routes = current
+                return exc, current, target
+            self._known_routes = adopt_equal(apply_operations(current, operations), target)
             self.state.admin_writes += 1
-            return operations
+            written.extend(operations)
+            return None
         raise CaddyConflict(f"config kept changing under us ({CONFLICT_RETRIES} tries)")
 
     async def _create_server(self, name: str) -> None:
