@@ -146,3 +146,29 @@ def test_dashboard_is_on_at_loopback_by_default_and_can_be_turned_off(
         assert Settings().dashboard_listen is None
     monkeypatch.setenv("LABELSYNC_DASHBOARD_LISTEN", "0.0.0.0:9000")
     assert Settings().dashboard_listen == "0.0.0.0:9000"
+
+
+async def test_with_caddy_unreachable_the_page_still_shows_the_daemons_view() -> None:
+    from labelsync.app.status import live_report
+    from labelsync.core.model import ContainerInfo
+    from labelsync.core.pools import build_desired
+    from labelsync.loop.reconcile import SyncState
+    from tests.support.snapshots import snapshot_of
+
+    web = ContainerInfo(
+        id="w" * 64,
+        name="web",
+        created=1.0,
+        labels={"labelsync.host": "app.test"},
+        networks={"bridge": "172.17.0.9"},
+        exposed_ports=(8080,),
+    )
+    state = SyncState(docker_up=True, caddy_up=False, last_apply_ok=False)
+    state.desired, state.containers = build_desired([web]), (web,)
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        endpoint = f"http://127.0.0.1:{closed.getsockname()[1]}"
+    report = await live_report(Settings(), snapshot_of([state]), endpoint)
+    assert [p["hosts"] for p in report["pools"]] == [["app.test"]]
+    assert report["containers"][0]["status"] == "routed"
+    assert report["notes"][0].startswith("Caddy could not be read")
