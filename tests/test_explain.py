@@ -265,3 +265,19 @@ def test_status_table_lists_containers_that_are_not_routed() -> None:
     table = render_table(report)
     assert "\n  web-2  not routed: container is exited, not running\n" in table
     assert "  web-1  " not in table.split("not routed (")[1]
+
+
+def test_a_pool_caddy_refused_says_so_with_caddys_reason() -> None:
+    web = container("web")
+    state = SyncState(docker_up=True, caddy_up=True, last_apply_ok=True)
+    state.desired, state.containers = build_desired([web]), (web,)
+    pool = state.desired.pools[0].id
+    state.refused = {pool: "loading new config: bad matcher"}
+    snapshot = Snapshot.from_json(json.loads(json.dumps(snapshot_of([state]).to_json())))
+    (verdict,) = snapshot.containers
+    assert verdict.status == NOT_ROUTED
+    (route,) = verdict.routes
+    assert route.status == "refused by Caddy"
+    assert (
+        route.reasons[0].why == "Caddy refused this pool's route: loading new config: bad matcher"
+    )

@@ -41,6 +41,7 @@ from labelsync.core.model import (
 from labelsync.core.names import pool_id
 
 ROUTED, UNHEALTHY, NOT_ROUTED = "routed", "unhealthy", "not routed"
+REFUSED = "refused by Caddy"  # the pool's route is quarantined (loop/quarantine.py)
 
 RoutesOf = Callable[[ContainerInfo], Sequence[Route]]  # a container's parsed routes
 
@@ -79,15 +80,15 @@ class ContainerVerdict:
 
 def summary_status(statuses: Sequence[str]) -> str:
     """routed when every declared route serves; not routed when none does (or none is
-    declared); unhealthy when all are in their pools but some fail their checks; else
+    declared), unhealthy when every route is in its pool but failing its checks; else
     `partly routed`."""
     if not statuses:
         return NOT_ROUTED
     if all(s == ROUTED for s in statuses):
         return ROUTED
-    if all(s == NOT_ROUTED for s in statuses):
+    if all(s in (NOT_ROUTED, REFUSED) for s in statuses):
         return NOT_ROUTED
-    if NOT_ROUTED not in statuses and ROUTED not in statuses:
+    if all(s == UNHEALTHY for s in statuses):
         return UNHEALTHY
     return "partly routed"
 
@@ -191,12 +192,14 @@ def explain_container(
     default_network: str | None = None,
     routes_of: RoutesOf | None = None,
     problems: Sequence[Problem] | None = None,
+    refused: Mapping[str, str] | None = None,
 ) -> ContainerVerdict:
     """The verdict for one container (call it only for one that `carries_labels`).
 
     `desired` is what the loop built from the same listing (None: nothing built yet);
     `routes_of` gives the container's routes (default: parse its labels); `problems` are
-    the container's label problems (default: those of `desired` that name it).
+    the container's label problems (default: those of `desired` that name it);
+    `refused` maps the pools whose route Caddy refused (quarantined) to Caddy's reason.
     """
     running = container.state in ("running", "paused")
     if routes_of is not None:
@@ -236,6 +239,15 @@ def explain_container(
         member = pool is not None and any(
             m.container_id == container.id and m.address == route.address for m in pool.members
         )
+        refusal = (refused or {}).get(identifier)
+        if refusal is not None:
+            reasons.append(
+                Reason(
+                    f"Caddy refused this pool's route: {refusal}",
+                    "change the label Caddy's reason names; until the labels change, Caddy "
+                    "keeps the route it had (or none)",
+                )
+            )
         if not member and not reasons:
             reasons.append(
                 Reason("not a member of its pool: leaving (a kill or stop event came first)")
@@ -245,7 +257,7 @@ def explain_container(
         verdicts.append(
             RouteVerdict(
                 name,
-                ROUTED if member else NOT_ROUTED,
+                REFUSED if refusal is not None else (ROUTED if member else NOT_ROUTED),
                 pool=identifier,
                 hosts=route.hosts,
                 path=route.path,
@@ -278,6 +290,7 @@ def explain_all(
     prefix: str = "labelsync",
     default_network: str | None = None,
     routes_of: RoutesOf | None = None,
+    refused: Mapping[str, str] | None = None,
 ) -> list[ContainerVerdict]:
     """Verdicts for every container carrying labels under the prefix, by name."""
     by_name: dict[str, list[Problem]] = {}
@@ -292,6 +305,7 @@ def explain_all(
                 default_network=default_network,
                 routes_of=routes_of,
                 problems=by_name.get(c.name, []),
+                refused=refused,
             )
             for c in containers
             if carries_labels(c, prefix) and not c.id.startswith("static:")

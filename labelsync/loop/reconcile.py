@@ -160,6 +160,7 @@ class SyncState:
     desired: DesiredState | None = None
     containers: tuple[ContainerInfo, ...] = ()
     synced: asyncio.Event = field(default_factory=asyncio.Event)
+    refused: dict[str, str] = field(default_factory=dict)  # quarantined pool id -> why
 
 
 class Reconciler:
@@ -304,6 +305,9 @@ class Reconciler:
         self._caddy_backoff = CADDY_BACKOFF[0]
         self._refused_routes = None
         quarantined = self._log_refusals(desired)
+        self.state.refused = {
+            h.route_id: h.error.body or str(h.error) for h in self._quarantine.held
+        }
         self.state.caddy_up = True
         # A quarantined route is the labels' fault, told like a label problem: the
         # sync itself succeeded (healthz stays green; Caddy serves everything else).

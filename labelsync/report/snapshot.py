@@ -62,6 +62,10 @@ class LoopState(Protocol):
     containers: tuple[ContainerInfo, ...]
     synced: asyncio.Event
 
+    @property
+    def refused(self) -> Mapping[str, str]:  # pool id -> why Caddy refused it (quarantined)
+        ...
+
 
 class AdminCounters(Protocol):
     """The Caddy admin client of one endpoint, as far as it counts what it sent."""
@@ -399,6 +403,7 @@ def _verdicts(
             prefix=settings.label_prefix,
             default_network=settings.network,
             routes_of=routes_of,
+            refused=loop.state.refused,
         )
     )
 
