@@ -13,7 +13,13 @@ import pytest
 
 from labelsync.caddy.admin import CaddyAdmin
 from labelsync.caddy.embedded import EmbeddedCaddy
-from labelsync.caddy.listen import listen_plan, plan_listen, port_mismatch, whole_config
+from labelsync.caddy.listen import (
+    for_caddy_http_port,
+    listen_plan,
+    plan_listen,
+    port_mismatch,
+    whole_config,
+)
 from labelsync.caddy.operations import AddRoute
 from labelsync.settings import Settings
 from tests.support.caddy import free_port
@@ -92,6 +98,15 @@ def test_an_external_caddy_with_other_ports_gets_a_warning_not_a_change() -> Non
     assert port_mismatch(plan, 8080) is None
     assert port_mismatch(plan_listen([":80", ":443"]), None) is None
     assert port_mismatch(plan_listen([":8080", ":8443"], "off"), None) is None
+    # What labelsync creates there instead: both listeners, TLS, no redirect server.
+    served = for_caddy_http_port(plan, None)
+    assert served.server([]) == {
+        "listen": [":8080", ":8443"],
+        "automatic_https": {"disable_redirects": True},
+        "routes": [],
+    }
+    assert ":8080 (HTTPS)" in served.describe()
+    assert for_caddy_http_port(plan, 8080) == plan
 
 
 # --- the bundled Caddy, each combination with its curl ------------------------------------

@@ -529,3 +529,30 @@ async def test_a_route_the_real_caddy_refuses_is_quarantined(
     finally:
         with contextlib.suppress(AssertionError):
             caddy.admin("DELETE", f"/config/apps/http/servers/{settings.caddy_server}")
+
+
+async def test_an_external_caddy_with_another_http_port_gets_tls_and_no_redirect_server(
+    caddy: CaddyProcess, listing: ListedContainers
+) -> None:
+    """LABELSYNC_LISTEN=:A,:B against a Caddy whose http_port is 80: nothing binds :80
+    (that would fail every write when :80 is taken), a WARNING says what to set."""
+    http, https = free_port(), free_port()
+    settings = Settings(
+        caddy_server=f"reconcile-{short_uuid()}",
+        listen=f"127.0.0.1:{http},127.0.0.1:{https}",
+        upstreams="static",
+    )
+    warnings: list[str] = []
+    sink = logger.add(lambda m: warnings.append(m.record["message"]), level="WARNING")
+    try:
+        async with reconciler_on(CaddyAdmin(caddy.admin_url), settings, listing) as loop:
+            listing.containers.append(container("ext", f"ext-{short_uuid()}.localhost"))
+            assert await loop.sync_once() == SyncResult.APPLIED
+        server = caddy.get_config(f"apps/http/servers/{settings.caddy_server}")
+    finally:
+        logger.remove(sink)
+        with contextlib.suppress(AssertionError):
+            caddy.admin("DELETE", f"/config/apps/http/servers/{settings.caddy_server}")
+    assert server["listen"] == [f"127.0.0.1:{http}", f"127.0.0.1:{https}"]
+    assert server["automatic_https"] == {"disable_redirects": True}
+    assert any(f'"http_port": {http}' in w for w in warnings), warnings

@@ -22,11 +22,14 @@ and bind :80 for the redirects. The plan below makes the two coherent:
 - The bundled Caddy gets `apps.http.http_port` (labelsync owns that whole config). Its
   `https_port` stays Caddy's default on purpose: Caddy leaves the port out of a redirect
   to its `https_port`, taking it for a port forwarded from 443. An external Caddy's own
-  ports are never changed; `port_mismatch` says when they disagree.
+  ports are never changed: when they disagree (`port_mismatch`), the server keeps every
+  listen address with TLS and no redirects (`for_caddy_http_port`), so nothing binds
+  Caddy's own `http_port` behind the operator's back, and a WARNING says what to set.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -180,16 +183,26 @@ def whole_config(
     }
 
 
+def for_caddy_http_port(plan: ListenPlan, caddy_http_port: int | None) -> ListenPlan:
+    """The plan as a Caddy whose `http_port` is `caddy_http_port` can serve it.
+
+    When that port is not the plan's HTTP port, Caddy would speak TLS on the plan's HTTP
+    port and bind its own `http_port` for the redirects (failing every write when that
+    port is taken): the server then keeps every listen address, with TLS on all of them
+    and no redirects, and `port_mismatch` says why.
+    """
+    theirs = caddy_http_port or DEFAULT_HTTP_PORT
+    if port_mismatch(plan, caddy_http_port) is None:
+        return plan
+    return dataclasses.replace(plan, auto_https="disable_redirects", http_port=theirs)
+
+
 def port_mismatch(plan: ListenPlan, caddy_http_port: int | None) -> str | None:
     """Why an external Caddy will not serve the plan as written; None when it will."""
     theirs = caddy_http_port or DEFAULT_HTTP_PORT
     if not plan.tls or plan.http_port not in plan.ports or theirs == plan.http_port:
         return None
-    effect = (
-        f"its HTTP→HTTPS redirects go to :{theirs}, and nothing listens on :{plan.http_port}"
-        if plan.redirects
-        else f":{plan.http_port} speaks TLS, not plain HTTP"
-    )
+    effect = f":{plan.http_port} speaks TLS, not plain HTTP, and nothing redirects to HTTPS"
     return (
         f"Caddy's apps.http.http_port is {theirs}, labelsync's HTTP port {plan.http_port} "
         f"(LABELSYNC_LISTEN={','.join(plan.listen)}): {effect}. labelsync does not change a "

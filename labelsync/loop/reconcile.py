@@ -29,7 +29,7 @@ from typing import Any
 from loguru import logger
 
 from labelsync.caddy.diff import adopt_equal, diff_routes, owned_routes, refresh_fallbacks
-from labelsync.caddy.listen import listen_plan, port_mismatch
+from labelsync.caddy.listen import for_caddy_http_port, listen_plan, port_mismatch
 from labelsync.caddy.operations import DeleteRoute, Operation, apply_operations
 from labelsync.caddy.render import RenderMemo, RenderOptions, render_routes
 from labelsync.core.changes import describe_changes
@@ -464,12 +464,14 @@ class Reconciler:
 
     async def _create_server(self, name: str) -> None:
         """Create labelsync's server as the listen plan says; log where it listens."""
-        plan = listen_plan(self.settings)
+        wanted = listen_plan(self.settings)
+        theirs, _ = await self.caddy.get("/config/apps/http/http_port")
+        caddy_http_port = theirs if isinstance(theirs, int) else None
+        plan = for_caddy_http_port(wanted, caddy_http_port)
         if not await self.caddy.ensure_server(name, plan.server([])):
             return
         logger.info(f"created Caddy server {name!r}: {plan.describe()}")
-        theirs, _ = await self.caddy.get("/config/apps/http/http_port")
-        mismatch = port_mismatch(plan, theirs if isinstance(theirs, int) else None)
+        mismatch = port_mismatch(wanted, caddy_http_port)
         if mismatch:
             logger.warning(mismatch)
 
