@@ -89,6 +89,8 @@ class Settings(BaseSettings):
     """Most pools served by the resolver; past it, quiet pools carry members in the JSON."""
     stream_close_delay: str = "10m"
     """How long upgraded connections (websockets) outlive a Caddy reload."""
+    dial_timeout: str = "500ms"
+    """Upstream dial timeout of pools without `timeout.dial`; empty: Caddy's (3s)."""
     docker_host: str | None = None
     """Docker endpoint; DOCKER_HOST or the local socket when unset."""
     state_file: Path | None = None
@@ -101,6 +103,13 @@ class Settings(BaseSettings):
     def _duration(cls, value: str) -> str:
         parse_duration(value)  # raises ValueError naming the problem
         return value
+
+    @field_validator("dial_timeout")
+    @classmethod
+    def _optional_duration(cls, value: str) -> str:
+        if value.strip():
+            parse_duration(value)
+        return value.strip()
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -186,6 +195,7 @@ SHARED_WITH_CLI = (
     "resolver_advertise",
     "resolver_refresh",
     "stream_close_delay",
+    "dial_timeout",
     "caddy_server",
     "docker_host",
     "swarm",

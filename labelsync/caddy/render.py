@@ -44,6 +44,8 @@ class RenderOptions:
     """How often Caddy re-reads a pool's members (dynamic mode)."""
     stream_close_delay: str = "10m"
     """How long upgraded connections (websockets) outlive a Caddy reload."""
+    dial_timeout: str | None = None
+    """Dial timeout of pools that set none (`timeout.dial`); None: Caddy's default (3s)."""
     json_pools: frozenset[str] = frozenset()
     """Dynamic mode: the pools outside the dynamic budget, whose members are written
     into the JSON (labelsync still runs their active checks); see membership/budget.py."""
@@ -195,7 +197,7 @@ def _reverse_proxy(pool: Pool, options: RenderOptions) -> JSON:
         health_checks["passive"] = _passive_health(settings.passive)
     if health_checks:
         handler["health_checks"] = health_checks
-    handler["transport"] = _transport(settings, options if dynamic else None)
+    handler["transport"] = _transport(settings, options, dynamic=dynamic)
     handler["stream_close_delay"] = normalize_duration(options.stream_close_delay)
     return handler
 
@@ -264,7 +266,7 @@ def _passive_health(passive: PassiveHealth) -> JSON:
     return check
 
 
-def _transport(settings: PoolSettings, dynamic: RenderOptions | None) -> JSON:
+def _transport(settings: PoolSettings, options: RenderOptions, *, dynamic: bool) -> JSON:
     transport: JSON = {"protocol": "http"}
     if settings.scheme == "https":
         tls: JSON = {}
@@ -277,9 +279,13 @@ def _transport(settings: PoolSettings, dynamic: RenderOptions | None) -> JSON:
         transport["versions"] = ["h2c", "2"]
     if settings.timeout_dial:
         transport["dial_timeout"] = normalize_duration(settings.timeout_dial)
+    elif options.dial_timeout:
+        # Caddy's 3 s default is what a request waits when a member vanished from its
+        # network (killed: no RST, no ARP answer) before the retry; see the README.
+        transport["dial_timeout"] = normalize_duration(options.dial_timeout)
     if settings.timeout_response_header:
         transport["response_header_timeout"] = normalize_duration(settings.timeout_response_header)
-    if dynamic is not None:
+    if dynamic:
         # SRV targets are member names only the resolver knows.
-        transport["resolver"] = _resolver(dynamic)
+        transport["resolver"] = _resolver(options)
     return transport

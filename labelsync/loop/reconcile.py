@@ -143,6 +143,7 @@ def render_options(settings: Settings, json_pools: frozenset[str] = frozenset())
         resolver=settings.resolver_address,
         resolver_refresh=settings.resolver_refresh,
         stream_close_delay=settings.stream_close_delay,
+        dial_timeout=settings.dial_timeout or None,
         json_pools=json_pools,
     )
 

@@ -13,9 +13,12 @@ from collections.abc import Callable, Iterator
 import httpx
 import pytest
 
+from tests.e2e.conftest import StartDaemon
 from tests.support.caddy import CaddyProcess
 from tests.support.containers import ContainerHandle, short_uuid
 from tests.support.daemon import Daemon, wait_routed
+from tests.support.load import Load
+from tests.support.scenario import Scenario
 from tests.support.waiting import wait_until
 
 StartBackend = Callable[..., ContainerHandle]
@@ -136,3 +139,34 @@ def test_a_client_that_never_retries_sees_no_failure_through_sigterm(
     assert not failed, statuses
     # Go's DNS timeout (5 s) or Caddy's dial timeout (3 s) would show here: a query lost.
     assert slowest < 2.5, f"a request took {slowest:.2f}s"
+
+
+def test_a_killed_replica_stalls_no_request(
+    start_daemon: StartDaemon,
+    backend: StartBackend,
+    unique_host: str,
+    record_property: RecordProperty,
+) -> None:
+    """Seed (issue 11, item 7): `docker kill` of a replica under steady traffic, three
+    times (five replicas, two left). Caddy's cached SRV answer still names the killed member for up
+    to `refresh`; a dial to an address gone from the bridge got no answer until Caddy's
+    3 s dial timeout. With LABELSYNC_DIAL_TIMEOUT (500ms unless a pool sets
+    `timeout.dial`) the dial gives up early and the retry, after a fresh lookup, reaches
+    a live member: nothing fails, and no request comes near the old 3 s."""
+    scenario = Scenario(start_daemon, "dynamic")
+    daemon, labels = scenario.daemon, scenario.labels({"host": unique_host})
+    # All replicas start before the load: a replica that joins is published when it
+    # starts, a moment before it listens, and that race is not what this test is about.
+    replicas = [backend(labels=labels) for _ in range(5)]
+    wait_routed(daemon, unique_host, {r.name for r in replicas})
+    assert daemon.shapes()[0]["handle"][0]["transport"]["dial_timeout"] == "500ms"
+    with Load(daemon.url, unique_host, clients=4, max_seconds=60, max_requests=40_000) as load:
+        load.wait_successes(200)
+        for victim in replicas[:3]:
+            victim.container.kill()
+            load.wait_successes(load.result.successes + 500)
+    result = load.result
+    record_property("kill_slowest_seconds", result.slowest)
+    print(f"\nreplica killed 3 times under load: {result.summary()}, slowest {result.slowest:.3f}s")
+    assert result.failed == 0, result.summary()
+    assert result.slowest < 2.5, f"a request took {result.slowest:.2f}s: {result.summary()}"

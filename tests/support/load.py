@@ -58,6 +58,7 @@ class LoadResult:
     backends: Counter[str] = field(default_factory=Counter)  # successful answers per backend
     first_failures: list[Failure] = field(default_factory=list)  # up to MAX_KEPT_FAILURES
     seconds: float = 0.0
+    slowest: float = 0.0  # seconds, the longest request (failed ones included)
 
     @property
     def failed(self) -> int:
@@ -170,6 +171,7 @@ class Load:
                 backends=Counter(counts.backends),
                 first_failures=list(counts.first_failures),
                 seconds=end - self._started_at if self._started_at else 0.0,
+                slowest=counts.slowest,
             )
 
     def wait_requests(self, count: int, *, timeout: float = 30.0) -> LoadResult:
@@ -217,6 +219,7 @@ class Load:
         backend: str | None = None
         reason: str | None = None
         status: int | None = None
+        started = time.monotonic()
         try:
             response = client.get(self.url, headers=self.headers)
             status = response.status_code
@@ -230,9 +233,11 @@ class Load:
                 reason = f"HTTP {status}" + (f" from {answered_by}" if answered_by else "")
         except httpx.HTTPError as exc:
             reason = f"{type(exc).__name__}: {exc}"
+        took = time.monotonic() - started
         with self._lock:
             counts = self._counts
             counts.total += 1
+            counts.slowest = max(counts.slowest, took)
             if status is not None:
                 counts.statuses[status] += 1
             if reason is None:
