@@ -5,7 +5,12 @@ only decides *when* to run it and what to do when an edge is unavailable:
 
 - bursts coalesce: a quiet window of `debounce`, never longer than `debounce_max`;
 - a container leaves on the first of kill/stop/die/pause/destroy, before Docker's
-  listing says so, and membership is re-published at once (no debounce);
+  listing says so, and membership is re-published at once (no debounce); a container
+  that joins (start, unpause, a health status) is published after one listing, also
+  without the debounce (the debounced sync still writes Caddy's config);
+- past `LABELSYNC_DYNAMIC_BUDGET` pools, the membership channel says which pools
+  carry their members in the JSON (membership/budget.py), and a sync is scheduled for
+  when a pool leaves the budget;
 - Docker unreachable: nothing is written; on reconnect everything is re-listed;
 - Caddy unreachable or busy: retried with capped backoff; a stale ETag or a vanished
   @id (someone else wrote meanwhile) re-reads and re-diffs, so their change is neither
@@ -206,6 +211,9 @@ class Reconciler:
         self._budget_handle: asyncio.TimerHandle | None = None
         self._quarantine = Quarantine()  # single routes Caddy refused (quarantine.py)
         self._new_refusals: list[Held] = []
+        self._joining: asyncio.Task[None] | None = None  # see `_publish_joins_soon`
+        self._join_again = False
+        self._publications = 0  # membership publishes by syncs and joins
 
     # --- signals in -------------------------------------------------------------------
     def notify(self, *, event_time: float | None = None) -> None:
@@ -232,9 +240,44 @@ class Reconciler:
             if event.container_id not in self._leaving:
                 self._leaving.add(event.container_id)
                 self._publish_fast()
-        elif event.container_id and action in JOIN_ACTIONS:
+        elif event.container_id and (action in JOIN_ACTIONS or action == "health_status"):
             self._leaving.discard(event.container_id)
+            self._publish_joins_soon()
         self.notify(event_time=event_time)
+
+    def _publish_joins_soon(self) -> None:
+        """Publish a joining container to the resolver after one listing, without waiting
+        for the debounce (the debounced sync still follows, for Caddy's config).
+
+        Joins, like leaves, then reach Caddy at its next refresh of the pool. A burst of
+        starts shares the listings: one runs at a time, and one more after it when
+        events came in meanwhile.
+        """
+        if self.membership is None:
+            return
+        if self._joining is not None:
+            self._join_again = True
+            return
+        self._joining = asyncio.get_running_loop().create_task(self._publish_joins())
+
+    async def _publish_joins(self) -> None:
+        try:
+            while True:
+                self._join_again = False
+                published = self._publications
+                try:
+                    containers = tuple(await self.docker.snapshot())
+                except DockerUnavailable:
+                    return  # the debounced sync reports it
+                # A sync that published meanwhile saw at least as much: leave it at that.
+                if self.membership is not None and published == self._publications:
+                    self.state.containers = containers
+                    self.membership.publish(self._build(containers))
+                    self._publications += 1
+                if not self._join_again:
+                    return
+        finally:
+            self._joining = None
 
     def _publish_fast(self) -> None:
         """Withdraw leaving containers from the resolver now, from the last snapshot."""
@@ -286,6 +329,7 @@ class Reconciler:
         rendered, json_pools = desired, frozenset[str]()
         if self.membership is not None:
             self.membership.publish(desired)
+            self._publications += 1
             rendered, json_pools, next_change = self.membership.channels(desired, time.monotonic())
             self._schedule_budget_sync(next_change)
         options = render_options(self.settings, json_pools)
@@ -508,6 +552,11 @@ class Reconciler:
         if self._retry_handle is not None:
             self._retry_handle.cancel()
             self._retry_handle = None
+        if self._budget_handle is not None:
+            self._budget_handle.cancel()
+            self._budget_handle = None
+        if self._joining is not None:
+            self._joining.cancel()
 
     def _schedule_budget_sync(self, when: float | None) -> None:
         """A sync when a pool of the dynamic budget has been quiet long enough to leave
