@@ -6,11 +6,10 @@ built from the daemon's live state and Caddy's admin API by the `gather` callabl
 daemon passes in. Reports are built at most every `REPORT_TTL` seconds, however many
 browsers poll, and carry an ETag: an unchanged report is a `304` of no body.
 
-Served by a small HTTP/1.1 server of its own on the daemon's event loop (`report/http.py`
-serves `/metrics`, but knows neither request headers nor response headers, and the page
-needs both: ETag, Host, its security policy). Read-only:
-GET and HEAD only. On a loopback address it answers only requests whose `Host` is a
-loopback name, so a web page elsewhere cannot read it through DNS rebinding. Nothing on
+Served by the daemon's small HTTP endpoint (`report/http.py`) on its event loop, with a
+strict security policy on every answer. Read-only: GET and HEAD only. On a loopback
+address it answers only requests whose `Host` is a loopback name, so a web page
+elsewhere cannot read it through DNS rebinding. Nothing on
 it comes from the environment: the report holds pools, members, container names and
 states, and labels under the prefix only.
 """
@@ -31,11 +30,10 @@ from loguru import logger
 from labelsync.core.model import JSON
 from labelsync.core.names import parse_listen
 from labelsync.errors import ConfigError
+from labelsync.report.http import TEXT, Answer, Handler, HttpEndpoint, Request, read_only
 
 SETTING = "LABELSYNC_DASHBOARD_LISTEN"
 REPORT_TTL = 0.5  # seconds a built report is served to every poller
-REQUEST_LIMIT = 16 * 1024
-REQUEST_TIMEOUT = 5.0
 ASSETS = {
     "/": ("index.html", "text/html; charset=utf-8"),
     "/dashboard.css": ("dashboard.css", "text/css; charset=utf-8"),
@@ -83,8 +81,14 @@ class Dashboard:
         self.gather = gather
         self.assets = load_assets()
         self.reports_built = 0
-        self._server: asyncio.Server | None = None
         self._loopback_only = True
+        routes = {path: self._asset(path) for path in self.assets}
+        self.endpoint = HttpEndpoint(
+            {**routes, "/api/status": self._status},
+            setting=SETTING,
+            guards=(self._loopback_guard, read_only),
+            headers=SECURITY_HEADERS,
+        )
         self._cached: tuple[float, bytes, str] | None = None
         self._building: asyncio.Task[tuple[bytes, str]] | None = None
 
@@ -117,11 +121,10 @@ class Dashboard:
         operator set the address), else one WARNING and False (the default address is
         taken, say by a second labelsync): the daemon runs on without a dashboard."""
         try:
-            host, port = parse_listen(listen)
+            host, _ = parse_listen(listen)
+            await self.endpoint.bind(listen)
         except ValueError as exc:
             raise ConfigError(f"{SETTING} must be host:port, not {listen!r}") from exc
-        try:
-            self._server = await asyncio.start_server(self._handle, host, port)
         except OSError as exc:
             reason = f"the dashboard cannot listen on {listen}: {exc.strerror or exc}"
             if required:
@@ -134,81 +137,36 @@ class Dashboard:
 
     @property
     def bound_port(self) -> int | None:
-        if self._server is None or not self._server.sockets:
-            return None
-        return int(self._server.sockets[0].getsockname()[1])
+        return self.endpoint.bound_port
 
     async def aclose(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            with contextlib.suppress(Exception):
-                await self._server.wait_closed()
-            self._server = None
+        await self.endpoint.aclose()
         if self._building is not None:
             self._building.cancel()
             with contextlib.suppress(BaseException):
                 await self._building
 
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            async with asyncio.timeout(REQUEST_TIMEOUT):
-                head = await reader.readuntil(b"\r\n\r\n")
-            status, headers, body = await self.answer(head)
-            method = head.split(b" ", 1)[0]
-            lines = [f"HTTP/1.1 {status}", f"Content-Length: {len(body)}", "Connection: close"]
-            lines += [f"{name}: {value}" for name, value in {**SECURITY_HEADERS, **headers}.items()]
-            writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
-            if method != b"HEAD":
-                writer.write(body)
-            await writer.drain()
-        except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
-            pass  # not HTTP, or too slow: closed
-        except ConnectionError:
-            pass
-        except Exception:
-            logger.opt(exception=True).error("dashboard: answering a request failed")
-        finally:
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
+    def _loopback_guard(self, request: Request) -> Answer | None:
+        if self._loopback_only and not is_loopback_host(request.headers.get("host", "")):
+            return Answer(
+                "403 Forbidden", TEXT, b"this dashboard answers on a loopback name only\n"
+            )
+        return None
 
-    async def answer(self, head: bytes) -> tuple[str, dict[str, str], bytes]:
-        """Status line, headers and body for one request head."""
-        if len(head) > REQUEST_LIMIT:
-            return "431 Request Header Fields Too Large", _text(), b"request head too large\n"
-        lines = head.decode("latin-1").split("\r\n")
-        parts = lines[0].split(" ")
-        if len(parts) != 3:
-            return "400 Bad Request", _text(), b"bad request line\n"
-        method, target, _ = parts
-        fields = {}
-        for line in lines[1:]:
-            name, sep, value = line.partition(":")
-            if sep:
-                fields[name.strip().lower()] = value.strip()
-        if self._loopback_only and not is_loopback_host(fields.get("host", "")):
-            return "403 Forbidden", _text(), b"this dashboard answers on a loopback name only\n"
-        if method not in ("GET", "HEAD"):
-            return "405 Method Not Allowed", {**_text(), "Allow": "GET, HEAD"}, b"read-only\n"
-        path = target.split("?", 1)[0]
-        if path == "/api/status":
-            body, etag = await self.report()
-            headers = {
-                "Content-Type": "application/json",
-                "Cache-Control": "no-store",
-                "ETag": etag,
-            }
-            if fields.get("if-none-match") == etag:
-                return "304 Not Modified", headers, b""
-            return "200 OK", headers, body
-        if path in self.assets:
-            content, content_type = self.assets[path]
-            return "200 OK", {"Content-Type": content_type, "Cache-Control": "no-cache"}, content
-        return "404 Not Found", _text(), b"not found\n"
+    async def _status(self, request: Request) -> Answer:
+        body, etag = await self.report()
+        headers = {"Cache-Control": "no-store", "ETag": etag}
+        if request.headers.get("if-none-match") == etag:
+            return Answer("304 Not Modified", "application/json", b"", headers)
+        return Answer("200 OK", "application/json", body, headers)
 
+    def _asset(self, path: str) -> Handler:
+        content, content_type = self.assets[path]
 
-def _text() -> dict[str, str]:
-    return {"Content-Type": "text/plain; charset=utf-8"}
+        async def serve(request: Request) -> Answer:
+            return Answer("200 OK", content_type, content, {"Cache-Control": "no-cache"})
+
+        return serve
 
 
 def _is_loopback_address(host: str) -> bool:

@@ -42,7 +42,7 @@ from labelsync.core.model import JSON, Severity
 from labelsync.core.outcomes import SyncResult
 from labelsync.errors import CaddyError
 from labelsync.report.healthz import healthz
-from labelsync.report.http import Answer, Handler, HttpEndpoint
+from labelsync.report.http import TEXT, Answer, Handler, HttpEndpoint, Request
 from labelsync.report.snapshot import LiveView
 from labelsync.report.status_report import StatusReport, build_report, caddy_runs_active_checks
 
@@ -164,16 +164,16 @@ class Metrics:
         for reader in self.readers:
             await reader.aclose()
 
-    async def _metrics(self) -> Answer:
+    async def _metrics(self, request: Request) -> Answer:
         return Answer("200 OK", CONTENT_TYPE_LATEST, await self.exposition())
 
-    async def _healthz(self) -> Answer:
+    async def _healthz(self, request: Request) -> Answer:
         healthy, body = await self.health()
         status = "200 OK" if healthy else "503 Service Unavailable"
         return Answer(status, "application/json", json.dumps(body).encode() + b"\n")
 
-    async def _index(self) -> Answer:
-        return Answer("200 OK", "text/plain", b"labelsync: /metrics, /healthz\n")
+    async def _index(self, request: Request) -> Answer:
+        return Answer("200 OK", TEXT, b"labelsync: /metrics, /healthz\n")
 
 
 class _LiveCollector(Collector):
