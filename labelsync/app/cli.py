@@ -34,13 +34,9 @@ def _fail(message: str) -> int:
 
 
 def _running_containers(settings: Settings) -> list[ContainerInfo]:
-    from labelsync.sources.docker import DockerSource
+    from labelsync.sources.docker import list_once
 
-    source = DockerSource(settings.docker_host, swarm=settings.swarm)
-    try:
-        return source.list_containers()
-    finally:
-        source.close()
+    return list_once(settings.docker_host, swarm=settings.swarm)
 
 
 def _static_file(settings: Settings) -> StaticFile | None:

@@ -55,13 +55,9 @@ def pick(query: str, candidates: Sequence[JSON]) -> JSON:
 
 
 def _list_docker(settings: Settings) -> list[ContainerInfo]:
-    from labelsync.sources.docker import DockerSource
+    from labelsync.sources.docker import list_once
 
-    source = DockerSource(settings.docker_host, swarm=settings.swarm)
-    try:
-        return source.list_containers()
-    finally:
-        source.close()
+    return list_once(settings.docker_host, swarm=settings.swarm)
 
 
 async def verdicts(settings: Settings) -> tuple[list[JSON], list[str], bool]:

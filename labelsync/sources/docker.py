@@ -410,3 +410,12 @@ class DockerSource:
             if self._list_client is not None:
                 _close_quietly(self._list_client)
                 self._list_client = None
+
+
+def list_once(docker_host: str | None, *, swarm: SwarmMode) -> list[ContainerInfo]:
+    """One listing with a client of its own, closed after (the CLI's one-off reads)."""
+    source = DockerSource(docker_host, swarm=swarm)
+    try:
+        return source.list_containers()
+    finally:
+        source.close()
