@@ -10,6 +10,12 @@ without disturbing the engine every other test uses.
     relay.close()
 
 The relay runs its own event loop on a thread, so synchronous tests can drive it.
+
+With `allow`, it is a read-only socket proxy in the manner of docker-socket-proxy: each
+request's method and path go to `allow(method, path)`; a refused one gets 403 and never
+reaches the engine. Every request seen is in `requests` as (method, path, allowed). Each
+relayed request is sent with `Connection: close`, so that every request on a keep-alive
+client comes through here to be checked.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -36,9 +42,17 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
 class DockerRelay:
     """Relays connections on `path` to the engine's socket until cut."""
 
-    def __init__(self, path: Path, target: str = ENGINE_SOCKET) -> None:
+    def __init__(
+        self,
+        path: Path,
+        target: str = ENGINE_SOCKET,
+        *,
+        allow: Callable[[str, str], bool] | None = None,
+    ) -> None:
         self.path = path
         self.target = target
+        self.allow = allow
+        self.requests: list[tuple[str, str, bool]] = []
         self.connections = 0  # accepted so far, to see that a client really uses the relay
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
@@ -97,11 +111,34 @@ class DockerRelay:
         self.connections += 1
         engine_writer: asyncio.StreamWriter | None = None
         try:
+            head = b""
+            if self.allow is not None:
+                head = await client_reader.readuntil(b"\r\n\r\n")
+                method, _, rest = head.decode("latin-1").partition(" ")
+                path = rest.partition(" ")[0]
+                allowed = self.allow(method, path)
+                self.requests.append((method, path, allowed))
+                if not allowed:
+                    body = b'{"message":"refused by the test socket proxy"}'
+                    client_writer.write(
+                        b"HTTP/1.1 403 Forbidden\r\nContent-Type: application/json\r\n"
+                        + f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+                        + body
+                    )
+                    await client_writer.drain()
+                    return
+                lines = [
+                    line
+                    for line in head.split(b"\r\n")
+                    if not line.lower().startswith(b"connection:")
+                ]
+                head = b"\r\n".join([*lines[:-2], b"Connection: close", b"", b""])
             engine_reader, engine_writer = await asyncio.open_unix_connection(self.target)
+            engine_writer.write(head)
             await asyncio.gather(
                 _pipe(client_reader, engine_writer), _pipe(engine_reader, client_writer)
             )
-        except (OSError, asyncio.CancelledError):
+        except (OSError, asyncio.CancelledError, asyncio.IncompleteReadError):
             pass  # cut: the point of the relay
         finally:
             client_writer.close()
