@@ -80,7 +80,7 @@ class Settings(BaseSettings):
     upstreams: Literal["dynamic", "static"] = "dynamic"
     """Membership through the built-in resolver, or written into Caddy's JSON."""
     resolver_listen: str = "127.0.0.1:8053"
-    """UDP address of the built-in resolver."""
+    """UDP host:port of the built-in resolver, or unix:///path (a stream socket)."""
     resolver_advertise: str | None = None
     """Address Caddy uses to reach the resolver; the listen address when unset."""
     resolver_refresh: str = "250ms"
@@ -102,6 +102,17 @@ class Settings(BaseSettings):
     @classmethod
     def _duration(cls, value: str) -> str:
         parse_duration(value)  # raises ValueError naming the problem
+        return value
+
+    @field_validator("resolver_listen", "resolver_advertise")
+    @classmethod
+    def _resolver_address(cls, value: str | None) -> str | None:
+        if (
+            value
+            and value.startswith("unix://")
+            and not value.removeprefix("unix://").startswith("/")
+        ):
+            raise ValueError("a unix socket needs an absolute path: unix:///run/labelsync/dns.sock")
         return value
 
     @field_validator("dial_timeout")

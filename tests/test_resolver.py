@@ -355,3 +355,44 @@ async def test_packed_udp_answers_never_stand_in_for_tcp_ones(resolver: Resolver
         assert whole.header.tc == 0 and len(whole.rr) == 100
         cut, size = await query(resolver, POOL, "SRV")
         assert cut.header.tc == 1 and size <= EDNS_UDP_SIZE
+
+
+def _ask_unix(path: str, question: DNSRecord) -> DNSRecord:
+    """One raw message each way on a fresh connection, as Go's client does there."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(3)
+        sock.connect(path)
+        sock.sendall(question.pack())
+        return DNSRecord.parse(sock.recv(65535))
+
+
+async def test_a_unix_socket_resolver_answers_raw_messages_and_refuses_once_stopped(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """`unix:///path`: SRV and member names answered as over UDP (raw messages, no
+    length prefix); a pool refused during the drain; after stop a connect fails at once."""
+    path = str(tmp_path_factory.mktemp("dns") / "dns.sock")
+    server = Resolver(f"unix://{path}")
+    await server.start()
+    try:
+        assert server.bound_address == f"unix://{path}"
+        server.update({POOL: [record("10.0.0.5:8080")]})
+        srv = await asyncio.to_thread(_ask_unix, path, DNSRecord.question(POOL, "SRV"))
+        assert srv_targets(srv) == [(0, 8080, "10-0-0-5.ip4.labelsync.internal.")]
+        name = "10-0-0-5.ip4.labelsync.internal"
+        a = await asyncio.to_thread(_ask_unix, path, DNSRecord.question(name, "A"))
+        assert [str(rr.rdata) for rr in a.rr] == ["10.0.0.5"]
+        server.refuse_pools()
+        refused = await asyncio.to_thread(_ask_unix, path, DNSRecord.question(POOL, "SRV"))
+        assert refused.header.rcode == RCODE.REFUSED
+    finally:
+        await server.stop()
+    started = time.monotonic()
+    with pytest.raises(OSError):
+        _ask_unix(path, DNSRecord.question(POOL, "SRV"))
+    assert time.monotonic() - started < 1
+
+
+async def test_a_relative_unix_socket_path_is_refused() -> None:
+    with pytest.raises(ValueError, match="absolute path"):
+        Resolver("unix://dns.sock")

@@ -202,8 +202,16 @@ def _reverse_proxy(pool: Pool, options: RenderOptions) -> JSON:
     return handler
 
 
+def caddy_resolver_address(address: str) -> str:
+    """The resolver address as Caddy's `resolver.addresses` takes it: `udp/host:port`, or
+    `unix//path` for `unix:///path` (Caddy dials a unix stream socket there)."""
+    if address.startswith("unix://"):
+        return "unix/" + address.removeprefix("unix://")
+    return f"udp/{address}"
+
+
 def _resolver(options: RenderOptions) -> JSON:
-    return {"addresses": [f"udp/{options.resolver}"]}
+    return {"addresses": [caddy_resolver_address(options.resolver)]}
 
 
 def _load_balancing(pool: Pool, *, dynamic: bool) -> JSON:

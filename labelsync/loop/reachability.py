@@ -38,6 +38,7 @@ from dnslib import QTYPE, DNSRecord
 from loguru import logger
 
 from labelsync.caddy.admin import CaddyAdmin
+from labelsync.caddy.render import caddy_resolver_address
 from labelsync.core.durations import parse_duration
 from labelsync.core.model import DesiredState, Pool
 from labelsync.core.names import member_target
@@ -143,6 +144,8 @@ def resolver_answers_at(address: str, timeout: float = 1.0) -> bool:
     host, _, port = address.rpartition(":")
     name, _ = member_target(f"{SELF_CHECK_ADDRESS}:53")
     query = DNSRecord.question(name, "A")
+    if address.startswith("unix://"):
+        return _unix_resolver_answers(address.removeprefix("unix://"), query, timeout)
     try:
         infos = socket.getaddrinfo(host.strip("[]"), int(port), type=socket.SOCK_DGRAM)
     except (OSError, ValueError):
@@ -161,6 +164,21 @@ def resolver_answers_at(address: str, timeout: float = 1.0) -> bool:
         ):
             return True
     return False
+
+
+def _unix_resolver_answers(path: str, query: DNSRecord, timeout: float) -> bool:
+    """`resolver_answers_at` for a unix socket: one raw message each way, as Go sends."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(timeout)
+            sock.connect(path)
+            sock.sendall(query.pack())
+            reply = DNSRecord.parse(sock.recv(4096))
+    except Exception:  # refused, missing, timed out, or garbage: not our resolver there
+        return False
+    return reply.header.id == query.header.id and any(
+        rr.rtype == QTYPE.A and str(rr.rdata) == SELF_CHECK_ADDRESS for rr in reply.rr
+    )
 
 
 class ReachabilityCheck:
@@ -228,7 +246,7 @@ class ReachabilityCheck:
     def _report(
         self, waited: float, host: str, outcomes: list[ProbeOutcome], self_reached: bool
     ) -> None:
-        told = f"udp/{self.settings.resolver_address}"
+        told = caddy_resolver_address(self.settings.resolver_address)
         advertise = self.settings.resolver_advertise
         advertised = (
             f"LABELSYNC_RESOLVER_ADVERTISE={advertise}"

@@ -88,7 +88,8 @@ class DynamicMembership:
 
         checker = ActiveChecker(on_change=on_change)
         membership = cls(resolver, checker, Budget(size=settings.dynamic_budget))
-        logger.info(f"resolver answering on {resolver.bound_address} (udp)")
+        how = "" if resolver.bound_address.startswith("unix://") else " (udp)"
+        logger.info(f"resolver answering on {resolver.bound_address}{how}")
         try:
             yield membership
         finally:

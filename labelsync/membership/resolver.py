@@ -139,6 +139,21 @@ def _bind_address(listen: str) -> tuple[str, int]:
     return host or "0.0.0.0", port  # ":8053": every (IPv4) interface
 
 
+UNIX_PREFIX = "unix://"
+
+
+def unix_socket_path(address: str) -> str | None:
+    """The socket path of a `unix:///path` resolver address; None for host:port.
+
+    ValueError for a relative path."""
+    if not address.startswith(UNIX_PREFIX):
+        return None
+    path = address.removeprefix(UNIX_PREFIX)
+    if not path.startswith("/"):
+        raise ValueError(f"resolver unix socket needs an absolute path: {address!r}")
+    return path
+
+
 def _format_address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
@@ -159,7 +174,8 @@ class Resolver:
     """
 
     def __init__(self, listen: str = "127.0.0.1:8053", *, lookup_timeout: float = 2.0) -> None:
-        self._listen = _bind_address(listen)
+        self._unix_path = unix_socket_path(listen)
+        self._listen = ("", 0) if self._unix_path else _bind_address(listen)
         self._lookup_timeout = lookup_timeout
         self._served = _Served()
         self._bound: str | None = None
@@ -263,6 +279,9 @@ class Resolver:
 
     async def _serve(self, ready: concurrent.futures.Future[str]) -> None:
         self._stopping = asyncio.Event()
+        if self._unix_path is not None:
+            await self._serve_unix_socket(self._unix_path, ready)
+            return
         try:
             udp, tcp, address = await self._bind()
         except BaseException as exc:
@@ -280,6 +299,71 @@ class Resolver:
             await asyncio.gather(*self._tasks, return_exceptions=True)
             if tcp is not None:
                 await tcp.wait_closed()
+
+    async def _serve_unix_socket(self, path: str, ready: concurrent.futures.Future[str]) -> None:
+        """Answer on a unix stream socket (`unix:///path`), e.g. in a volume Caddy shares.
+
+        Go's DNS client sees the connection Caddy dials there as a packet conn (a
+        `*net.UnixConn` has ReadFrom/WriteTo), so it writes each query as one raw message
+        and reads one raw answer, as over UDP: no length prefix, and answers fit Go's
+        1232-byte buffer as over UDP. The point of the socket: when labelsync is gone
+        (restarting, recreated, upgraded), a connect is refused at once, where a UDP
+        address across a Docker network goes silent and each lookup waits out Go's 5 s.
+        """
+        assert self._stopping is not None
+        try:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)  # a previous labelsync's; connecting to it is refused
+            server = await asyncio.start_unix_server(self._serve_unix, path=path)
+            os.chmod(path, 0o666)  # Caddy may run as another user: the directory guards it
+        except BaseException as exc:
+            ready.set_exception(exc)
+            return
+        ready.set_result(f"{UNIX_PREFIX}{path}")
+        try:
+            await self._stopping.wait()
+        finally:
+            server.close()
+            for task in list(self._tasks):
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+            await server.wait_closed()
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+
+    async def _serve_unix(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
+        try:
+            while True:
+                async with asyncio.timeout(TCP_IDLE_SECONDS):
+                    data = await reader.read(TCP_MESSAGE_LIMIT)
+                if not data:
+                    break
+                served = self._served
+                packed = self._answer_packed(data, served, tcp=False)
+                if packed is None:
+                    request = self._parse(data)
+                    if request is None:
+                        break
+                    limit = self._udp_limit(request)
+                    reply = self._reply(request, served)
+                    if reply is None:  # a host-name target: not the same for every asker
+                        looked_up = await self._reply_by_lookup(request)
+                        packed = self._pack(request, looked_up, limit)
+                    else:
+                        packed = self._pack_and_keep(data, request, reply, limit, served)
+                writer.write(packed)
+                await writer.drain()
+        except (TimeoutError, ConnectionError):
+            pass
+        finally:
+            if task is not None:
+                self._tasks.discard(task)
+            writer.close()
+            with contextlib.suppress(ConnectionError, asyncio.CancelledError):
+                await writer.wait_closed()
 
     def _close_udp(self, udp: asyncio.DatagramTransport) -> None:
         """Close without losing a query: each one gets an answer or a refusal.

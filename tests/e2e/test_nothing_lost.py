@@ -7,8 +7,11 @@ routes come back although the resync is a minute away, no request fails.
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -170,3 +173,63 @@ def test_a_killed_replica_stalls_no_request(
     print(f"\nreplica killed 3 times under load: {result.summary()}, slowest {result.slowest:.3f}s")
     assert result.failed == 0, result.summary()
     assert result.slowest < 2.5, f"a request took {result.slowest:.2f}s: {result.summary()}"
+
+
+def test_a_resolver_on_a_unix_socket_refuses_at_once_when_labelsync_is_gone(
+    private_daemons: list[Daemon],
+    caddy_factory: Callable[[], CaddyProcess],
+    backend: StartBackend,
+    unique_host: str,
+    record_property: RecordProperty,
+) -> None:
+    """Seed (issue 11, item 2): the resolver on a unix socket (`unix:///path`; in compose
+    a volume both containers mount). labelsync is SIGKILLed, the harshest exit: nothing
+    drains, and Caddy's cached answer names members only the resolver resolves. A
+    connect to the socket without a listener is refused at once (a UDP address across a
+    Docker network goes silent instead: Go's 5 s), so each lookup fails fast and Caddy
+    falls back to the members' IPs. One client, one request at a time, never retrying:
+    nothing fails, nothing stalls; labelsync started again serves on the same socket."""
+    directory = Path(tempfile.mkdtemp(prefix="ls-dns-"))
+    socket_address = f"unix://{directory}/dns.sock"
+    private = caddy_factory()
+    prefix = f"ls{short_uuid()}"
+    daemon = Daemon(
+        private,
+        name=f"ls-unix-{short_uuid()}",
+        env={"LABELSYNC_LABEL_PREFIX": prefix, "LABELSYNC_RESOLVER_LISTEN": socket_address},
+    )
+    private_daemons.append(daemon)
+    try:
+        daemon.start()
+        web = backend(labels={f"{prefix}.host": unique_host})
+        wait_routed(daemon, unique_host, {web.name})
+        daemon.wait_log(r"Caddy reaches the resolver at unix://")
+        resolver = daemon.shapes()[0]["handle"][0]["dynamic_upstreams"]["resolver"]
+        assert resolver == {"addresses": [f"unix/{directory}/dns.sock"]}
+        statuses: list[int | str] = []
+        slowest = 0.0
+        with httpx.Client(trust_env=False, timeout=10.0) as client:
+            for index in range(120):
+                if index == 30:
+                    daemon.kill()
+                if index == 90:
+                    daemon.start(wait_synced=False)
+                started = time.monotonic()
+                try:
+                    response = client.get(
+                        daemon.url, headers={"Host": unique_host, "Connection": "close"}
+                    )
+                    statuses.append(response.status_code)
+                except httpx.HTTPError as exc:
+                    statuses.append(type(exc).__name__)
+                slowest = max(slowest, time.monotonic() - started)
+                time.sleep(0.02)
+        daemon.wait_log(r"resolver answering on unix://")
+        failed = [s for s in statuses if s != 200]
+        record_property("unix_kill_slowest_seconds", slowest)
+        shown = f"{len(failed)}/{len(statuses)} failed, slowest {slowest:.3f}s"
+        print(f"\nSIGKILL, unix resolver: {shown}")
+        assert not failed, statuses
+        assert slowest < 2.5, f"a request took {slowest:.2f}s"
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
