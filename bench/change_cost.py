@@ -35,7 +35,7 @@ IPS = ("127.0.0.2", "127.0.0.3")
 MEMBERS = 2
 VARIANTS = ("dynamic", "static", "whole-config")
 KINDS = ("add_member", "add_pool")
-REFRESH_SECONDS = 0.25  # the default LABELSYNC_RESOLVER_REFRESH
+REFRESH_SECONDS = 0.15  # the default LABELSYNC_RESOLVER_REFRESH
 PHASE_SEED = 6
 
 

@@ -83,7 +83,7 @@ class Settings(BaseSettings):
     """UDP host:port of the built-in resolver, or unix:///path (a stream socket)."""
     resolver_advertise: str | None = None
     """Address Caddy uses to reach the resolver; the listen address when unset."""
-    resolver_refresh: str = "250ms"
+    resolver_refresh: str = "150ms"
     """How often Caddy re-reads a pool's members."""
     dynamic_budget: int = Field(default=90, ge=0, le=100)
     """Most pools served by the resolver; past it, quiet pools carry members in the JSON."""

@@ -40,7 +40,7 @@ class RenderOptions:
     upstreams: Literal["dynamic", "static"] = "dynamic"
     resolver: str = "127.0.0.1:8053"
     """host:port at which Caddy reaches labelsync's resolver (dynamic mode)."""
-    resolver_refresh: str = "250ms"
+    resolver_refresh: str = "150ms"
     """How often Caddy re-reads a pool's members (dynamic mode)."""
     stream_close_delay: str = "10m"
     """How long upgraded connections (websockets) outlive a Caddy reload."""

@@ -90,7 +90,7 @@ def test_round_robin_cycles_three_backends_in_a_stable_order(
 
 
 # Replicas that shut down gracefully, as real servers do on SIGTERM: they keep serving for
-# 1s (longer than Caddy's 250ms membership refresh), then exit. Without it the test backend
+# 1s (longer than Caddy's 150ms membership refresh), then exit. Without it the test backend
 # sometimes dies between writing a response's headers and its body (about once in six
 # failover runs): the client gets a truncated answer that no proxy can retry.
 GRACEFUL = {"STOP_DELAY": "1"}
