@@ -22,7 +22,7 @@ from typing import Any
 
 from loguru import logger
 
-from . import burst, change_cost, cold_start, reaction, resolver_latency, zero_drop
+from . import burst, busy_pools, change_cost, cold_start, reaction, resolver_latency, zero_drop
 from .machine import REPO, machine
 from .report import render_table, rows_for
 from .rig import clear_labelsync_environment, sweep_bench_containers
@@ -30,7 +30,15 @@ from .sizes import FULL, QUICK, Sizes
 
 RESULTS = Path(__file__).resolve().parent / "results"
 LOGS = REPO / ".test-logs"
-SCENARIOS = ("resolver", "reaction", "change_cost", "burst", "cold_start", "zero_drop")
+SCENARIOS = (
+    "resolver",
+    "reaction",
+    "change_cost",
+    "burst",
+    "cold_start",
+    "zero_drop",
+    "busy_pools",
+)
 NEEDS_DOCKER = {"reaction", "burst", "zero_drop"}
 
 _started = time.monotonic()
@@ -43,6 +51,8 @@ def log(message: str) -> None:
 def _scenario(name: str, sizes: Sizes) -> Callable[[], Awaitable[dict[str, Any]]]:
     if name == "resolver":
         return lambda: resolver_latency.run(log)
+    if name == "busy_pools":
+        return lambda: busy_pools.run(sizes.busy_pools, sizes.busy_seconds, log)
     if name == "reaction":
         return lambda: reaction.run(sizes.reaction_containers, log)
     if name == "change_cost":

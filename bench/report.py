@@ -200,8 +200,70 @@ def _resolver_rows(r: dict[str, Any]) -> list[Row]:
     return [warm, cold, rate]
 
 
+def _busy_rows(r: dict[str, Any]) -> list[Row]:
+    rows = []
+    for pools in r["sizes"]:
+        data = r[str(pools)]
+        scenario = f"7 busy pools ({pools}, {r['clients']} clients, {r['seconds']:g} s)"
+        big = pools >= 500
+        static_rate = data["static"]["requests_per_second"]
+        static_p99 = data["static"]["latency_ms"].get("p99") or 0
+        rate = Row(scenario, "requests/s (all-dynamic: every pool via DNS)")
+        latency = Row(scenario, "latency p50 / p99 ms")
+        dns = Row(scenario, "DNS questions per request (SRV only)")
+        cpu = Row(scenario, "CPU % of a core: labelsync · Caddy")
+        if big:
+            rate.target = "dynamic ≥ 0.9x static"
+            latency.target = "dynamic p99 ≤ 1.2x static"
+            dns.target = "≤ 0.05"
+            cpu.target = "labelsync ≤ 10 %"
+        for column in COLUMNS:
+            m = data[column]
+            per_second = m["requests_per_second"]
+            text = f"{per_second:.0f}"
+            if column == "dynamic":
+                text += f" ({data['all-dynamic']['requests_per_second']:.0f})"
+            rate.cells[column] = _mark(
+                text, per_second >= 0.9 * static_rate if big and column == "dynamic" else None
+            )
+            p99 = m["latency_ms"].get("p99")
+            latency.cells[column] = _mark(
+                f"{_ms(m['latency_ms'].get('p50'))} / {_ms(p99)}",
+                (p99 or 0) <= 1.2 * static_p99 if big and column == "dynamic" else None,
+            )
+            if column == "dynamic":
+                every = data["all-dynamic"]
+                dns.cells[column] = _mark(
+                    f"{m['dns_per_request']:.3f} ({m['srv_per_request']:.3f}); all-dynamic "
+                    f"{every['dns_per_request']:.2f}",
+                    m["dns_per_request"] <= 0.05 if big else None,
+                )
+            else:
+                dns.cells[column] = "0"
+            cpu.cells[column] = _mark(
+                f"{m['labelsync_cpu_percent']:.0f} · {m['caddy_cpu_percent']:.0f}",
+                m["labelsync_cpu_percent"] <= 10 if big and column == "dynamic" else None,
+            )
+        rows += [rate, latency, dns, cpu]
+    roll = r.get("roll")
+    if roll:
+        scenario = f"7 rolling 1 pool of {roll['pools']} busy pools"
+        failed = Row(scenario, "failed / requests", target="0 failed")
+        writes = Row(scenario, "admin writes (stale keep-alive retries)", target="dynamic ≤ 2")
+        for column in COLUMNS:
+            m = roll[column]
+            failed.cells[column] = _mark(f"{m['failed']} / {m['requests']}", m["failed"] == 0)
+            writes.cells[column] = _mark(
+                f"{m['admin_writes']} ({m['stale_connection_retries']})",
+                m["admin_writes"] <= 2 if column == "dynamic" else None,
+            )
+        rows += [failed, writes]
+    return rows
+
+
 BUILDERS = {
     "resolver": _resolver_rows,
+    "busy_pools": _busy_rows,
     "reaction": _reaction_rows,
     "change_cost": _cost_rows,
     "burst": _burst_rows,

@@ -21,6 +21,8 @@ class Sizes:
     load_seconds: float
     rolls: int
     setting_changes: int
+    busy_pools: tuple[int, ...]
+    busy_seconds: float
     scenario_timeout: float  # seconds; a scenario that takes longer fails, the rest run
 
     def as_json(self) -> dict[str, Any]:
@@ -41,6 +43,8 @@ QUICK = Sizes(
     load_seconds=10.0,
     rolls=5,
     setting_changes=15,
+    busy_pools=(10, 90, 150, 500, 1000),
+    busy_seconds=6.0,
     scenario_timeout=900.0,
 )
 
@@ -58,5 +62,7 @@ FULL = Sizes(
     load_seconds=30.0,
     rolls=5,
     setting_changes=50,
+    busy_pools=(10, 90, 150, 500, 1000),
+    busy_seconds=10.0,
     scenario_timeout=2400.0,
 )
