@@ -6,9 +6,9 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: run test venv runtime-venv docker browser lint format-check typecheck imports pytest fmt clean-test-containers
+.PHONY: run test venv runtime-venv docker browser compose lint format-check typecheck imports pytest fmt clean-test-containers
 
-test: venv docker browser lint format-check typecheck imports pytest
+test: venv docker browser compose lint format-check typecheck imports pytest
 
 # The daemon, on the bundled Caddy unless one answers on localhost:2019 (LABELSYNC_* pass through).
 # Only the runtime dependencies are installed for it; `make test` adds the test extra.
@@ -27,6 +27,10 @@ docker:
 # Headless Chromium for the dashboard's browser test (Debian's `chromium`).
 browser:
 	@scripts/ensure-browser.sh
+
+# Compose (from the venv) as Docker's plugin, and mmdebstrap: for tests/deploy/.
+compose: venv
+	@VENV=$(VENV) scripts/ensure-compose.sh
 
 lint: venv
 	$(BIN)/ruff check .

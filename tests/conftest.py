@@ -26,7 +26,14 @@ from tests.support.containers import (
 )
 from tests.support.images import TestImages, ensure_images
 
-DOCKER_FIXTURES = {"docker_client", "images", "backend", "docker_network", "container_factory"}
+DOCKER_FIXTURES = {
+    "docker_client",
+    "images",
+    "backend",
+    "docker_network",
+    "container_factory",
+    "stack_images",
+}
 CADDY_FIXTURES = {"caddy", "caddy_factory"}
 
 

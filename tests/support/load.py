@@ -59,6 +59,7 @@ class LoadResult:
     first_failures: list[Failure] = field(default_factory=list)  # up to MAX_KEPT_FAILURES
     seconds: float = 0.0
     slowest: float = 0.0  # seconds, the longest request (failed ones included)
+    slow: int = 0  # requests that took longer than the load's `slow_after`
 
     @property
     def failed(self) -> int:
@@ -70,7 +71,8 @@ class LoadResult:
         return (
             f"{self.failures}/{self.total} failed in {self.seconds:.1f}s, "
             f"statuses={dict(self.statuses)}, errors={dict(self.errors)}, "
-            f"backends={dict(self.backends)}" + (f", first failures: {shown}" if shown else "")
+            f"backends={dict(self.backends)}, slowest={self.slowest:.2f}s, slow={self.slow}"
+            + (f", first failures: {shown}" if shown else "")
         )
 
 
@@ -93,10 +95,12 @@ class Load:
         pause: float = 0.0,
         is_success: IsSuccess = status_200,
         headers: dict[str, str] | None = None,
+        slow_after: float = 1.0,
     ) -> None:
         """`url` is the listener (`http://127.0.0.1:PORT`), `host` the Host header, `path`
         the request path. `pause` sleeps between one client's requests (0 = back to back).
-        `timeout` bounds each request; a timed-out request counts as a failure."""
+        `timeout` bounds each request; a timed-out request counts as a failure. Requests
+        slower than `slow_after` seconds are counted in `slow`."""
         if clients < 1 or max_seconds <= 0 or max_requests < 1:
             raise ValueError("load needs clients >= 1 and positive bounds")
         self.url = url.rstrip("/") + path
@@ -107,6 +111,7 @@ class Load:
         self.timeout = timeout
         self.pause = pause
         self.is_success = is_success
+        self.slow_after = slow_after
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._counts = LoadResult()
@@ -172,6 +177,7 @@ class Load:
                 first_failures=list(counts.first_failures),
                 seconds=end - self._started_at if self._started_at else 0.0,
                 slowest=counts.slowest,
+                slow=counts.slow,
             )
 
     def wait_requests(self, count: int, *, timeout: float = 30.0) -> LoadResult:
@@ -238,6 +244,8 @@ class Load:
             counts = self._counts
             counts.total += 1
             counts.slowest = max(counts.slowest, took)
+            if took > self.slow_after:
+                counts.slow += 1
             if status is not None:
                 counts.statuses[status] += 1
             if reason is None:

