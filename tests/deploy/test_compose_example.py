@@ -6,8 +6,9 @@ leaves the stack as it found it (3 `web` replicas, everything running).
 Stand-ins (tests/support/compose.py): Caddy and whoami are local images, the Python base of
 the Containerfile is a Debian bookworm image, Caddy publishes on random loopback ports.
 
-Targets still open (the reliability issue) are separate tests marked `xfail(strict=False)`:
-they turn green (XPASS) as the daemon meets them.
+Timing targets (labelsync recreated: no request over 1 s; Caddy restarted: routes back
+within 2 s) are separate tests marked `xfail(strict=False)`: XPASS when met, reported
+rather than failing a run on a busy machine.
 """
 
 from __future__ import annotations
@@ -143,16 +144,13 @@ def test_an_app_container_cannot_reach_caddys_admin_api_nor_the_resolver(
     for port in (2019, 2020, 2999):
         code, output = run(f"echo | nc -w 2 caddy {port} && echo reached")
         assert "reached" not in output, f"an app reached caddy:{port}: {output}"
-    # Nor is the admin socket's volume mounted there.
-    code, output = run("ls /run/caddy-admin")
-    assert code != 0, output
-    # The resolver listens on the control network only: from `edge`, nothing answers.
+    # Nor are the two sockets' volumes mounted there.
+    for directory in ("/run/caddy-admin", "/run/labelsync-dns"):
+        code, output = run(f"ls {directory}")
+        assert code != 0, f"{directory} in an app container: {output}"
+    # The resolver listens on no network: from `edge`, nothing answers on labelsync:8053.
     code, output = run("nslookup -port=8053 -timeout=2 -type=SRV x labelsync 2>&1")
-    assert "timed out" in output or "no servers" in output or code != 0, output
-    code, output = run("nslookup labelsync-resolver 2>&1")
-    assert code != 0 or "can't" in output.lower(), (
-        f"the resolver's alias resolves on edge: {output}"
-    )
+    assert code != 0 or "no servers" in output or "timed out" in output, output
     # Caddy does use it: the scaling test below sees new replicas with no Caddy write.
 
 
@@ -223,20 +221,16 @@ def test_recreating_labelsync_under_load_keeps_serving_every_replica(
     assert len(replicas_answering(stack, 12)) == 3
 
 
-RESOLVER_GONE = (
-    "reliability issue: while labelsync's container is replaced its resolver address is "
-    "silent, so Caddy's lookups wait for Go's DNS timeout (5 s, 2 attempts) before falling "
-    "back to the route's static upstreams"
-)
-
-
-@pytest.mark.xfail(strict=False, reason=RESOLVER_GONE)
 def test_recreating_labelsync_under_load_fails_no_request(labelsync_recreated: Recreated) -> None:
+    """The resolver's unix socket refuses at once while labelsync is away: Caddy falls
+    back to each route's member list without waiting for a DNS timeout."""
     result = labelsync_recreated.result
     assert result.failed == 0, result.summary()
 
 
-@pytest.mark.xfail(strict=False, reason=RESOLVER_GONE)
+# Timing targets (the reliability issue): reported as XPASS when met; a timing figure on a
+# shared 2-core machine is no behaviour to fail a run on.
+@pytest.mark.xfail(strict=False, reason="timing target: no request over 1 s while recreated")
 def test_recreating_labelsync_under_load_stalls_no_request_over_one_second(
     labelsync_recreated: Recreated,
 ) -> None:
@@ -284,16 +278,12 @@ def caddy_restarted(stack: ComposeStack) -> Restarted:
 def test_restarting_caddy_under_load_gets_its_routes_back(
     stack: ComposeStack, caddy_restarted: Restarted
 ) -> None:
-    # Today at the latest on labelsync's periodic resync (LABELSYNC_RESYNC_INTERVAL, 60 s).
-    assert caddy_restarted.restored < 90
+    # `--resume` serves the autosaved config at once; labelsync would restore it too.
+    assert caddy_restarted.restored < 10
     assert len(replicas_answering(stack, 12)) == 3
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="reliability issue: a Caddy restarted empty must get labelsync's routes back "
-    "within 2 s; labelsync in a container notices only at its next resync",
-)
+@pytest.mark.xfail(strict=False, reason="timing target: routes back within 2 s of a restart")
 def test_restarting_caddy_restores_its_routes_within_two_seconds(
     caddy_restarted: Restarted,
 ) -> None:
