@@ -64,11 +64,6 @@ class Budget:
         self.json_pools = frozenset(pool_ids).difference(hot)
         return self.json_pools
 
-    @property
-    def dns_count(self) -> int:
-        """Pools in the budget at the last `assign` (those that are over: all of them)."""
-        return sum(1 for p in self._changed if p not in self.json_pools) if self.over else 0
-
     def next_change(self) -> float | None:
         """When a pool in the budget will have been quiet for `hold` (then a sync moves it
         back into the JSON); None when no pool will."""

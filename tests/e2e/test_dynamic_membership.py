@@ -21,7 +21,7 @@ from labelsync.core.names import member_target
 from tests.e2e.conftest import StartDaemon
 from tests.support.caddy import CaddyProcess
 from tests.support.containers import ContainerHandle
-from tests.support.daemon import Daemon, free_udp_port, wait_routed
+from tests.support.daemon import Daemon, free_udp_port, wait_routed, wait_settled
 from tests.support.scenario import Scenario
 
 MODES = ["dynamic", "static"]
@@ -103,6 +103,7 @@ def test_scaling_and_a_crash_change_no_caddy_config(
     labels = scenario.labels({"host": unique_host, "lb.policy": "round_robin"})
     replicas = [backend(labels=labels)]
     wait_routed(daemon, unique_host, {replicas[0].name})
+    wait_settled(daemon)  # the first member's fallback write
     etag = daemon.config_etag()
 
     replicas += [backend(labels=labels) for _ in range(4)]

@@ -22,7 +22,7 @@ import pytest
 from tests.e2e.conftest import StartDaemon
 from tests.support.caddy import CaddyProcess
 from tests.support.containers import ContainerHandle, short_uuid
-from tests.support.daemon import Daemon, wait_routed
+from tests.support.daemon import Daemon, wait_routed, wait_settled
 from tests.support.load import Load
 from tests.support.scenario import Scenario, answers, prefixed, routes_for, unrouted
 from tests.support.waiting import wait_until
@@ -503,6 +503,7 @@ def test_bad_label_drops_only_that_route_and_names_the_container(
     other = backend(name="other", labels=prefixed({"host": other_host}))
     wait_routed(daemon, good_host, {good.name})
     wait_routed(daemon, other_host, {other.name})
+    wait_settled(daemon)  # the first members' fallback writes
     before = routes_for(daemon, {good_host, other_host, bad_host})
     log_start = len(daemon.logs())
 

@@ -197,6 +197,25 @@ class Daemon:
         self._client.close()
 
 
+def wait_settled(daemon: Daemon, *, quiet: float = 0.5, timeout: float = 10.0) -> None:
+    """Wait until Caddy's config has not changed for `quiet` seconds.
+
+    A join is routed (through the resolver) before the debounced sync after it lands,
+    and that sync may still write: a pool's first member fills its empty fallback list.
+    Tests that compare Caddy's config before and after something wait for it first.
+    """
+    deadline = time.monotonic() + timeout
+    etag, since = daemon.config_etag(), time.monotonic()
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+        now = daemon.config_etag()
+        if now != etag:
+            etag, since = now, time.monotonic()
+        elif time.monotonic() - since >= quiet:
+            return
+    raise AssertionError(f"Caddy's config kept changing for {timeout}s")
+
+
 def wait_routed(
     daemon: Daemon, host: str, expected: set[str], *, timeout: float = 15.0, path: str = "/"
 ) -> None:
