@@ -98,6 +98,7 @@ class RenderMemo:
 
     def __init__(self) -> None:
         self._routes: dict[str, tuple[Pool, RenderOptions, bool, JSON]] = {}
+        self.base: RenderOptions | None = None  # the options of the last render_routes
 
     def route(self, pool: Pool, options: RenderOptions, base: RenderOptions | None = None) -> JSON:
         """`render_route(pool, options)`; `base` is `options` without `json_pools` (what
@@ -131,6 +132,9 @@ def render_routes(
     if memo is None:
         return [render_route(pool, options) for pool in desired.pools]
     base = replace(options, json_pools=frozenset())
+    if memo.base == base:
+        base = memo.base  # the same object: each pool's entry then compares by identity
+    memo.base = base
     routes = [memo.route(pool, options, base) for pool in desired.pools]
     if len(memo._routes) > len(routes):
         memo.forget_others({pool.id for pool in desired.pools})
