@@ -519,3 +519,23 @@ def test_a_canary_pool_shows_the_labels_policy_and_caddys() -> None:
         )
     )
     assert same["pools"][0]["caddy_policy"] is None
+
+
+def test_a_pool_outside_the_dynamic_budget_says_so() -> None:
+    """Past LABELSYNC_DYNAMIC_BUDGET a quiet pool carries its members in Caddy's JSON."""
+    route = dynamic_route()
+    handler = route["handle"][0]
+    del handler["dynamic_upstreams"]
+    handler["upstreams"] = [{"dial": "10.0.0.5:8080"}]
+    state = dynamic_state()
+    state["pools"][0]["membership"] = "json"
+    report = build_report(
+        caddy_admin="http://127.0.0.1:2019",
+        caddy_server="labelsync",
+        routes=[route],
+        upstreams=[],
+        caddy_health=None,
+        snapshot=snap(state),
+    )
+    assert report_json(report)["pools"][0]["upstreams"] == "static"
+    assert "static (outside the dynamic budget: members in Caddy's JSON)" in render_table(report)
