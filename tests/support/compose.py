@@ -98,21 +98,30 @@ class ComposeStack:
 
     def __init__(
         self,
-        compose_file: Path,
+        compose_file: Path | list[Path],
         images: StackImages,
         node_id: str,
         *,
         services: Mapping[str, Mapping[str, Any]] | None = None,
+        top_level: Mapping[str, Any] | None = None,
         prefix: str = "lsdeploy",
+        label_prefix: str | None = None,
+        network_names: Mapping[str, str] | None = None,
     ) -> None:
-        """`services`: extra override entries per service, merged into the stand-ins."""
-        self.compose_file = compose_file
+        """`compose_file`: the user's file, or several (`-f` each, in order). `services`:
+        extra override entries per service, merged into the stand-ins; `top_level`: more
+        top-level override keys (`configs`, ...). A recipe that joins another stack's
+        network passes that stack's `label_prefix` and `network_names` (`{"edge": ...}`)."""
+        self.compose_files = compose_file if isinstance(compose_file, list) else [compose_file]
+        self.compose_file = self.compose_files[0]
         self.images = images
         self.project = f"{prefix}-{short_uuid()}"
         # labelsync reads every container of the engine, other tests' too: the stack's
         # labelsync and its apps use a label prefix of their own (LABELSYNC_LABEL_PREFIX).
-        self.label_prefix = self.project.replace("-", "")
-        self.edge_network = f"{self.project}-edge"
+        self.label_prefix = label_prefix or self.project.replace("-", "")
+        self._network_names = dict(network_names or {})
+        self._top_level = dict(top_level or {})
+        self.edge_network = self._network_names.get("edge", f"{self.project}-edge")
         self._workdir = tempfile.TemporaryDirectory(prefix=f"{self.project}-")
         self.override_file = Path(self._workdir.name) / "override.yaml"
         LOG_DIR.mkdir(exist_ok=True)
@@ -121,14 +130,30 @@ class ComposeStack:
         self._extra = {name: dict(entry) for name, entry in (services or {}).items()}
         self.client = docker.from_env(timeout=60)
         self.override = self._override()
+        self.write_override()
+
+    @property
+    def test_labels(self) -> dict[str, str]:
+        """The labels the session sweep knows this run's objects by."""
+        return dict(self._labels)
+
+    def write_override(self) -> None:
+        """Write `self.override` (again, after a test changed it) to the override file."""
         self.override_file.write_text(yaml.dump(self.override, Dumper=Override, sort_keys=False))
 
     # -- the override ----------------------------------------------------------------------
 
     def user_config(self) -> dict[str, Any]:
-        loaded = yaml.safe_load(self.compose_file.read_text())
-        assert isinstance(loaded, dict)
-        return loaded
+        """The user's files merged the way this module needs: services and networks, each
+        later file's keys over the earlier ones'."""
+        merged: dict[str, Any] = {"services": {}, "networks": {}}
+        for path in self.compose_files:
+            loaded = yaml.safe_load(path.read_text())
+            assert isinstance(loaded, dict), path
+            for name, spec in (loaded.get("services") or {}).items():
+                merged["services"][name] = {**merged["services"].get(name, {}), **spec}
+            merged["networks"].update(loaded.get("networks") or {})
+        return merged
 
     def _override(self) -> dict[str, Any]:
         user = self.user_config()
@@ -157,13 +182,14 @@ class ComposeStack:
         override: dict[str, Any] = {"services": services}
         networks = user.get("networks") or {}
         named = {
-            net: {"name": f"{self.project}-{net}"}
+            net: {"name": self._network_names.get(net, f"{self.project}-{net}")}
             for net, spec in networks.items()
             if isinstance(spec, dict) and "name" in spec
         }
         if named:
             override["networks"] = named
             self.edge_network = named.get("edge", {}).get("name", self.edge_network)
+        override.update(self._top_level)
         return override
 
     def _own_labels(self, spec: Mapping[str, Any]) -> dict[str, Any]:
@@ -194,8 +220,7 @@ class ComposeStack:
             *compose_command(),
             "-p",
             self.project,
-            "-f",
-            str(self.compose_file),
+            *(arg for path in self.compose_files for arg in ("-f", str(path))),
             "-f",
             str(self.override_file),
             *args,

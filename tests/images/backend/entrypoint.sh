@@ -5,7 +5,8 @@
 #   HEALTHY     "0" starts with /health failing (default 1)
 #   STOP_DELAY  seconds to keep serving after SIGTERM (default 0), to model graceful shutdown
 # Paths: any path -> 200 "<name>"; /health -> 200 while /www/health exists, else 503;
-# /slow?N -> sleeps N seconds first; /status/CODE -> answers CODE.
+# /slow?N -> sleeps N seconds first; /status/CODE -> answers CODE; with /www/delay holding
+# N, every path but /health waits N seconds first.
 # busybox httpd cannot answer 200 on arbitrary paths (404 for missing files, CGI only under
 # /cgi-bin/), so each connection is handed to handler.sh by `nc -ll -e`, which forks per
 # connection: a slow request never blocks the others.

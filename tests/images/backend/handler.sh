@@ -29,6 +29,10 @@ esac
 
 status="200 OK"
 body="$NAME"
+# A replica made slow on purpose (`echo 2 > /www/delay`): every path but /health waits.
+if [ -f /www/delay ] && [ "$path" != /health ]; then
+  sleep "$(cat /www/delay)"
+fi
 case "$path" in
   /health)
     if [ -f /www/health ]; then
