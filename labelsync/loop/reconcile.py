@@ -486,11 +486,13 @@ class Reconciler:
                 continue
             current = list(server.get("routes") or [])
             target = make(current)
+            # Routes Caddy holds equal to desired ones become those very objects: this
+            # diff, the next ones, and the adoption after the write compare them by
+            # identity (one deep comparison per read, not three).
+            current = adopt_equal(current, target)
             operations = diff_routes(current, target)
             if not operations:
-                # Known routes equal to desired ones are those very objects: the next
-                # diff compares the pools a change did not touch by identity.
-                self._known_routes = adopt_equal(current, target)
+                self._known_routes = current
                 return None
             try:
                 await self.caddy.apply(name, current, operations, etag)
