@@ -4,6 +4,7 @@ Everything between the snapshot and the admin requests is the pure core; this mo
 only decides *when* to run it and what to do when an edge is unavailable:
 
 - bursts coalesce: a quiet window of `debounce`, never longer than `debounce_max`;
+  inside a burst of writes, longer ones (`coalesce.py`);
 - a container leaves on the first of kill/stop/die/pause/destroy, before Docker's
   listing says so, and membership is re-published at once (no debounce); a container
   that joins (start, unpause, a health status) is published after one listing, also
@@ -35,7 +36,7 @@ from loguru import logger
 
 from labelsync.caddy.diff import adopt_equal, diff_routes, owned_routes, refresh_fallbacks
 from labelsync.caddy.listen import for_caddy_http_port, listen_plan, port_mismatch
-from labelsync.caddy.operations import DeleteRoute, Operation, apply_operations
+from labelsync.caddy.operations import DeleteRoute, Operation, ReplaceUpstreams, apply_operations
 from labelsync.caddy.render import RenderMemo, RenderOptions, render_routes
 from labelsync.core.changes import describe_changes
 from labelsync.core.events import DockerEvent, EventKind
@@ -51,6 +52,7 @@ from labelsync.errors import (
     DockerUnavailable,
 )
 from labelsync.loop.caddy_watch import watch_caddy
+from labelsync.loop.coalesce import FILL_DELAY, Coalescer, only_fallbacks_differ
 from labelsync.loop.ports import (
     CaddyWriter,
     ContainerSource,
@@ -211,6 +213,10 @@ class Reconciler:
         self._budget_handle: asyncio.TimerHandle | None = None
         self._quarantine = Quarantine()  # single routes Caddy refused (quarantine.py)
         self._new_refusals: list[Held] = []
+        self._coalescer = Coalescer(settings.debounce_seconds, settings.debounce_max_seconds)
+        self._fill_handle: asyncio.TimerHandle | None = None
+        self._fill_due = False  # the next write may carry fallback lists alone
+        self._shape_writes = 0  # writes that changed pool shapes (coalesce.py)
         self._joining: asyncio.Task[None] | None = None  # see `_publish_joins_soon`
         self._join_again = False
         self._publications = 0  # membership publishes by syncs and joins
@@ -237,6 +243,7 @@ class Reconciler:
             return
         action = event.verb
         if event.container_id and action in LEAVE_ACTIONS:
+            self._coalescer.urgent = True  # static members must leave Caddy soon
             if event.container_id not in self._leaving:
                 self._leaving.add(event.container_id)
                 self._publish_fast()
@@ -436,12 +443,13 @@ class Reconciler:
         for route_id in self._quarantine.release_changed(routes):
             logger.info(f"route {route_id} changed since Caddy refused it; trying it again")
         known = self._known_routes
-        if (
-            not verify
-            and known is not None
-            and not diff_routes(known, self._quarantine.hold_back(known, routes))
-        ):
-            return []
+        if not verify and known is not None:
+            wanted = self._quarantine.hold_back(known, routes)
+            if not diff_routes(known, wanted):
+                return []
+            if not self._fill_due and only_fallbacks_differ(known, wanted):
+                self._fill_fallbacks_later()  # they serve nobody while labelsync runs
+                return []
         self._known_routes = None
         written: list[Operation] = []
         refusal = await self._write(lambda now: self._quarantine.hold_back(now, routes), written)
@@ -465,6 +473,17 @@ class Reconciler:
         if again is not None:
             raise again[0]
         return written
+
+    def _fill_fallbacks_later(self) -> None:
+        """A sync `FILL_DELAY` after the last change, that writes the fallback lists."""
+        if self._fill_handle is not None:
+            self._fill_handle.cancel()
+        self._fill_handle = asyncio.get_running_loop().call_later(FILL_DELAY, self._fill_now)
+
+    def _fill_now(self) -> None:
+        self._fill_handle = None
+        self._fill_due = True
+        self.notify()
 
     async def _write_refusal(
         self, make: Callable[[list[dict[str, Any]]], list[dict[str, Any]]], written: list[Operation]
@@ -505,6 +524,9 @@ class Reconciler:
                 return exc, current, target
             self._known_routes = adopt_equal(apply_operations(current, operations), target)
             self.state.admin_writes += 1
+            self._fill_due = False
+            if any(not isinstance(op, ReplaceUpstreams) for op in operations):
+                self._shape_writes += 1
             written.extend(operations)
             return None
         raise CaddyConflict(f"config kept changing under us ({CONFLICT_RETRIES} tries)")
@@ -535,6 +557,10 @@ class Reconciler:
             return 0
         current = list(server.get("routes") or [])
         rendered = self._rendered_desired or self.state.desired
+        if self.state.containers:
+            # The freshest view: joins are published from listings between syncs, and
+            # the fallback lists may have been left for later (coalesce.py).
+            rendered = self._build(self.state.containers)
         routes = render_routes(rendered, render_options(self.settings, self.json_pools))
         operations = refresh_fallbacks(current, routes)
         if operations:
@@ -557,6 +583,9 @@ class Reconciler:
         if self._budget_handle is not None:
             self._budget_handle.cancel()
             self._budget_handle = None
+        if self._fill_handle is not None:
+            self._fill_handle.cancel()
+            self._fill_handle = None
         if self._joining is not None:
             self._joining.cancel()
 
@@ -584,14 +613,17 @@ class Reconciler:
 
     # --- the loops --------------------------------------------------------------------
     async def _debounced_syncs(self) -> None:
-        quiet = self.settings.debounce_seconds
-        longest = self.settings.debounce_max_seconds
+        coalescer = self._coalescer
         while True:
             await self._dirty.wait()
-            deadline = time.monotonic() + longest
+            started = time.monotonic()
+            coalescer.quiet = self.settings.debounce_seconds
+            coalescer.longest = self.settings.debounce_max_seconds
             while True:
                 self._dirty.clear()
-                remaining = deadline - time.monotonic()
+                # Recomputed each time: a leave makes a burst's wait short (`urgent`).
+                quiet, longest = coalescer.windows(started)
+                remaining = started + longest - time.monotonic()
                 if remaining <= 0:
                     break
                 # Not asyncio.wait_for: on Python 3.11 it swallows a cancellation that
@@ -603,7 +635,9 @@ class Reconciler:
                 except TimeoutError:
                     break
             self._dirty.clear()
+            shaped = self._shape_writes
             await self._observed_sync()
+            coalescer.synced(time.monotonic(), shaped=self._shape_writes > shaped)
 
     async def _observed_sync(self) -> None:
         """`sync_once`, timed and reported to the observers."""

@@ -7,6 +7,8 @@ routes come back although the resync is a minute away, no request fails.
 
 from __future__ import annotations
 
+import concurrent.futures
+import re
 import shutil
 import tempfile
 import time
@@ -233,3 +235,37 @@ def test_a_resolver_on_a_unix_socket_refuses_at_once_when_labelsync_is_gone(
         assert slowest < 2.5, f"a request took {slowest:.2f}s"
     finally:
         shutil.rmtree(directory, ignore_errors=True)
+
+
+def test_a_stack_started_at_dockers_pace_is_written_in_a_few_writes(
+    start_daemon: StartDaemon, backend: StartBackend, make_host: Callable[[str], str]
+) -> None:
+    """Seed (issue 11, item 5): 30 containers in 6 new pools, started together (Docker
+    takes several seconds for them here, as for `docker compose up`): the loop sees a
+    burst and waits for quiet before writing, and the fallback lists wait for its end;
+    before, each new pool cost a write of its own and another for its fallback list.
+    Every container answers; the admin writes (from the log) stay at most one per pool
+    and are printed."""
+    scenario = Scenario(start_daemon, "dynamic")
+    daemon = scenario.daemon
+    hosts = [make_host(f"p{index}") for index in range(6)]
+    logged = len(daemon.logs())
+    with concurrent.futures.ThreadPoolExecutor(max_workers=10) as pool:
+        handles = list(
+            pool.map(
+                lambda index: backend(
+                    labels=scenario.labels({"host": hosts[index % 6], "lb.policy": "round_robin"}),
+                    wait_listening=False,
+                ),
+                range(30),
+            )
+        )
+    for index, host in enumerate(hosts):
+        wait_routed(daemon, host, {h.name for h in handles[index::6]}, timeout=30)
+    time.sleep(2.5)  # the fallback lists, written once the burst is over
+    # One applied sync that changed Caddy is one admin write (several operations go as
+    # one PATCH of the routes list).
+    writes = len(re.findall(r"writes=[1-9]", daemon.logs()[logged:]))
+    print(f"\n30 containers, 6 new pools at Docker's pace: {writes} admin writes")
+    assert writes <= 6, daemon.logs()[logged:][-3000:]
+    assert all(daemon.fallbacks().values()), "a fallback list was never filled"
