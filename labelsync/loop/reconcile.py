@@ -206,10 +206,12 @@ class Reconciler:
         self._caddy_backoff = CADDY_BACKOFF[0]
         self._retry_handle: asyncio.TimerHandle | None = None
         self._refused_routes: list[dict[str, Any]] | None = None  # held back until they change
-        # Dynamic mode past the budget: pools whose members the JSON carries, as rendered
-        # and as last rendered (`refresh_fallbacks` renders the same).
+        # Dynamic mode past the budget: the pools whose members the JSON carries, as
+        # last rendered (`refresh_fallbacks` renders the same).
         self.json_pools: frozenset[str] = frozenset()
-        self._rendered_desired: DesiredState | None = None
+        # The last membership handed to the resolver (a sync, a fast leave or join):
+        # what the fallback lists must match on the way out.
+        self._published: DesiredState | None = None
         self._budget_handle: asyncio.TimerHandle | None = None
         self._quarantine = Quarantine()  # single routes Caddy refused (quarantine.py)
         self._new_refusals: list[Held] = []
@@ -279,7 +281,8 @@ class Reconciler:
                 # A sync that published meanwhile saw at least as much: leave it at that.
                 if self.membership is not None and published == self._publications:
                     self.state.containers = containers
-                    self.membership.publish(self._build(containers))
+                    self._published = self._build(containers)
+                    self.membership.publish(self._published)
                     self._publications += 1
                 if not self._join_again:
                     return
@@ -290,8 +293,8 @@ class Reconciler:
         """Withdraw leaving containers from the resolver now, from the last snapshot."""
         if self.membership is None or not self.state.containers:
             return
-        desired = self._build(self.state.containers)
-        self.membership.publish(desired)
+        self._published = self._build(self.state.containers)
+        self.membership.publish(self._published)
 
     def routes_of(self, container: ContainerInfo) -> tuple[Route, ...]:
         """The routes `container`'s labels give (from the parse memo: no re-parse)."""
@@ -335,6 +338,7 @@ class Reconciler:
         self._log_new_problems(desired.problems)
         rendered, json_pools = desired, frozenset[str]()
         if self.membership is not None:
+            self._published = desired
             self.membership.publish(desired)
             self._publications += 1
             rendered, json_pools, next_change = self.membership.channels(desired, time.monotonic())
@@ -370,7 +374,7 @@ class Reconciler:
             self.state.desired, operations
         )
         self.state.desired = desired
-        self.json_pools, self._rendered_desired = json_pools, rendered
+        self.json_pools = json_pools
         if changes or operations:
             took = f" in {latency * 1000:.0f} ms" if latency is not None else ""
             what = "; ".join(changes) or "restored routes in Caddy"
@@ -548,20 +552,21 @@ class Reconciler:
         """Write current members as the fallback of dynamic routes; the writes sent.
 
         For shutdown: afterwards Caddy cannot reach the resolver and dials the fallback.
+        The members are those last published to the resolver: a join or leave published
+        without the debounce may not have had its sync yet.
         """
-        if self.state.desired is None or self.settings.upstreams != "dynamic":
+        desired = self._published or self.state.desired
+        if desired is None or self.settings.upstreams != "dynamic":
             return 0
         name = self.settings.caddy_server
         server, etag = await self.caddy.server(name)
         if server is None:
             return 0
         current = list(server.get("routes") or [])
-        rendered = self._rendered_desired or self.state.desired
-        if self.state.containers:
-            # The freshest view: joins are published from listings between syncs, and
-            # the fallback lists may have been left for later (coalesce.py).
-            rendered = self._build(self.state.containers)
-        routes = render_routes(rendered, render_options(self.settings, self.json_pools))
+        # The freshest view (joins and leaves are published between syncs, and the
+        # fallback lists may have been left for later, coalesce.py). Pools outside the
+        # dynamic budget render without dynamic upstreams: left alone.
+        routes = render_routes(desired, render_options(self.settings, self.json_pools))
         operations = refresh_fallbacks(current, routes)
         if operations:
             await self.caddy.apply(name, current, operations, etag)
