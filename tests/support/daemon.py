@@ -19,6 +19,8 @@ from typing import Any
 
 import httpx
 
+from labelsync.loop.coalesce import FILL_DELAY
+
 from .caddy import ADMIN_LIMITS, LOG_DIR, CaddyProcess, free_port
 from .waiting import wait_until
 
@@ -197,12 +199,13 @@ class Daemon:
         self._client.close()
 
 
-def wait_settled(daemon: Daemon, *, quiet: float = 0.5, timeout: float = 10.0) -> None:
+def wait_settled(daemon: Daemon, *, quiet: float = FILL_DELAY + 0.5, timeout: float = 15.0) -> None:
     """Wait until Caddy's config has not changed for `quiet` seconds.
 
-    A join is routed (through the resolver) before the debounced sync after it lands,
-    and that sync may still write: a pool's first member fills its empty fallback list.
-    Tests that compare Caddy's config before and after something wait for it first.
+    A join is routed (through the resolver) before the sync after it lands, and a
+    later sync may still write: a pool's first member fills its empty fallback list
+    `FILL_DELAY` after the last change. Tests that compare Caddy's config before and
+    after something wait for it first.
     """
     deadline = time.monotonic() + timeout
     etag, since = daemon.config_etag(), time.monotonic()
