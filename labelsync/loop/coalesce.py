@@ -7,9 +7,9 @@ gaps are wider than 50 ms, so a fixed window wrote once per new pool (and the
 `debounce_max` cap forced a write every 500 ms besides).
 
 So the windows adapt to what the loop has just been doing. When the last two syncs each
-wrote a change of pool shapes (a route added, removed or changed, not just a member
-list), within `BURST_WINDOW` of each other, a stack is coming up and a burst is under
-way: the next sync waits for a quiet gap of
+wrote a change of pool shapes (a route added, removed or changed; in dynamic mode also a
+fallback list), within `BURST_WINDOW` of each other, a stack is coming up and a burst is
+under way: the next sync waits for a quiet gap of
 `BURST_QUIET` (longer than Docker's gaps between starts, short enough that the stack is
 routable within a second of its last start) and at most `BURST_LONGEST` while changes
 keep coming. A change alone, or the second of two, still gets the short window, and so
@@ -17,10 +17,15 @@ does a container leaving (`urgent`): in static mode its removal from Caddy's mem
 must not wait for the burst to end. In dynamic mode membership never waits for any of
 this: joins and leaves go to the resolver at once; only new pool shapes wait, and the
 fallback member list of a dynamic route (written when a pool gains its first member, for
-when labelsync is away) waits `FILL_DELAY` after the last change (`only_fallbacks_differ`):
-it serves no request while labelsync runs, and on SIGTERM labelsync mends any list that
-would not serve. Member-only writes (static mode) never start a burst: a change of
-members reaches Caddy after the short window, as a lone change does.
+when labelsync is away) is not worth a write of its own (`only_fallbacks_differ`): it
+serves no request while labelsync runs, and on SIGTERM labelsync mends any list that
+would not serve. It is written once the pools have not changed for `FILL_DELAY` (at most
+`BURST_LONGEST` after it was first left out), or with the next write. The price: a
+labelsync that crashes (SIGKILL, no SIGTERM) within that delay after a pool's first
+member leaves that pool's list empty, and the pool unserved until labelsync is back.
+Member-only
+writes (static mode) never start a burst: a change of members reaches Caddy after the
+short window, as a lone change does.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ from labelsync.core.model import JSON
 BURST_WINDOW = 2.0  # seconds: writes this close together make a burst
 BURST_QUIET = 0.5  # seconds of quiet that end a burst's wait
 BURST_LONGEST = 15.0  # seconds a burst's changes wait at most while changes keep coming
-FILL_DELAY = 2.0  # seconds of no shape write before fallback lists alone are written
+FILL_DELAY = 2.0  # seconds of quiet syncs before fallback lists alone are written
 
 
 @dataclass

@@ -52,7 +52,12 @@ from labelsync.errors import (
     DockerUnavailable,
 )
 from labelsync.loop.caddy_watch import watch_caddy
-from labelsync.loop.coalesce import FILL_DELAY, Coalescer, only_fallbacks_differ
+from labelsync.loop.coalesce import (
+    BURST_LONGEST,
+    FILL_DELAY,
+    Coalescer,
+    only_fallbacks_differ,
+)
 from labelsync.loop.ports import (
     CaddyWriter,
     ContainerSource,
@@ -218,6 +223,8 @@ class Reconciler:
         self._coalescer = Coalescer(settings.debounce_seconds, settings.debounce_max_seconds)
         self._fill_handle: asyncio.TimerHandle | None = None
         self._fill_due = False  # the next write may carry fallback lists alone
+        self._fill_since = 0.0
+        self._last_change = 0.0  # when a sync last changed what labelsync wants
         self._shape_writes = 0  # writes that changed pool shapes (coalesce.py)
         self._joining: asyncio.Task[None] | None = None  # see `_publish_joins_soon`
         self._join_again = False
@@ -373,6 +380,8 @@ class Reconciler:
         changes = describe_changes(self.state.desired, desired) + _stale_removals(
             self.state.desired, operations
         )
+        if changes:
+            self._last_change = time.monotonic()
         self.state.desired = desired
         self.json_pools = json_pools
         if changes or operations:
@@ -479,12 +488,19 @@ class Reconciler:
         return written
 
     def _fill_fallbacks_later(self) -> None:
-        """A sync `FILL_DELAY` after the last change, that writes the fallback lists."""
+        """Write the fallback lists once labelsync's pools have not changed for
+        `FILL_DELAY` (at most `BURST_LONGEST` after the first one was left out)."""
         if self._fill_handle is not None:
-            self._fill_handle.cancel()
+            return
+        self._fill_since = time.monotonic()
         self._fill_handle = asyncio.get_running_loop().call_later(FILL_DELAY, self._fill_now)
 
     def _fill_now(self) -> None:
+        now = time.monotonic()
+        active = now - self._last_change < FILL_DELAY
+        if active and now - self._fill_since < BURST_LONGEST:
+            self._fill_handle = asyncio.get_running_loop().call_later(FILL_DELAY, self._fill_now)
+            return
         self._fill_handle = None
         self._fill_due = True
         self.notify()
@@ -529,7 +545,10 @@ class Reconciler:
             self._known_routes = adopt_equal(apply_operations(current, operations), target)
             self.state.admin_writes += 1
             self._fill_due = False
-            if any(not isinstance(op, ReplaceUpstreams) for op in operations):
+            # A burst is built by shape writes, and in dynamic mode by fallback lists too
+            # (the only member lists written there): those wait while it lasts.
+            dynamic = self.settings.upstreams == "dynamic"
+            if dynamic or any(not isinstance(op, ReplaceUpstreams) for op in operations):
                 self._shape_writes += 1
             written.extend(operations)
             return None

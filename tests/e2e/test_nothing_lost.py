@@ -206,6 +206,8 @@ def test_a_resolver_on_a_unix_socket_refuses_at_once_when_labelsync_is_gone(
         web = backend(labels={f"{prefix}.host": unique_host})
         wait_routed(daemon, unique_host, {web.name})
         daemon.wait_log(r"Caddy reaches the resolver at unix://")
+        # The fallback list is written once the loop has been quiet for 2 s (coalesce.py).
+        wait_until(lambda: all(daemon.fallbacks().values()), timeout=10, message="fallback")
         resolver = daemon.shapes()[0]["handle"][0]["dynamic_upstreams"]["resolver"]
         assert resolver == {"addresses": [f"unix/{directory}/dns.sock"]}
         statuses: list[int | str] = []
@@ -244,8 +246,8 @@ def test_a_stack_started_at_dockers_pace_is_written_in_a_few_writes(
     takes several seconds for them here, as for `docker compose up`): the loop sees a
     burst and waits for quiet before writing, and the fallback lists wait for its end;
     before, each new pool cost a write of its own and another for its fallback list.
-    Every container answers; the admin writes (from the log) stay at most one per pool
-    and are printed."""
+    Every container answers, every fallback list gets filled, and the admin writes (from
+    the log, fallback lists included) stay at most one per pool; they are printed."""
     scenario = Scenario(start_daemon, "dynamic")
     daemon = scenario.daemon
     hosts = [make_host(f"p{index}") for index in range(6)]
@@ -262,10 +264,10 @@ def test_a_stack_started_at_dockers_pace_is_written_in_a_few_writes(
         )
     for index, host in enumerate(hosts):
         wait_routed(daemon, host, {h.name for h in handles[index::6]}, timeout=30)
-    time.sleep(2.5)  # the fallback lists, written once the burst is over
+    # The fallback lists, written once the loop has been quiet for 2 s (coalesce.py).
+    wait_until(lambda: all(daemon.fallbacks().values()), timeout=20, message="fallbacks")
     # One applied sync that changed Caddy is one admin write (several operations go as
     # one PATCH of the routes list).
     writes = len(re.findall(r"writes=[1-9]", daemon.logs()[logged:]))
     print(f"\n30 containers, 6 new pools at Docker's pace: {writes} admin writes")
     assert writes <= 6, daemon.logs()[logged:][-3000:]
-    assert all(daemon.fallbacks().values()), "a fallback list was never filled"
