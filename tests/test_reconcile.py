@@ -360,6 +360,9 @@ async def test_a_refused_route_is_quarantined_and_every_other_change_applied(
     assert await reconciler.sync_once() == SyncResult.APPLIED
     assert "later.test" in hosts_of(memory, reconciler.settings)
     assert len([m for m in errors_logged if "refused" in m]) == 1
+    reconciler.retry_refused()  # SIGHUP: tried again, refused again, one more ERROR
+    assert await reconciler.sync_once() == SyncResult.CADDY_REFUSED
+    assert len([m for m in errors_logged if "refused" in m]) == 2
     listing.containers[1] = container("bad", "bad.test", **{"lb.policy": "cookie", "lb.key": "ok+"})
     assert await reconciler.sync_once() == SyncResult.APPLIED  # changed labels: tried again
     assert "bad.test" in hosts_of(memory, reconciler.settings)

@@ -214,6 +214,7 @@ def _reload_settings(
         static.reload()
     for reconciler in reconcilers:
         reconciler.settings = merged
+        reconciler.retry_refused()  # e.g. after an upgrade of Caddy
         reconciler.verify_next()
     logger.info("SIGHUP: settings and static file reloaded; resyncing")
     return merged

@@ -443,6 +443,11 @@ class Reconciler:
         owned = owned_routes(self._known_routes or [])
         return str(owned[0]["@id"]) if owned else None
 
+    def retry_refused(self) -> None:
+        """Forget the quarantine: the next sync sends the refused routes again (SIGHUP)."""
+        self._quarantine.clear()
+        self._refused_routes = None
+
     def verify_next(self) -> None:
         """Read Caddy on the next sync even if nothing is to be written (drift, restarts)."""
         self._verify = True
