@@ -322,6 +322,46 @@ def ensure_labelsync(client: docker.DockerClient, python: str) -> tuple[str, flo
     return reference, time.monotonic() - started
 
 
+SYSTEMD_DOCKERFILE = """\
+FROM {python}
+RUN apt-get update -qq \\
+    && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \\
+       systemd systemd-sysv >/dev/null \\
+    && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
+COPY pyproject.toml README.md /src/
+RUN mkdir labelsync && touch labelsync/__init__.py && python -m venv /opt/labelsync \\
+    && /opt/labelsync/bin/pip install -q --no-cache-dir . \\
+    && /opt/labelsync/bin/pip uninstall -q -y labelsync && rm -rf labelsync build *.egg-info
+COPY labelsync /src/labelsync
+RUN /opt/labelsync/bin/pip install -q --no-cache-dir --no-deps . && cd / && rm -rf /src
+COPY systemd/labelsync.service systemd/labelsync-caddy.service /etc/systemd/system/
+COPY systemd/caddy.json systemd/labelsync.env /etc/labelsync/
+RUN useradd --system --no-create-home --home-dir /nonexistent labelsync \\
+    && groupadd --system docker
+STOPSIGNAL SIGRTMIN+3
+CMD ["/lib/systemd/systemd"]
+"""
+
+
+def ensure_systemd(client: docker.DockerClient, python: str) -> tuple[str, float]:
+    """systemd as PID 1 on the Debian stand-in, with labelsync installed as systemd/'s
+    units expect it (/opt/labelsync, /etc/labelsync, a `labelsync` user)."""
+    dockerfile = SYSTEMD_DOCKERFILE.format(python=python)
+    files = {"Dockerfile": dockerfile.encode()}
+    for path in labelsync_build_inputs()[1:] + sorted((REPO_ROOT / "systemd").iterdir()):
+        files[str(path.relative_to(REPO_ROOT))] = path.read_bytes()
+    digest = hashlib.sha256()
+    for name, data in sorted(files.items()):
+        digest.update(name.encode() + b"\0" + data)
+    reference = f"{REPOSITORY}/systemd:{_digest(digest.hexdigest())}"
+    if _exists(client, reference):
+        return reference, 0.0
+    started = time.monotonic()
+    _build_from_context(client, reference, files)
+    return reference, time.monotonic() - started
+
+
 def ensure_stack_images(client: docker.DockerClient, test_images: TestImages) -> StackImages:
     """Build (or reuse) every stand-in image; old tags of this recipe are pruned."""
     seconds: dict[str, float] = {}
