@@ -124,6 +124,13 @@ def test_dashboard_shows_pools_members_and_why_and_follows_changes(
         )
 
     watch(browser, ready, "the app pool with two healthy members")
+
+    def explained(page: dict[str, Any]) -> bool:
+        # The last containers started may reach the page a sync after the app pool.
+        unrouted = set(page["unrouted"])
+        return {typo.name, off.name} <= unrouted and api_backend.name not in unrouted
+
+    watch(browser, explained, "the typo and enable=false containers listed as not routed")
     page = view(browser)
     app_pool, api_pool = pool_with(page, app), pool_with(page, api)
     assert app_pool is not None and api_pool is not None

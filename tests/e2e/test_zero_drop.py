@@ -15,7 +15,7 @@ from datetime import datetime
 
 from tests.e2e.conftest import StartDaemon
 from tests.support.containers import ContainerHandle
-from tests.support.daemon import Daemon, wait_routed
+from tests.support.daemon import Daemon, wait_routed, wait_settled
 from tests.support.load import Load, LoadResult
 from tests.support.scenario import Scenario
 from tests.support.waiting import wait_until
@@ -83,6 +83,8 @@ def measure_rolling_update(
     daemon, labels = scenario.daemon, service_labels(scenario, host)
     replicas = [backend(labels=labels, env=DRAIN) for _ in range(REPLICAS)]
     wait_routed(daemon, host, {r.name for r in replicas})
+    if mode == "dynamic":
+        wait_settled(daemon)  # the pool's first fallback list is written before the load
     with Load(
         daemon.url, host, clients=CLIENTS, max_seconds=LOAD_SECONDS, max_requests=LOAD_REQUESTS
     ) as load:
@@ -140,6 +142,7 @@ def test_restarting_labelsync_under_load_drops_no_request(
     daemon = scenario.daemon
     replicas = [backend(labels=service_labels(scenario, unique_host)) for _ in range(REPLICAS)]
     wait_routed(daemon, unique_host, {r.name for r in replicas})
+    wait_settled(daemon)  # the pool's first fallback list is written before the load
     shapes = daemon.shapes()
     with Load(
         daemon.url,
