@@ -28,6 +28,10 @@ from labelsync.core.durations import parse_duration
 
 # Where `LABELSYNC_CADDY_ADMIN=auto` (and `labelsync status`) look for a running Caddy first.
 DEFAULT_CADDY_ADMIN = "http://localhost:2019"
+# The admin socket of `systemd/labelsync-caddy.service` (the production shape).
+CADDY_UNIT_ADMIN = "unix:///run/labelsync-caddy/admin.sock"
+# What `LABELSYNC_CADDY_ADMIN=auto` tries, in order, before starting the bundled Caddy.
+AUTO_CADDY_ADMINS = (DEFAULT_CADDY_ADMIN, CADDY_UNIT_ADMIN)
 
 
 @functools.lru_cache(maxsize=64)

@@ -18,7 +18,7 @@ from labelsync.caddy.embedded import EmbeddedCaddy, default_runtime_dir
 from labelsync.caddy.operations import AddRoute
 from labelsync.caddy.render import render_server
 from labelsync.errors import CaddyUnavailable
-from tests.support.caddy import free_port
+from tests.support.caddy import CaddyProcess, free_port
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -214,3 +214,18 @@ async def test_default_runtime_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Pa
     private = default_runtime_dir()
     assert private.parent == tmp_path and private.name.startswith("labelsync-")
     assert stat.S_IMODE(private.stat().st_mode) == 0o700
+
+
+async def test_auto_uses_the_first_caddy_that_answers(
+    monkeypatch: pytest.MonkeyPatch, caddy: CaddyProcess
+) -> None:
+    """`LABELSYNC_CADDY_ADMIN=auto` tries localhost:2019, then labelsync-caddy.service's
+    socket, and starts the bundled Caddy only when neither answers (production: the Caddy
+    unit must not be shadowed by a bundled Caddy clashing on its ports)."""
+    from labelsync.app import daemon
+
+    nobody = f"http://127.0.0.1:{free_port()}"
+    monkeypatch.setattr(daemon, "AUTO_CADDY_ADMINS", (nobody, caddy.admin_url))
+    assert await daemon._auto_endpoints() == [caddy.admin_url]
+    monkeypatch.setattr(daemon, "AUTO_CADDY_ADMINS", (nobody,))
+    assert await daemon._auto_endpoints() == ["embedded"]

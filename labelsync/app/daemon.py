@@ -32,7 +32,7 @@ from labelsync.report.observability import Observability
 from labelsync.report.sdnotify import SystemdNotifier
 from labelsync.report.snapshot import LiveView
 from labelsync.report.state_file import state_file_path
-from labelsync.settings import DEFAULT_CADDY_ADMIN, Settings, load_settings
+from labelsync.settings import AUTO_CADDY_ADMINS, Settings, load_settings
 from labelsync.sources.docker import DockerSource
 from labelsync.sources.static import StaticFile
 
@@ -58,12 +58,7 @@ async def caddy_endpoints(
     """
     wanted = [e.strip() for e in settings.caddy_admin.split(",") if e.strip()]
     if wanted == ["auto"]:
-        if await answers(DEFAULT_CADDY_ADMIN):
-            logger.info(f"using the Caddy answering at {DEFAULT_CADDY_ADMIN}")
-            wanted = [DEFAULT_CADDY_ADMIN]
-        else:
-            logger.info(f"no Caddy answers at {DEFAULT_CADDY_ADMIN}; starting the bundled Caddy")
-            wanted = ["embedded"]
+        wanted = await _auto_endpoints()
     if "embedded" not in wanted:
         yield wanted
         return
@@ -95,6 +90,17 @@ async def caddy_endpoints(
         with contextlib.suppress(asyncio.CancelledError):
             await supervisor
         await embedded.stop()
+
+
+async def _auto_endpoints() -> list[str]:
+    """`auto`: the first Caddy that answers of AUTO_CADDY_ADMINS, else the bundled one."""
+    for endpoint in AUTO_CADDY_ADMINS:
+        if await answers(endpoint):
+            logger.info(f"using the Caddy answering at {endpoint}")
+            return [endpoint]
+    tried = ", ".join(AUTO_CADDY_ADMINS)
+    logger.info(f"no Caddy answers at {tried}; starting the bundled Caddy")
+    return ["embedded"]
 
 
 def _lock_runtime_dir(runtime_dir: Path) -> None:

@@ -41,7 +41,7 @@ from labelsync.report.status_report import (
     render_table,
     report_json,
 )
-from labelsync.settings import DEFAULT_CADDY_ADMIN, Settings
+from labelsync.settings import AUTO_CADDY_ADMINS, Settings
 
 
 def live_state(settings: Settings) -> tuple[Snapshot | None, list[str]]:
@@ -76,7 +76,7 @@ async def find_admin(settings: Settings, state: Snapshot | None) -> str:
         candidates = [daemon_endpoints[0]]
     else:
         sockets = [f"unix://{path}" for path in _embedded_sockets()]
-        candidates = sockets if wanted[:1] == ["embedded"] else [DEFAULT_CADDY_ADMIN, *sockets]
+        candidates = sockets if wanted[:1] == ["embedded"] else [*AUTO_CADDY_ADMINS, *sockets]
     for endpoint in candidates:
         if await answers(endpoint, timeout=2.0):
             return endpoint
