@@ -23,7 +23,7 @@ from labelsync.caddy.admin import CaddyAdmin
 from labelsync.caddy.diff import adopt_equal, diff_routes
 from labelsync.caddy.render import RenderMemo, render_routes
 from labelsync.core.pools import ParseMemo, build_desired
-from labelsync.loop.reconcile import render_options
+from labelsync.loop.build import render_options
 
 from .backends import loopback_backends
 from .rig import PREFIX, BenchCaddy, TimedAdmin, bench_settings, labelsync, running_caddy

@@ -96,7 +96,7 @@ def _daemon_settings(settings: Settings, args: argparse.Namespace) -> Settings:
 def cmd_render(settings: Settings, args: argparse.Namespace) -> int:
     from labelsync.caddy.listen import listen_plan, whole_config
     from labelsync.caddy.render import render_routes
-    from labelsync.loop.reconcile import build_from_settings, render_options
+    from labelsync.loop.build import build_from_settings, render_options
 
     settings = _daemon_settings(settings, args)
     containers = _running_containers(settings)
@@ -128,7 +128,7 @@ def _not_inspected(problem: Problem, uninspected: dict[str, str], prefix: str) -
 
 
 def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
-    from labelsync.loop.reconcile import build_from_settings
+    from labelsync.loop.build import build_from_settings
     from labelsync.sources.compose import compose_containers
 
     if not args.compose:

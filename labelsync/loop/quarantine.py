@@ -18,11 +18,11 @@ retries a refused route).
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
 
 from labelsync.caddy.diff import owned_routes
-from labelsync.core.model import JSON
+from labelsync.core.model import JSON, ContainerInfo, DesiredState
 from labelsync.errors import CaddyRefused
 
 # Given Caddy's routes as they are now: the routes to write.
@@ -142,3 +142,53 @@ class Quarantine:
 
     def clear(self) -> None:
         self._held.clear()
+
+
+# Caddy's error names the JSON field it choked on ("expect_body: compiling ..."): the label
+# that sets it, by the end of its key.
+CADDY_FIELD_LABELS = (
+    ("expect_body", "health.body"),
+    ("expect_status", "health.status"),
+    ("uri", "health.path"),
+    ("selection_policy", "lb.policy"),
+    ("try_duration", "lb.try_duration"),
+    ("try_interval", "lb.try_interval"),
+    ("dial_timeout", "timeout.dial"),
+    ("response_header_timeout", "timeout.response_header"),
+    ("fail_duration", "health.passive.fail_duration"),
+    ("unhealthy_latency", "health.passive.unhealthy_latency"),
+    ("unhealthy_status", "health.passive.unhealthy_status"),
+    ("server_name", "tls.server_name"),
+)
+
+
+def describe_refusal(
+    held: Held, desired: DesiredState, containers: Sequence[ContainerInfo], prefix: str
+) -> str:
+    """The ERROR line of a quarantined route: its pool, containers, the label(s) whose
+    value Caddy's reason quotes (else all of the pool's labels), and the reason."""
+    pool = next((p for p in desired.pools if p.shape.id == held.route_id), None)
+    names = sorted({m.container_name for m in pool.members}) if pool is not None else []
+    where = " ".join(pool.shape.hosts) + (pool.shape.path or "") if pool is not None else ""
+    reason = held.error.body or str(held.error)
+    labels = [
+        (key, value)
+        for container in containers
+        if container.name in names
+        for key, value in sorted(container.labels.items())
+        if key.startswith(f"{prefix}.")
+    ]
+    named = [
+        (k, v)
+        for k, v in labels
+        for field, suffix in CADDY_FIELD_LABELS
+        if f"{field}:" in reason and k.endswith(f".{suffix}")
+    ]
+    quoted = [(k, v) for k, v in labels if len(v.strip()) >= 2 and v.strip() in reason]
+    shown = ", ".join(f"{k}={v!r}" for k, v in dict(named or quoted or labels).items())
+    who = f"container(s) {', '.join(names)}" if names else "no running container"
+    return (
+        f"Caddy refused the route of pool {where} ({held.route_id}), {who}: {shown}: "
+        f"{reason}; that route stays as Caddy has it (or out) until its labels change, "
+        "every other change is applied"
+    )

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,12 +37,12 @@ from loguru import logger
 from labelsync.caddy.diff import adopt_equal, diff_routes, owned_routes, refresh_fallbacks
 from labelsync.caddy.listen import for_caddy_http_port, listen_plan, port_mismatch
 from labelsync.caddy.operations import DeleteRoute, Operation, ReplaceUpstreams, apply_operations
-from labelsync.caddy.render import RenderMemo, RenderOptions, render_routes
+from labelsync.caddy.render import RenderMemo, render_routes
 from labelsync.core.changes import describe_changes
 from labelsync.core.events import DockerEvent, EventKind
 from labelsync.core.model import ContainerInfo, DesiredState, Problem, Route
 from labelsync.core.outcomes import SyncResult
-from labelsync.core.pools import ParseMemo, build_desired
+from labelsync.core.pools import ParseMemo
 from labelsync.errors import (
     CaddyConflict,
     CaddyError,
@@ -51,6 +51,7 @@ from labelsync.errors import (
     CaddyUnavailable,
     DockerUnavailable,
 )
+from labelsync.loop.build import build_from_settings, render_options
 from labelsync.loop.caddy_watch import watch_caddy
 from labelsync.loop.coalesce import (
     BURST_LONGEST,
@@ -65,7 +66,7 @@ from labelsync.loop.ports import (
     StaticRoutes,
     SyncObserver,
 )
-from labelsync.loop.quarantine import Held, Quarantine, isolate, suspects
+from labelsync.loop.quarantine import Held, Quarantine, describe_refusal, isolate, suspects
 from labelsync.report.logs import log_problems
 from labelsync.settings import Settings
 
@@ -73,91 +74,6 @@ LEAVE_ACTIONS = frozenset({"kill", "stop", "die", "pause", "destroy"})
 JOIN_ACTIONS = frozenset({"start", "unpause"})
 CONFLICT_RETRIES = 5
 CADDY_BACKOFF = (0.25, 10.0)
-
-
-def build_from_settings(
-    settings: Settings,
-    containers: Iterable[ContainerInfo],
-    *,
-    problems: Sequence[Problem] = (),
-    withdrawn: Collection[str] = (),
-    memo: ParseMemo | None = None,
-) -> DesiredState:
-    """The core's build with the settings that shape it (the daemon, `render`, `check`);
-    `problems` found before the build (the static file's) come first."""
-    desired = build_desired(
-        containers,
-        prefix=settings.label_prefix,
-        default_network=settings.network,
-        dynamic=settings.upstreams == "dynamic",
-        withdrawn=withdrawn,
-        memo=memo,
-    )
-    if problems:
-        desired = DesiredState(desired.pools, (*problems, *desired.problems))
-    return desired
-
-
-# Caddy's error names the JSON field it choked on ("expect_body: compiling ..."): the label
-# that sets it, by the end of its key.
-CADDY_FIELD_LABELS = (
-    ("expect_body", "health.body"),
-    ("expect_status", "health.status"),
-    ("uri", "health.path"),
-    ("selection_policy", "lb.policy"),
-    ("try_duration", "lb.try_duration"),
-    ("try_interval", "lb.try_interval"),
-    ("dial_timeout", "timeout.dial"),
-    ("response_header_timeout", "timeout.response_header"),
-    ("fail_duration", "health.passive.fail_duration"),
-    ("unhealthy_latency", "health.passive.unhealthy_latency"),
-    ("unhealthy_status", "health.passive.unhealthy_status"),
-    ("server_name", "tls.server_name"),
-)
-
-
-def describe_refusal(
-    held: Held, desired: DesiredState, containers: Sequence[ContainerInfo], prefix: str
-) -> str:
-    """The ERROR line of a quarantined route: its pool, containers, the label(s) whose
-    value Caddy's reason quotes (else all of the pool's labels), and the reason."""
-    pool = next((p for p in desired.pools if p.shape.id == held.route_id), None)
-    names = sorted({m.container_name for m in pool.members}) if pool is not None else []
-    where = " ".join(pool.shape.hosts) + (pool.shape.path or "") if pool is not None else ""
-    reason = held.error.body or str(held.error)
-    labels = [
-        (key, value)
-        for container in containers
-        if container.name in names
-        for key, value in sorted(container.labels.items())
-        if key.startswith(f"{prefix}.")
-    ]
-    named = [
-        (k, v)
-        for k, v in labels
-        for field, suffix in CADDY_FIELD_LABELS
-        if f"{field}:" in reason and k.endswith(f".{suffix}")
-    ]
-    quoted = [(k, v) for k, v in labels if len(v.strip()) >= 2 and v.strip() in reason]
-    shown = ", ".join(f"{k}={v!r}" for k, v in dict(named or quoted or labels).items())
-    who = f"container(s) {', '.join(names)}" if names else "no running container"
-    return (
-        f"Caddy refused the route of pool {where} ({held.route_id}), {who}: {shown}: "
-        f"{reason}; that route stays as Caddy has it (or out) until its labels change, "
-        "every other change is applied"
-    )
-
-
-def render_options(settings: Settings, json_pools: frozenset[str] = frozenset()) -> RenderOptions:
-    """How the settings want pools rendered into Caddy's JSON."""
-    return RenderOptions(
-        upstreams=settings.upstreams,
-        resolver=settings.resolver_address,
-        resolver_refresh=settings.resolver_refresh,
-        stream_close_delay=settings.stream_close_delay,
-        dial_timeout=settings.dial_timeout or None,
-        json_pools=json_pools,
-    )
 
 
 @dataclass
