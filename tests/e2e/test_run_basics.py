@@ -9,7 +9,7 @@ import pytest
 from tests.e2e.conftest import StartDaemon
 from tests.support.caddy import CaddyProcess, free_port
 from tests.support.containers import short_uuid
-from tests.support.daemon import wait_routed
+from tests.support.daemon import wait_routed, wait_settled
 from tests.support.waiting import wait_until
 
 MODES = ["dynamic", "static"]
@@ -37,6 +37,8 @@ def test_scale_one_to_five_to_one(
     labels = {"labelsync.host": unique_host, "labelsync.lb.policy": "round_robin"}
     replicas = [backend(labels=labels)]
     wait_routed(daemon, unique_host, {replicas[0].name})
+    if mode == "dynamic":
+        wait_settled(daemon, filled={unique_host})  # the first member's fallback write
     etag = daemon.config_etag()
     replicas += [backend(labels=labels) for _ in range(4)]
     wait_routed(daemon, unique_host, {r.name for r in replicas})

@@ -84,7 +84,7 @@ def measure_rolling_update(
     replicas = [backend(labels=labels, env=DRAIN) for _ in range(REPLICAS)]
     wait_routed(daemon, host, {r.name for r in replicas})
     if mode == "dynamic":
-        wait_settled(daemon)  # the pool's first fallback list is written before the load
+        wait_settled(daemon, filled={host})  # the first fallback list, before the load
     with Load(
         daemon.url, host, clients=CLIENTS, max_seconds=LOAD_SECONDS, max_requests=LOAD_REQUESTS
     ) as load:
@@ -142,7 +142,7 @@ def test_restarting_labelsync_under_load_drops_no_request(
     daemon = scenario.daemon
     replicas = [backend(labels=service_labels(scenario, unique_host)) for _ in range(REPLICAS)]
     wait_routed(daemon, unique_host, {r.name for r in replicas})
-    wait_settled(daemon)  # the pool's first fallback list is written before the load
+    wait_settled(daemon, filled={unique_host})  # the first fallback list, before the load
     shapes = daemon.shapes()
     with Load(
         daemon.url,

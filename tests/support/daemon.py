@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Collection
 from typing import Any
 
 import httpx
@@ -199,24 +200,44 @@ class Daemon:
         self._client.close()
 
 
-def wait_settled(daemon: Daemon, *, quiet: float = FILL_DELAY + 0.5, timeout: float = 15.0) -> None:
-    """Wait until Caddy's config has not changed for `quiet` seconds.
+def wait_settled(
+    daemon: Daemon,
+    *,
+    filled: Collection[str] = (),
+    quiet: float = FILL_DELAY + 0.5,
+    timeout: float = 20.0,
+) -> None:
+    """Wait until the dynamic routes of the `filled` hosts have their fallback lists and
+    Caddy's config has not changed for `quiet` seconds.
 
     A join is routed (through the resolver) before the sync after it lands, and a
     later sync may still write: a pool's first member fills its empty fallback list
-    `FILL_DELAY` after the last change. Tests that compare Caddy's config before and
-    after something wait for it first.
+    once the loop has been quiet for `FILL_DELAY` (later while other pools the daemon
+    sees keep changing). Tests that compare Caddy's config before and after something,
+    or load it, wait for it first.
     """
     deadline = time.monotonic() + timeout
+
+    def unfilled() -> list[str]:
+        return [
+            str(route["@id"])
+            for route in daemon.routes()
+            if "dynamic_upstreams" in route["handle"][0]
+            and not route["handle"][0].get("upstreams")
+            and set(route.get("match", [{}])[0].get("host", ())) & set(filled)
+        ]
+
     etag, since = daemon.config_etag(), time.monotonic()
     while time.monotonic() < deadline:
         time.sleep(0.05)
         now = daemon.config_etag()
         if now != etag:
             etag, since = now, time.monotonic()
-        elif time.monotonic() - since >= quiet:
+        elif time.monotonic() - since >= quiet and not unfilled():
             return
-    raise AssertionError(f"Caddy's config kept changing for {timeout}s")
+    raise AssertionError(
+        f"Caddy's config kept changing for {timeout}s (fallback lists still empty: {unfilled()})"
+    )
 
 
 def wait_routed(
