@@ -21,7 +21,7 @@ import pytest
 from tests.e2e.conftest import StartDaemon
 from tests.support.caddy import CaddyProcess
 from tests.support.containers import ContainerHandle, short_uuid
-from tests.support.daemon import Daemon, wait_routed
+from tests.support.daemon import Daemon, wait_routed, wait_settled
 from tests.support.load import Load
 from tests.support.scenario import Scenario
 from tests.support.waiting import wait_until
@@ -112,6 +112,9 @@ def test_a_client_that_never_retries_sees_no_failure_through_sigterm(
     daemon.start()
     web = backend(labels={f"{prefix}.host": unique_host})
     wait_routed(daemon, unique_host, {web.name})
+    # The pool's first fallback list is written once the loop is quiet (coalesce.py);
+    # SIGTERM within that time writes it on the way out, a reload this test is not about.
+    wait_settled(daemon, filled={unique_host})
     statuses: list[int | str] = []
     slowest = 0.0
     with httpx.Client(trust_env=False, timeout=10.0) as client:

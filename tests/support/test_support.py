@@ -8,6 +8,7 @@ import httpx
 
 from tests.support.caddy import CaddyProcess
 from tests.support.containers import TEST_ID_LABEL, ContainerHandle
+from tests.support.waiting import wait_until
 
 
 def _get(url: str, **options: object) -> httpx.Response:
@@ -71,8 +72,19 @@ def test_containers_carry_the_test_label_not_the_product_prefix(
 
 def test_https_image_serves_tls_with_its_name(backend: Callable[..., ContainerHandle]) -> None:
     handle = backend(image="https")
-    response = _get(handle.url("/anything", scheme="https"))
-    assert (response.status_code, response.text.strip()) == (200, handle.name)
+    # Listening comes before Caddy has issued its certificate from the internal CA; until
+    # then a handshake gets an "internal error" alert.
+    answers: list[httpx.Response] = []
+
+    def answered() -> bool:
+        try:
+            answers.append(_get(handle.url("/anything", scheme="https")))
+        except httpx.ConnectError:
+            return False
+        return True
+
+    wait_until(answered, timeout=20, interval=0.2, message="a TLS answer from the https image")
+    assert (answers[-1].status_code, answers[-1].text.strip()) == (200, handle.name)
 
 
 def test_backend_on_a_user_network(
