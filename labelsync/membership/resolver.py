@@ -331,6 +331,22 @@ class Resolver:
             with contextlib.suppress(OSError):
                 os.unlink(path)
 
+    async def _answer_message(self, data: bytes, *, tcp: bool) -> bytes | None:
+        """The packed answer to one message read from a stream (TCP, or the unix socket,
+        which carries raw messages sized as over UDP); None for garbage."""
+        served = self._served
+        packed = self._answer_packed(data, served, tcp=tcp)
+        if packed is not None:
+            return packed
+        request = self._parse(data)
+        if request is None:
+            return None
+        limit = None if tcp else self._udp_limit(request)
+        reply = self._reply(request, served)
+        if reply is None:  # a host-name target: not the same for every asker
+            return self._pack(request, await self._reply_by_lookup(request), limit)
+        return self._pack_and_keep(data, request, reply, limit, served)
+
     async def _serve_unix(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         if task is not None:
@@ -341,19 +357,9 @@ class Resolver:
                     data = await reader.read(TCP_MESSAGE_LIMIT)
                 if not data:
                     break
-                served = self._served
-                packed = self._answer_packed(data, served, tcp=False)
+                packed = await self._answer_message(data, tcp=False)
                 if packed is None:
-                    request = self._parse(data)
-                    if request is None:
-                        break
-                    limit = self._udp_limit(request)
-                    reply = self._reply(request, served)
-                    if reply is None:  # a host-name target: not the same for every asker
-                        looked_up = await self._reply_by_lookup(request)
-                        packed = self._pack(request, looked_up, limit)
-                    else:
-                        packed = self._pack_and_keep(data, request, reply, limit, served)
+                    break
                 writer.write(packed)
                 await writer.drain()
         except (TimeoutError, ConnectionError):
@@ -460,17 +466,9 @@ class Resolver:
                     length = await reader.readexactly(2)
                 async with asyncio.timeout(TCP_IDLE_SECONDS):
                     data = await reader.readexactly(int.from_bytes(length, "big"))
-                served = self._served
-                packed = self._answer_packed(data, served, tcp=True)
+                packed = await self._answer_message(data, tcp=True)
                 if packed is None:
-                    request = self._parse(data)
-                    if request is None:
-                        break  # a stream that sent garbage is not worth reading further
-                    reply = self._reply(request, served)
-                    if reply is None:
-                        packed = self._pack(request, await self._reply_by_lookup(request), None)
-                    else:
-                        packed = self._pack_and_keep(data, request, reply, None, served)
+                    break  # a stream that sent garbage is not worth reading further
                 writer.write(len(packed).to_bytes(2, "big") + packed)
                 await writer.drain()
         except (asyncio.IncompleteReadError, TimeoutError, ConnectionError):
