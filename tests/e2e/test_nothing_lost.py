@@ -39,6 +39,32 @@ def private_daemons() -> Iterator[list[Daemon]]:
         daemon.close()
 
 
+class OneClient:
+    """One client, one request at a time on a fresh connection, never retrying: every
+    status (or error name) it got, and its slowest request."""
+
+    def __init__(self, url: str, host: str) -> None:
+        self.url, self.host = url, host
+        self.statuses: list[int | str] = []
+        self.slowest = 0.0
+        self._client = httpx.Client(trust_env=False, timeout=10.0)
+
+    def __enter__(self) -> OneClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._client.close()
+
+    def one(self) -> None:
+        started = time.monotonic()
+        try:
+            headers = {"Host": self.host, "Connection": "close"}
+            self.statuses.append(self._client.get(self.url, headers=headers).status_code)
+        except httpx.HTTPError as exc:
+            self.statuses.append(type(exc).__name__)
+        self.slowest = max(self.slowest, time.monotonic() - started)
+
+
 def kill_and_restart(caddy: CaddyProcess) -> float:
     """SIGKILL Caddy, start it again from its base config; when it answered again."""
     process = caddy._process  # the harness has no kill(): a crash is what this test needs
@@ -115,31 +141,17 @@ def test_a_client_that_never_retries_sees_no_failure_through_sigterm(
     # The pool's first fallback list is written once the loop is quiet (coalesce.py);
     # SIGTERM within that time writes it on the way out, a reload this test is not about.
     wait_settled(daemon, filled={unique_host})
-    statuses: list[int | str] = []
-    slowest = 0.0
-    with httpx.Client(trust_env=False, timeout=10.0) as client:
-
-        def one() -> None:
-            nonlocal slowest
-            started = time.monotonic()
-            try:
-                response = client.get(
-                    daemon.url, headers={"Host": unique_host, "Connection": "close"}
-                )
-                statuses.append(response.status_code)
-            except httpx.HTTPError as exc:
-                statuses.append(type(exc).__name__)
-            slowest = max(slowest, time.monotonic() - started)
-
+    with OneClient(daemon.url, unique_host) as client:
         for _ in range(20):
-            one()
+            client.one()
         assert daemon.process is not None
         daemon.process.terminate()
         while daemon.process.poll() is None:
-            one()
+            client.one()
         for _ in range(50):
-            one()
+            client.one()
     daemon.process = None
+    statuses, slowest = client.statuses, client.slowest
     failed = [s for s in statuses if s != 200]
     record_property("sigterm_requests", len(statuses))
     record_property("sigterm_slowest_seconds", slowest)
@@ -213,24 +225,15 @@ def test_a_resolver_on_a_unix_socket_refuses_at_once_when_labelsync_is_gone(
         wait_until(lambda: all(daemon.fallbacks().values()), timeout=10, message="fallback")
         resolver = daemon.shapes()[0]["handle"][0]["dynamic_upstreams"]["resolver"]
         assert resolver == {"addresses": [f"unix/{directory}/dns.sock"]}
-        statuses: list[int | str] = []
-        slowest = 0.0
-        with httpx.Client(trust_env=False, timeout=10.0) as client:
+        with OneClient(daemon.url, unique_host) as client:
             for index in range(120):
                 if index == 30:
                     daemon.kill()
                 if index == 90:
                     daemon.start(wait_synced=False)
-                started = time.monotonic()
-                try:
-                    response = client.get(
-                        daemon.url, headers={"Host": unique_host, "Connection": "close"}
-                    )
-                    statuses.append(response.status_code)
-                except httpx.HTTPError as exc:
-                    statuses.append(type(exc).__name__)
-                slowest = max(slowest, time.monotonic() - started)
+                client.one()
                 time.sleep(0.02)
+        statuses, slowest = client.statuses, client.slowest
         daemon.wait_log(r"resolver answering on unix://")
         failed = [s for s in statuses if s != 200]
         record_property("unix_kill_slowest_seconds", slowest)
