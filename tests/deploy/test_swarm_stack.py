@@ -33,28 +33,7 @@ from tests.support.stack_images import StackImages
 from tests.support.waiting import wait_until
 
 HOST = "whoami.localhost"
-GATEWAY_BRIDGE = "docker_gwbridge"
 pytestmark = pytest.mark.timeout(600)
-
-
-@pytest.fixture(scope="module")
-def swarm_manager(docker_client: docker.DockerClient) -> Iterator[None]:
-    state = docker_client.info()["Swarm"]
-    initialised = False
-    had_gateway_bridge = bool(docker_client.networks.list(names=[GATEWAY_BRIDGE]))
-    if state["LocalNodeState"] == "inactive":
-        docker_client.swarm.init(advertise_addr="127.0.0.1")
-        initialised = True
-    elif not (state["LocalNodeState"] == "active" and state.get("ControlAvailable")):
-        pytest.fail(f"the engine is in a Swarm but no manager: {state['LocalNodeState']}")
-    try:
-        yield
-    finally:
-        if initialised:
-            docker_client.swarm.leave(force=True)
-            if not had_gateway_bridge:
-                with contextlib.suppress(docker.errors.APIError):
-                    docker_client.networks.get(GATEWAY_BRIDGE).remove()
 
 
 class SwarmStack:

@@ -37,30 +37,6 @@ SERVICE_PORT = 8080
 MakeService = Callable[..., Service]
 
 
-GATEWAY_BRIDGE = "docker_gwbridge"  # made by the engine for the first overlay task
-
-
-@pytest.fixture(scope="module")
-def swarm_manager(docker_client: docker.DockerClient) -> Iterator[None]:
-    """This engine as a Swarm manager; left again afterwards only if made one here."""
-    state = docker_client.info()["Swarm"]
-    initialised = False
-    had_gateway_bridge = bool(docker_client.networks.list(names=[GATEWAY_BRIDGE]))
-    if state["LocalNodeState"] == "inactive":
-        docker_client.swarm.init(advertise_addr="127.0.0.1")
-        initialised = True
-    elif not (state["LocalNodeState"] == "active" and state.get("ControlAvailable")):
-        pytest.skip(f"the engine is in a Swarm but no manager: {state['LocalNodeState']}")
-    try:
-        yield
-    finally:
-        if initialised:
-            docker_client.swarm.leave(force=True)
-            if not had_gateway_bridge:  # leaving the Swarm keeps it
-                with contextlib.suppress(docker.errors.APIError):
-                    docker_client.networks.get(GATEWAY_BRIDGE).remove()
-
-
 @pytest.fixture
 def overlay_network(
     swarm_manager: None, docker_client: docker.DockerClient, request: pytest.FixtureRequest
