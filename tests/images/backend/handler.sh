@@ -56,8 +56,12 @@ case "$path" in
     ;;
 esac
 
-printf 'HTTP/1.1 %s\r\nContent-Type: text/plain\r\nContent-Length: %s\r\nX-Backend: %s\r\nX-Request-Host: %s\r\nX-Request-Path: %s\r\nX-Server-Port: %s\r\nConnection: close\r\n\r\n' \
-  "$status" "$((${#body} + 1))" "$NAME" "$host" "$path" "${1:-}"
+# One printf, so one write: a replica killed mid-answer sends all of it or nothing (which a
+# proxy can retry), never headers without their body.
+payload=
 if [ "$method" != "HEAD" ]; then
-  printf '%s\n' "$body"
+  payload="$body
+"
 fi
+printf 'HTTP/1.1 %s\r\nContent-Type: text/plain\r\nContent-Length: %s\r\nX-Backend: %s\r\nX-Request-Host: %s\r\nX-Request-Path: %s\r\nX-Server-Port: %s\r\nConnection: close\r\n\r\n%s' \
+  "$status" "$((${#body} + 1))" "$NAME" "$host" "$path" "${1:-}" "$payload"
