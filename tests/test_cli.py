@@ -199,3 +199,30 @@ def test_render_into_a_reader_that_leaves_early_ends_quietly(tmp_path: Path) -> 
         os.close(write_end)
     assert "Traceback" not in result.stderr and "BrokenPipe" not in result.stderr, result.stderr
     assert result.returncode == 0
+
+
+@pytest.mark.docker
+@pytest.mark.parametrize(("budget", "dynamic"), [("3", True), ("2", False)])
+def test_render_shows_what_the_dynamic_budget_makes_of_the_pools(
+    tmp_path: Path, budget: str, dynamic: bool
+) -> None:
+    """Three pools: within a budget of 3 each asks the resolver; past a budget of 2 each
+    starts with its members in the JSON, as the daemon writes them when it starts."""
+    import json
+    import uuid
+
+    static = tmp_path / "static.toml"
+    static.write_text(
+        "".join(f'[routes.r{i}]\nhost = "r{i}.test"\nupstreams = ["h{i}:80"]\n' for i in range(3))
+    )
+    env = {
+        "LABELSYNC_STATIC_FILE": str(static),
+        "LABELSYNC_LABEL_PREFIX": f"cli-{uuid.uuid4().hex[:8]}",
+        "LABELSYNC_DYNAMIC_BUDGET": budget,
+    }
+    rendered = run("render", env=env)
+    assert rendered.returncode == 0, rendered.stderr
+    routes = json.loads(rendered.stdout)["apps"]["http"]["servers"]["labelsync"]["routes"]
+    proxies = [h for r in routes for h in r["handle"] if h["handler"] == "reverse_proxy"]
+    assert len(proxies) == 3
+    assert all(("dynamic_upstreams" in p) == dynamic for p in proxies), proxies

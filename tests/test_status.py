@@ -317,6 +317,7 @@ def test_json_is_stable() -> None:
     first = json.dumps(report_json(report))
     assert first == json.dumps(report_json(report))
     body = report_json(report)
+    assert body["pools"][0]["membership"] == "resolver"
     assert list(body) == [
         "version",
         "caddy",
@@ -537,5 +538,12 @@ def test_a_pool_outside_the_dynamic_budget_says_so() -> None:
         caddy_health=None,
         snapshot=snap(state),
     )
-    assert report_json(report)["pools"][0]["upstreams"] == "static"
+    body = report_json(report)
+    assert body["pools"][0]["upstreams"] == "static"
+    assert body["pools"][0]["membership"] == "json"
     assert "static (outside the dynamic budget: members in Caddy's JSON)" in render_table(report)
+    # Caddy runs no active checks for it: labelsync's verdicts still count.
+    members = members_of(body)
+    assert members["web-1"]["health"] == "healthy"
+    assert members["web-2"]["health"] == "unhealthy"
+    assert "status 503, expected 200" in members["web-2"]["reason"]

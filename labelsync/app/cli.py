@@ -97,6 +97,7 @@ def cmd_render(settings: Settings, args: argparse.Namespace) -> int:
     from labelsync.caddy.listen import listen_plan, whole_config
     from labelsync.caddy.render import render_routes
     from labelsync.loop.build import build_from_settings, render_options
+    from labelsync.membership.budget import Budget
 
     settings = _daemon_settings(settings, args)
     containers = _running_containers(settings)
@@ -104,10 +105,16 @@ def cmd_render(settings: Settings, args: argparse.Namespace) -> int:
     static, _ = _with_static(static_file, ())
     desired = build_from_settings(settings, [*containers, *static])
     _print_problems(_with_static(static_file, desired.problems)[1])
+    # What the daemon writes when it starts: while the pools fit the dynamic budget,
+    # every pool asks the resolver; past it, every pool starts with its members in the JSON.
+    in_json = frozenset[str]()
+    if settings.upstreams == "dynamic":
+        budget = Budget(size=settings.dynamic_budget)
+        in_json = budget.assign([pool.id for pool in desired.pools], (), now=0.0)
     config = whole_config(
         listen_plan(settings),
         settings.caddy_server,
-        render_routes(desired, render_options(settings)),
+        render_routes(desired, render_options(settings, in_json)),
         install_trust=settings.install_trust,
     )
     print(json.dumps(config, indent=2, sort_keys=True))

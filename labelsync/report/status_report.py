@@ -48,6 +48,9 @@ class PoolStatus:
     members: tuple[MemberStatus, ...]
     note: str | None = None
     caddy_policy: str | None = None  # what Caddy's route holds, when it is not `policy`
+    # How Caddy learns the members: "resolver" (dynamic upstreams) or "json" (in the
+    # route: static mode, or a quiet pool outside the dynamic budget); None when unknown.
+    membership: str | None = None
 
 
 @dataclass(frozen=True)
@@ -100,6 +103,7 @@ class _PoolFacts:
     passive: tuple[int, str] | None  # max_fails, fail_duration
     members: Sequence[MemberView] | None  # None: unknown
     caddy_policy: str | None = None  # Caddy's, where the labels' policy is carried otherwise
+    membership: str | None = None  # resolver | json
 
 
 def _route_facts(route: JSON) -> _PoolFacts:
@@ -122,6 +126,7 @@ def _route_facts(route: JSON) -> _PoolFacts:
         dynamic=dynamic,
         caddy_active="active" in checks,
         labelsync_active=False,
+        membership="resolver" if dynamic else "json",
         passive=None
         if passive is None
         else (
@@ -158,6 +163,7 @@ def _state_facts(pool: PoolView, dynamic: bool) -> _PoolFacts:
         labelsync_active=active and dynamic,
         passive=pool.passive,
         members=pool.members,
+        membership=pool.membership if dynamic else "json",
     )
 
 
@@ -178,9 +184,12 @@ def _merge(caddy: _PoolFacts | None, state: _PoolFacts | None) -> _PoolFacts:
         caddy_policy=caddy.policy if state.policy and caddy.policy != state.policy else None,
         dynamic=caddy.dynamic,
         caddy_active=caddy.caddy_active,
-        labelsync_active=bool(caddy.dynamic) and state.labelsync_active,
+        # labelsync checks every pool whose checks Caddy does not run: all of them in
+        # dynamic mode, the quiet ones outside the budget included.
+        labelsync_active=state.labelsync_active and not caddy.caddy_active,
         passive=caddy.passive,
         members=state.members,
+        membership=caddy.membership,
     )
 
 
@@ -304,6 +313,7 @@ def build_report(
                 members=members,
                 note=note,
                 caddy_policy=facts.caddy_policy,
+                membership=facts.membership,
             )
         )
     daemon = None
@@ -354,6 +364,7 @@ def report_json(report: StatusReport) -> JSON:
                 "policy": pool.policy,
                 "caddy_policy": pool.caddy_policy,
                 "upstreams": pool.upstreams,
+                "membership": pool.membership,
                 "note": pool.note,
                 "members": [
                     {
