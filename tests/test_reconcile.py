@@ -182,6 +182,60 @@ async def test_an_unchanged_state_writes_nothing(
     assert reconciler.caddy.requests_sent == len(memory.requests)
 
 
+async def test_a_write_is_read_back_so_the_next_write_sends_at_once(
+    memory: MemoryCaddy, settings: Settings, listing: ListedContainers, reconciler: Reconciler
+) -> None:
+    """The server is read right after a write (its answer has no ETag); the next change
+    is written with that read's ETag and routes, without a read of its own."""
+    listing.containers.append(container("first", "first.test"))
+    assert await reconciler.sync_once() == SyncResult.APPLIED
+    await reconciler.read_back_done()
+    requests = len(memory.requests)
+    listing.containers.append(container("second", "second.test"))
+    assert await reconciler.sync_once() == SyncResult.APPLIED
+    sent = memory.requests[requests:]
+    assert sent[0].method != "GET" and sent[0].status == 200  # the write, first
+    await reconciler.read_back_done()
+    assert [r.method for r in memory.requests[requests + 1 :]] == ["GET"]  # then its read
+    assert len(owned(memory, settings)) == 2
+
+
+async def test_an_edit_after_the_read_back_is_kept(
+    memory: MemoryCaddy, settings: Settings, listing: ListedContainers, reconciler: Reconciler
+) -> None:
+    """Someone edits the server between the read after our write and our next write: the
+    ETag of that read is stale (412), the loop reads again and keeps their route."""
+    listing.containers.append(container("first", "first.test"))
+    assert await reconciler.sync_once() == SyncResult.APPLIED
+    await reconciler.read_back_done()
+    routes_path = f"/config/apps/http/servers/{settings.caddy_server}/routes"
+    user_route = {"@id": "user-route", "handle": [{"handler": "static_response"}]}
+    assert memory.edit("POST", routes_path, user_route).status_code == 200
+    requests = len(memory.requests)
+    listing.containers.append(container("second", "second.test"))
+    assert await reconciler.sync_once() == SyncResult.APPLIED
+    statuses = [r.status for r in memory.requests[requests:]]
+    assert statuses[:3] == [412, 200, 200]  # the stale write, the read, the write
+    routes = memory.routes(settings.caddy_server)
+    assert [r.get("@id") for r in routes][-1] == "user-route"
+    assert len(owned(memory, settings)) == 2
+
+
+async def test_a_check_reads_caddy_again_after_the_read_back(
+    memory: MemoryCaddy, settings: Settings, listing: ListedContainers, reconciler: Reconciler
+) -> None:
+    """A route deleted by someone after the read that followed our write is restored by
+    the next check: the check does not trust that read."""
+    listing.containers.append(container("kept", "kept.test"))
+    assert await reconciler.sync_once() == SyncResult.APPLIED
+    await reconciler.read_back_done()
+    (route,) = owned(memory, settings)
+    assert memory.edit("DELETE", f"/id/{route['@id']}").status_code == 200
+    reconciler.verify_next()
+    assert await reconciler.sync_once() == SyncResult.APPLIED
+    assert [r["@id"] for r in owned(memory, settings)] == [route["@id"]]
+
+
 async def test_docker_outage_changes_nothing_in_caddy(
     memory: MemoryCaddy, settings: Settings, listing: ListedContainers, reconciler: Reconciler
 ) -> None:

@@ -73,6 +73,7 @@ from labelsync.settings import Settings
 LEAVE_ACTIONS = frozenset({"kill", "stop", "die", "pause", "destroy"})
 JOIN_ACTIONS = frozenset({"start", "unpause"})
 CONFLICT_RETRIES = 5
+_ServerRead = tuple[list[dict[str, Any]], str | None]  # the server's routes, its ETag
 CADDY_BACKOFF = (0.25, 10.0)
 
 
@@ -122,6 +123,9 @@ class Reconciler:
         self._parsed = ParseMemo()
         self._rendered = RenderMemo()
         self._known_routes: list[dict[str, Any]] | None = None  # the server's, as last seen
+        # The server read right after our last write (`_read_back`): the next write's
+        # routes and ETag, read and parsed outside the sync that needs them.
+        self._read_back_task: asyncio.Task[_ServerRead | None] | None = None
         self._verify = True
         self._logged_problems: frozenset[Problem] = frozenset()
         self._caddy_backoff = CADDY_BACKOFF[0]
@@ -377,6 +381,8 @@ class Reconciler:
         for route_id in self._quarantine.release_changed(routes):
             logger.info(f"route {route_id} changed since Caddy refused it; trying it again")
         known = self._known_routes
+        if verify:
+            self._forget_read_back()  # a check reads Caddy as it is now
         if not verify and known is not None:
             wanted = self._quarantine.hold_back(known, routes)
             if not diff_routes(known, wanted):
@@ -439,12 +445,18 @@ class Reconciler:
         into `written`. None when done; Caddy's refusal with the routes it held and the
         target it refused."""
         name = self.settings.caddy_server
+        read_back, self._read_back_task = self._read_back_task, None
         for _ in range(CONFLICT_RETRIES):
-            server, etag = await self.caddy.server(name)
-            if server is None:
-                await self._create_server(name)
-                continue
-            current = list(server.get("routes") or [])
+            read = await read_back if read_back is not None else None
+            read_back = None
+            if read is not None:
+                current, etag = read  # as good as reading now: If-Match tells if it is not
+            else:
+                server, etag = await self.caddy.server(name)
+                if server is None:
+                    await self._create_server(name)
+                    continue
+                current = list(server.get("routes") or [])
             target = make(current)
             # Routes Caddy holds equal to desired ones become those very objects: this
             # diff, the next ones, and the adoption after the write compare them by
@@ -464,6 +476,7 @@ class Reconciler:
                 self._known_routes = current
                 return exc, current, target
             self._known_routes = adopt_equal(apply_operations(current, operations), target)
+            self._start_read_back(name, self._known_routes)
             self.state.admin_writes += 1
             self._fill_due = False
             # A burst is built by shape writes, and in dynamic mode by fallback lists too
@@ -474,6 +487,39 @@ class Reconciler:
             written.extend(operations)
             return None
         raise CaddyConflict(f"config kept changing under us ({CONFLICT_RETRIES} tries)")
+
+    def _start_read_back(self, name: str, expected: list[dict[str, Any]]) -> None:
+        """Read the server again now that the write is answered (a write's answer carries
+        no ETag), so that the next write need not read before it sends.
+
+        The read is Caddy's config at its ETag like any other: if someone else edits the
+        server in between, the next write's If-Match fails (412) and it reads again.
+        """
+        self._forget_read_back()
+        self._read_back_task = asyncio.get_running_loop().create_task(
+            self._read_back(name, expected)
+        )
+
+    async def _read_back(self, name: str, expected: list[dict[str, Any]]) -> _ServerRead | None:
+        try:
+            server, etag = await self.caddy.server(name)
+        except CaddyError:
+            return None  # the next write reads for itself
+        if server is None:
+            return None
+        # Routes equal to what the write left become those objects (cheap diffs later).
+        return adopt_equal(list(server.get("routes") or []), expected), etag
+
+    def _forget_read_back(self) -> None:
+        task, self._read_back_task = self._read_back_task, None
+        if task is not None:
+            task.cancel()
+
+    async def read_back_done(self) -> None:
+        """Wait for the read that follows a write (tests: no admin request in flight)."""
+        task = self._read_back_task
+        if task is not None:
+            await asyncio.wait([task])
 
     async def _create_server(self, name: str) -> None:
         """Create labelsync's server as the listen plan says; log where it listens."""
@@ -533,6 +579,7 @@ class Reconciler:
             self._fill_handle = None
         if self._joining is not None:
             self._joining.cancel()
+        self._forget_read_back()
 
     def _schedule_budget_sync(self, when: float | None) -> None:
         """A sync when a pool of the dynamic budget has been quiet long enough to leave
