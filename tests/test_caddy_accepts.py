@@ -29,7 +29,7 @@ from labelsync.caddy.operations import (
 )
 from labelsync.caddy.render import RenderOptions, render_config, render_routes
 from labelsync.core.model import JSON, ActiveHealth, DesiredState, PassiveHealth, Pool
-from tests.support.caddy import ADMIN_LIMITS, CaddyProcess
+from tests.support.caddy import CaddyProcess, admin_client
 from tests.test_diff import current_lists, owned_lists, route, user_route
 from tests.test_golden import GOLDEN_FILES, read_golden
 from tests.test_render import make_pool
@@ -51,9 +51,7 @@ def caddy_process() -> Iterator[CaddyProcess]:
 
 @pytest.fixture(scope="module")
 def admin(caddy_process: CaddyProcess) -> Iterator[httpx.Client]:
-    with httpx.Client(
-        base_url=caddy_process.admin_url, trust_env=False, timeout=10, limits=ADMIN_LIMITS
-    ) as client:
+    with admin_client(base_url=caddy_process.admin_url, timeout=10) as client:
         yield client
 
 

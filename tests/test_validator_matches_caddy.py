@@ -20,7 +20,7 @@ from labelsync.caddy.render import RenderOptions, render_config
 from labelsync.core.labels import KEYS, parse_container
 from labelsync.core.model import ContainerInfo, DesiredState, Pool, Severity
 from labelsync.core.pools import build_desired
-from tests.support.caddy import ADMIN_LIMITS, CaddyProcess
+from tests.support.caddy import CaddyProcess, admin_client
 from tests.test_labels_properties import VALUES
 
 pytestmark = pytest.mark.caddy
@@ -134,9 +134,7 @@ def _container(index: int, labels: dict[str, str]) -> ContainerInfo:
 @pytest.fixture(scope="module")
 def scratch() -> Iterator[tuple[CaddyProcess, httpx.Client]]:
     process = CaddyProcess("validator-fuzz").start()
-    client = httpx.Client(
-        base_url=process.admin_url, trust_env=False, timeout=30, limits=ADMIN_LIMITS
-    )
+    client = admin_client(base_url=process.admin_url, timeout=30)
     try:
         yield process, client
     finally:

@@ -179,6 +179,7 @@ def test_a_killed_replica_stalls_no_request(
     # starts, a moment before it listens, and that race is not what this test is about.
     replicas = [backend(labels=labels) for _ in range(5)]
     wait_routed(daemon, unique_host, {r.name for r in replicas})
+    wait_settled(daemon, filled={unique_host})  # the first member's fallback, written later
     assert daemon.shapes()[0]["handle"][0]["transport"]["dial_timeout"] == "500ms"
     with Load(daemon.url, unique_host, clients=4, max_seconds=60, max_requests=40_000) as load:
         load.wait_successes(200)

@@ -324,6 +324,7 @@ def test_rolling_update_under_load(
     service = f"{scenario.prefix}-web"
     replicas = [backend(name=f"{service}-v0", labels=labels, env=GRACEFUL) for _ in range(2)]
     wait_routed(daemon, unique_host, {r.name for r in replicas})
+    wait_settled(daemon, filled={unique_host})  # the first member's fallback, written later
 
     with Load(
         daemon.url,

@@ -12,6 +12,7 @@ import os
 import socket
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,35 @@ LOG_DIR = REPO_ROOT / ".test-logs"
 # Every config write restarts Caddy's admin listener, which resets idle keep-alive
 # connections: admin clients open a fresh connection per request.
 ADMIN_LIMITS = httpx.Limits(max_keepalive_connections=0)
+ADMIN_READ_ATTEMPTS = 3
+
+
+class AdminTransport(httpx.HTTPTransport):
+    """A fresh connection per request, and reads sent again when unanswered.
+
+    A connection caught in the listener that a config write just replaced is closed
+    without an answer (`Server disconnected without sending a response`), even when
+    the write was another process's (a daemon's): tests' reads must not fail on that.
+    Writes are never sent twice.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(limits=ADMIN_LIMITS)
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        for attempt in range(1, ADMIN_READ_ATTEMPTS + 1):
+            try:
+                return super().handle_request(request)
+            except (httpx.RemoteProtocolError, httpx.ReadError):
+                if request.method not in ("GET", "HEAD") or attempt == ADMIN_READ_ATTEMPTS:
+                    raise
+                time.sleep(0.05)
+        raise AssertionError("unreachable")
+
+
+def admin_client(**options: Any) -> httpx.Client:
+    """An httpx client for Caddy's admin API (see `AdminTransport`)."""
+    return httpx.Client(trust_env=False, transport=AdminTransport(), **options)
 
 
 def free_port() -> int:
@@ -73,7 +103,7 @@ class CaddyProcess:
         self.config_path = Path(self._workdir.name) / "caddy.json"
         self.config_path.write_text(json.dumps(self.base_config(), indent=2))
         self._process: subprocess.Popen[bytes] | None = None
-        self._client = httpx.Client(trust_env=False, timeout=10.0, limits=ADMIN_LIMITS)
+        self._client = admin_client(timeout=10.0)
 
     @property
     def admin_url(self) -> str:

@@ -22,7 +22,7 @@ import httpx
 
 from labelsync.loop.coalesce import FILL_DELAY
 
-from .caddy import ADMIN_LIMITS, LOG_DIR, CaddyProcess, free_port
+from .caddy import LOG_DIR, CaddyProcess, admin_client, free_port
 from .waiting import wait_until
 
 
@@ -82,7 +82,7 @@ class Daemon:
             **(env or {}),
         }
         self.process: subprocess.Popen[bytes] | None = None
-        self._client = httpx.Client(trust_env=False, timeout=10.0, limits=ADMIN_LIMITS)
+        self._client = admin_client(timeout=10.0)
 
     @property
     def url(self) -> str:

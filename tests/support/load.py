@@ -6,6 +6,12 @@ sent (all clients together), or `stop()` called. Every request is counted: succe
 failures, HTTP statuses, transport errors by type, and answering backends (`X-Backend`
 header, else the body's first line).
 
+Each client does what browsers, Go's and curl's clients do (RFC 9112, 9.3.1): a request
+on a reused keep-alive connection that the server closed before answering anything is
+sent once more on a fresh connection. Caddy closes its idle connections on every config
+reload, so this race is every keep-alive client's; such retries are counted apart
+(`stale_retries`), never as failures, and a second failure is one.
+
     with Load(daemon.url, host, clients=4, max_seconds=60) as load:
         load.wait_requests(50)          # traffic is flowing
         ...                             # change things under load
@@ -60,6 +66,7 @@ class LoadResult:
     seconds: float = 0.0
     slowest: float = 0.0  # seconds, the longest request (failed ones included)
     slow: int = 0  # requests that took longer than the load's `slow_after`
+    stale_retries: int = 0  # requests sent again after a reused connection closed unanswered
 
     @property
     def failed(self) -> int:
@@ -71,7 +78,8 @@ class LoadResult:
         return (
             f"{self.failures}/{self.total} failed in {self.seconds:.1f}s, "
             f"statuses={dict(self.statuses)}, errors={dict(self.errors)}, "
-            f"backends={dict(self.backends)}, slowest={self.slowest:.2f}s, slow={self.slow}"
+            f"backends={dict(self.backends)}, slowest={self.slowest:.2f}s, slow={self.slow}, "
+            f"stale keep-alive retries={self.stale_retries}"
             + (f", first failures: {shown}" if shown else "")
         )
 
@@ -178,6 +186,7 @@ class Load:
                 seconds=end - self._started_at if self._started_at else 0.0,
                 slowest=counts.slowest,
                 slow=counts.slow,
+                stale_retries=counts.stale_retries,
             )
 
     def wait_requests(self, count: int, *, timeout: float = 30.0) -> LoadResult:
@@ -226,8 +235,13 @@ class Load:
         reason: str | None = None
         status: int | None = None
         started = time.monotonic()
+        retried = False
         try:
-            response = client.get(self.url, headers=self.headers)
+            try:
+                response = _send_get(client, self.url, self.headers)
+            except _StaleConnection:
+                retried = True
+                response = client.get(self.url, headers=self.headers)
             status = response.status_code
             if self.is_success(response):
                 backend = (
@@ -243,6 +257,7 @@ class Load:
         with self._lock:
             counts = self._counts
             counts.total += 1
+            counts.stale_retries += retried
             counts.slowest = max(counts.slowest, took)
             if took > self.slow_after:
                 counts.slow += 1
@@ -259,6 +274,27 @@ class Load:
             if len(counts.first_failures) < MAX_KEPT_FAILURES:
                 at = time.monotonic() - self._started_at
                 counts.first_failures.append(Failure(at=at, client=index, reason=reason))
+
+
+class _StaleConnection(Exception):
+    """A reused connection closed before any byte of the answer: safe to send again."""
+
+
+def _send_get(client: httpx.Client, url: str, headers: dict[str, str]) -> httpx.Response:
+    """GET; raises `_StaleConnection` when a reused connection closed unanswered."""
+    events: set[str] = set()
+
+    def trace(event: str, info: dict[str, object]) -> None:
+        events.add(event)
+
+    try:
+        return client.get(url, headers=headers, extensions={"trace": trace})
+    except (httpx.RemoteProtocolError, httpx.ReadError) as exc:
+        reused = "connection.connect_tcp.started" not in events
+        answered = "http11.receive_response_headers.complete" in events
+        if reused and not answered:
+            raise _StaleConnection(str(exc)) from exc
+        raise
 
 
 def run_load(url: str, host: str, **options: object) -> LoadResult:

@@ -327,20 +327,23 @@ FROM {python}
 RUN apt-get update -qq \\
     && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \\
        systemd systemd-sysv >/dev/null \\
-    && rm -rf /var/lib/apt/lists/*
-WORKDIR /src
-COPY pyproject.toml README.md /src/
-RUN mkdir labelsync && touch labelsync/__init__.py && python -m venv /opt/labelsync \\
-    && /opt/labelsync/bin/pip install -q --no-cache-dir . \\
-    && /opt/labelsync/bin/pip uninstall -q -y labelsync && rm -rf labelsync build *.egg-info
-COPY labelsync /src/labelsync
-RUN /opt/labelsync/bin/pip install -q --no-cache-dir --no-deps . && cd / && rm -rf /src
-COPY systemd/labelsync.service systemd/labelsync-caddy.service /etc/systemd/system/
-COPY systemd/caddy.json systemd/labelsync.env /etc/labelsync/
-RUN useradd --system --no-create-home --home-dir /nonexistent labelsync \\
+    && rm -rf /var/lib/apt/lists/* \\
+    && useradd --system --no-create-home --home-dir /nonexistent labelsync \\
     && groupadd --system docker
 STOPSIGNAL SIGRTMIN+3
 CMD ["/lib/systemd/systemd"]
+COPY systemd/labelsync.service systemd/labelsync-caddy.service /etc/systemd/system/
+COPY systemd/caddy.json systemd/labelsync.env /etc/labelsync/
+WORKDIR /src
+COPY pyproject.toml /src/
+RUN mkdir labelsync && touch labelsync/__init__.py README.md && python -m venv /opt/labelsync \\
+    && /opt/labelsync/bin/pip install -q --no-cache-dir . \\
+    && /opt/labelsync/bin/pip uninstall -q -y labelsync \\
+    && rm -rf labelsync build *.egg-info README.md
+# On vfs every step copies the whole filesystem: a source change reruns only these.
+COPY README.md /src/
+COPY labelsync /src/labelsync
+RUN /opt/labelsync/bin/pip install -q --no-cache-dir --no-deps . && cd / && rm -rf /src
 """
 
 

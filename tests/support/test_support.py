@@ -114,3 +114,66 @@ def test_caddy_routes_by_host(caddy: CaddyProcess, make_host: Callable[[str], st
     finally:
         caddy.delete_routes_with_host({mine})
     assert caddy.request(mine, "/x").text == ""
+
+
+class _OneAnswerPerConnection:
+    """A loopback HTTP server that answers `answers` requests per connection, then closes
+    the connection as the next request arrives, unanswered (Caddy closing idle
+    connections on a reload)."""
+
+    def __init__(self, answers: int) -> None:
+        import socket
+        import threading
+
+        self.answers = answers
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self._server.getsockname()[1]}"
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                connection, _ = self._server.accept()
+            except OSError:
+                return
+            with connection:
+                for answered in range(self.answers + 1):
+                    request = b""
+                    while b"\r\n\r\n" not in request:
+                        chunk = connection.recv(4096)
+                        if not chunk:
+                            break
+                        request += chunk
+                    if answered == self.answers or not request:
+                        break
+                    connection.sendall(
+                        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Backend: a\r\n\r\nok"
+                    )
+
+    def close(self) -> None:
+        self._server.close()
+
+
+def test_load_sends_again_what_a_reused_connection_dropped_unanswered() -> None:
+    from tests.support.load import run_load
+
+    server = _OneAnswerPerConnection(answers=1)
+    try:
+        result = run_load(server.url, "stale.test", clients=1, max_requests=4, max_seconds=10)
+    finally:
+        server.close()
+    assert result.failed == 0, result.summary()
+    assert (result.total, result.stale_retries) == (4, 3), result.summary()
+
+
+def test_load_counts_a_fresh_connection_closed_unanswered_as_a_failure() -> None:
+    from tests.support.load import run_load
+
+    server = _OneAnswerPerConnection(answers=0)
+    try:
+        result = run_load(server.url, "stale.test", clients=1, max_requests=2, max_seconds=10)
+    finally:
+        server.close()
+    assert (result.total, result.failed, result.stale_retries) == (2, 2, 0), result.summary()
+    assert result.errors == {"RemoteProtocolError": 2}, result.summary()
