@@ -341,8 +341,7 @@ RUN mkdir labelsync && touch labelsync/__init__.py README.md && python -m venv /
     && /opt/labelsync/bin/pip uninstall -q -y labelsync \\
     && rm -rf labelsync build *.egg-info README.md
 # On vfs every step copies the whole filesystem: a source change reruns only these.
-COPY README.md /src/
-COPY labelsync /src/labelsync
+COPY . /src/
 RUN /opt/labelsync/bin/pip install -q --no-cache-dir --no-deps . && cd / && rm -rf /src
 """
 
