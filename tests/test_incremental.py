@@ -52,7 +52,9 @@ def containers(draw: st.DrawFn, index: int) -> ContainerInfo:
     )
 
 
-CHANGES = st.sampled_from(["add", "remove", "relabel", "state", "health", "withdraw", "same"])
+CHANGES = st.sampled_from(
+    ["add", "remove", "relabel", "state", "health", "withdraw", "same", "mode"]
+)
 
 
 @settings(max_examples=150, deadline=None)
@@ -94,10 +96,16 @@ def test_incremental_builds_renders_and_diffs_equal_from_scratch(
         elif step == "withdraw":
             victim = data.draw(st.sampled_from(ids))
             withdrawn.symmetric_difference_update({victim})
+        elif step == "mode":  # a setting the build depends on (a restart would change it)
+            dynamic = not dynamic
         # "same": nothing changed (an event that changed nothing, a resync)
         listing = [fleet[i] for i in sorted(fleet)]
         if data.draw(st.booleans()):  # new objects, as each Docker listing makes
             listing = [replace(c) for c in listing]
+        # Any order (Docker lists newest first); now and then one record twice.
+        listing = data.draw(st.permutations(listing))
+        if listing and data.draw(st.integers(0, 9)) == 0:
+            listing = [*listing, listing[0]]
 
         incremental = build_desired(listing, dynamic=dynamic, withdrawn=withdrawn, memo=parse_memo)
         scratch = build_desired(listing, dynamic=dynamic, withdrawn=withdrawn)
@@ -112,3 +120,29 @@ def test_incremental_builds_renders_and_diffs_equal_from_scratch(
         assert not diff_routes(caddy, routes)
         known = adopt_equal(caddy, routes)
         assert known == caddy
+
+
+def _web(index: int, host: str, ip: str = "10.0.0.1") -> ContainerInfo:
+    return ContainerInfo(
+        id=f"w{index}",
+        name=f"web-{index}",
+        created=1000.0 + index,
+        labels={"labelsync.host": host, "labelsync.port": "80"},
+        networks={"net": ip},
+        exposed_ports=(80,),
+    )
+
+
+def test_a_build_redoes_only_the_pools_a_change_touched() -> None:
+    """Nothing changed: the previous result itself. One pool changed: every other pool
+    is the very object of the previous build (later stages compare by identity)."""
+    memo = ParseMemo()
+    listing = [_web(1, "a.test"), _web(2, "b.test"), _web(3, "c.test")]
+    first = build_desired(listing, memo=memo)
+    assert build_desired(list(listing), memo=memo) is first
+    assert build_desired([replace(c) for c in listing], memo=memo) is first  # equal records
+    second = build_desired([*listing, _web(4, "b.test", "10.0.0.2")], memo=memo)
+    assert [p.id for p in second.pools] == [p.id for p in first.pools]
+    assert second.pools[0] is first.pools[0] and second.pools[2] is first.pools[2]
+    assert len(second.pools[1].members) == 2
+    assert build_desired(listing, memo=memo) == first  # the member left again

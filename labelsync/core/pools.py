@@ -8,9 +8,11 @@ give equal pools and problems.
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import math
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable
+from dataclasses import replace
 
 from labelsync.core.labels import UNSET, parse_container, pool_key_values
 from labelsync.core.model import (
@@ -75,82 +77,64 @@ def build_pools(
     *,
     dynamic: bool,
     prefix: str = "labelsync",
-    memo: ParseMemo | None = None,
 ) -> tuple[tuple[Pool, ...], tuple[Problem, ...]]:
-    """Group routes into pools, sorted as their Caddy routes must appear.
-
-    With `memo`, a pool whose routes are the same as in the memo's previous build is
-    taken from it, not built again, and the order is reused when the set of pools is.
-    """
+    """Group routes into pools, sorted as their Caddy routes must appear."""
     groups: dict[PoolKey, list[Route]] = {}
     for route in routes:
         groups.setdefault((route.hosts, route.path), []).append(route)
     built: dict[PoolKey, tuple[Pool, list[Problem]]] = {}
     for key, members in groups.items():
-        found = memo.pool(key, members, dynamic, prefix) if memo is not None else None
-        if found is None:
-            pool_problems: list[Problem] = []
-            found = (
-                _build_pool(key[0], key[1], members, dynamic, prefix, pool_problems),
-                pool_problems,
-            )
-            if memo is not None:
-                memo.keep_pool(key, members, dynamic, prefix, found)
-        built[key] = found
-    order = memo.pool_order(built) if memo is not None else None
-    if order is None:
-        order = sorted(built, key=lambda k: _caddy_order(built[k][0]))
-        if memo is not None:
-            memo.keep_pool_order(order)
+        pool_problems: list[Problem] = []
+        built[key] = (
+            _build_pool(key[0], key[1], members, dynamic, prefix, pool_problems),
+            pool_problems,
+        )
+    order = sorted(built, key=_key_order)
     pools = tuple(built[key][0] for key in order)
     problems = [problem for key in order for problem in built[key][1]]
     return pools, tuple(sorted(problems, key=_problem_order))
 
 
 Parsed = tuple[list[Route], list[Problem]]
+_Context = tuple[str, str | None, bool]  # prefix, default network, dynamic
 
 
-_FlagKey = tuple[bool, bool, str, str | None]  # running, serving, prefix, default network
+@dataclasses.dataclass(slots=True)
+class _Entry:
+    """What one container gave the last build."""
 
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class _Flagged:
-    container: ContainerInfo
-    flags: _FlagKey
-    parsed: list[Route]  # as parsed, before the flags
-    routes: list[Route]  # with `running` and `serving` set
-    problems: list[Problem]
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class _Built:
-    routes: list[Route]
-    dynamic: bool
-    prefix: str
-    result: tuple[Pool, list[Problem]]
+    container: ContainerInfo  # equal to the listed one (the newest object seen)
+    withdrawn: bool
+    running: bool
+    problems: list[Problem]  # its label problems (reported while it runs)
+    keys: tuple[PoolKey, ...]  # the pools its routes are in
 
 
 class ParseMemo:
-    """What the previous build made of each container and each pool, to reuse.
+    """The last build, kept so that the next one redoes only what a change touched.
 
     A loop that rebuilds every few milliseconds from a listing of thousands of
-    containers re-parses only the containers that changed and rebuilds only the pools
-    whose routes changed: a container equal to (or the very object of) the last one seen
-    under its id gives the same routes, and a pool given the same routes gives the same
-    pool. Every key holds all that the result depends on, so a hit returns exactly
-    what building would (the property tests compare with builds from scratch); entries
-    not used by a build are dropped.
+    containers re-parses only the containers that changed (a container equal to, or the
+    very object of, the last one seen under its id gives the same routes), rebuilds only
+    the pools those containers are or were in, and places new pools into the previous
+    order; when nothing changed it returns the previous result itself. Pools a build did
+    not touch are the very objects of the previous build (`RenderMemo` and the
+    membership channel then compare them by identity). A hit returns exactly what
+    building would (the property tests compare with builds from scratch).
     """
 
     def __init__(self) -> None:
-        self._previous: dict[tuple[object, ...], Parsed] = {}
-        self._current: dict[tuple[object, ...], Parsed] = {}
-        self._flagged: dict[str, _Flagged] = {}  # by container id
-        self._flagged_next: dict[str, _Flagged] = {}
-        self._pools: dict[PoolKey, _Built] = {}
-        self._pools_next: dict[PoolKey, _Built] = {}
+        # container id -> parse key -> (routes, problems); dropped when the id leaves
+        self._parsed: dict[str, dict[tuple[object, ...], Parsed]] = {}
+        self._context: _Context | None = None
+        self._entries: dict[str, _Entry] = {}
+        self._withdrawn: frozenset[str] = frozenset()
+        # pool key -> container id -> that container's routes in the pool
+        self._members: dict[PoolKey, dict[str, list[Route]]] = {}
+        self._built: dict[PoolKey, tuple[Pool, list[Problem]]] = {}
         self._order: list[PoolKey] = []
-        self._order_keys: frozenset[PoolKey] = frozenset()
+        self._problems: dict[str, list[Problem]] = {}  # running containers with problems
+        self._result: DesiredState | None = None
 
     def parse(
         self,
@@ -161,7 +145,6 @@ class ParseMemo:
         shape_only: bool,
     ) -> Parsed:
         key = (
-            container.id,
             container.name,
             container.created,
             tuple(container.labels.items()),
@@ -172,78 +155,132 @@ class ParseMemo:
             default_network,
             shape_only,
         )
-        found = self._previous.get(key) or self._current.get(key)
+        known = self._parsed.get(container.id)
+        found = known.get(key) if known is not None else None
         if found is None:
             found = parse_container(
                 container, prefix=prefix, default_network=default_network, shape_only=shape_only
             )
-        self._current[key] = found
+            if known is None or len(known) >= 4:  # a record that keeps changing its labels
+                known = self._parsed[container.id] = {}
+            known[key] = found
         return found
 
-    def routes(
+    def build(
         self,
-        container: ContainerInfo,
-        flags: _FlagKey,
-    ) -> tuple[list[Route], list[Problem]]:
-        """The container's routes with `running` and `serving` set, and its problems."""
-        entry = self._flagged.get(container.id)
-        if entry is not None and (entry.container is container or entry.container == container):
-            if entry.flags == flags:
-                self._flagged_next[container.id] = entry
-                return entry.routes, entry.problems
-            if entry.flags[0] == flags[0] and entry.flags[2:] == flags[2:]:
-                parsed: Parsed | None = (entry.parsed, entry.problems)  # only `serving` moved
-            else:
-                parsed = None
-        else:
-            parsed = None
-        running, serving, prefix, default_network = flags
-        if parsed is None:
-            parsed = self.parse(
+        listing: list[ContainerInfo] | tuple[ContainerInfo, ...],
+        context: _Context,
+        withdrawn: Collection[str],
+    ) -> DesiredState | None:
+        """`build_desired` from the last build and what changed since; None when the
+        listing holds one id twice (then the caller builds afresh)."""
+        by_id = {container.id: container for container in listing}
+        if len(by_id) != len(listing):
+            self._forget_build()
+            for container_id in self._parsed.keys() - by_id.keys():
+                del self._parsed[container_id]
+            return None
+        if context != self._context:
+            self._forget_build()
+            self._context = context
+        entries = self._entries
+        held = frozenset(withdrawn)
+        candidates = [
+            c for cid, c in by_id.items() if (e := entries.get(cid)) is None or e.container is not c
+        ]
+        if held != self._withdrawn:
+            candidates.extend(by_id[cid] for cid in held ^ self._withdrawn if cid in by_id)
+            self._withdrawn = held
+        changed: list[ContainerInfo] = []
+        for container in candidates:
+            entry = entries.get(container.id)
+            if (
+                entry is not None
+                and entry.withdrawn == (container.id in held)
+                and (entry.container is container or entry.container == container)
+            ):
+                entry.container = container  # the same: compared by identity next time
+                continue
+            changed.append(container)
+        removed = entries.keys() - by_id.keys()
+        if not changed and not removed and self._result is not None:
+            return self._result
+        touched: set[PoolKey] = set()
+        for container_id in removed:
+            touched.update(self._withdraw(container_id))
+            self._parsed.pop(container_id, None)
+        prefix, default_network, dynamic = context
+        for container in changed:
+            touched.update(self._withdraw(container.id))
+            running = container.state in ("running", "paused")
+            serving = container.is_serving and container.id not in held
+            found, problems = self.parse(
                 container, prefix=prefix, default_network=default_network, shape_only=not running
             )
-        found, problems = parsed
-        routes = [dataclasses.replace(r, running=running, serving=serving) for r in found]
-        self._flagged_next[container.id] = _Flagged(container, flags, found, routes, problems)
-        return routes, problems
+            grouped: dict[PoolKey, list[Route]] = {}
+            for route in found:
+                flagged = dataclasses.replace(route, running=running, serving=serving)
+                grouped.setdefault((route.hosts, route.path), []).append(flagged)
+            for key, routes in grouped.items():
+                self._members.setdefault(key, {})[container.id] = routes
+                touched.add(key)
+            entries[container.id] = _Entry(
+                container, container.id in held, running, problems, tuple(grouped)
+            )
+            if running and problems:
+                self._problems[container.id] = problems
+        self._rebuild(touched, dynamic, prefix)
+        pool_problems = [p for _, problems in self._built.values() for p in problems]
+        container_problems = [p for problems in self._problems.values() for p in problems]
+        self._result = DesiredState(
+            pools=tuple(self._built[key][0] for key in self._order),
+            problems=tuple(sorted({*container_problems, *pool_problems}, key=_problem_order)),
+        )
+        return self._result
 
-    def pool(
-        self, key: PoolKey, routes: list[Route], dynamic: bool, prefix: str
-    ) -> tuple[Pool, list[Problem]] | None:
-        entry = self._pools.get(key)
-        # List equality compares identical routes by identity first: cheap when unchanged.
-        if entry is None or entry.dynamic != dynamic or entry.prefix != prefix:
-            return None
-        if entry.routes != routes:
-            return None
-        self._pools_next[key] = entry
-        return entry.result
+    def _withdraw(self, container_id: str) -> tuple[PoolKey, ...]:
+        """Take a container's routes out of its pools; the keys of those pools."""
+        entry = self._entries.pop(container_id, None)
+        if entry is None:
+            return ()
+        self._problems.pop(container_id, None)
+        for key in entry.keys:
+            members = self._members[key]
+            del members[container_id]
+            if not members:
+                del self._members[key]
+        return entry.keys
 
-    def keep_pool(
-        self,
-        key: PoolKey,
-        routes: list[Route],
-        dynamic: bool,
-        prefix: str,
-        built: tuple[Pool, list[Problem]],
-    ) -> None:
-        self._pools_next[key] = _Built(routes, dynamic, prefix, built)
+    def _rebuild(self, touched: set[PoolKey], dynamic: bool, prefix: str) -> None:
+        """Build the touched pools again; keep the order sorted."""
+        gone = False
+        for key in touched:
+            members = self._members.get(key)
+            if members is None:
+                if self._built.pop(key, None) is not None:
+                    gone = True
+                continue
+            routes = [route for routes in members.values() for route in routes]
+            problems: list[Problem] = []
+            pool = _build_pool(key[0], key[1], routes, dynamic, prefix, problems)
+            previous = self._built.get(key)
+            if previous is None:
+                bisect.insort(self._order, key, key=_key_order)
+            elif previous[0] == pool:
+                pool = previous[0]  # the very object: later stages compare by identity
+            self._built[key] = (pool, problems)
+        if gone:
+            self._order = [key for key in self._order if key in self._built]
 
-    def pool_order(self, built: Mapping[PoolKey, object]) -> list[PoolKey] | None:
-        """The previous build's order when it had exactly these pools (order depends
-        on hosts and path only, which the keys are)."""
-        if len(built) != len(self._order) or self._order_keys != built.keys():
-            return None
-        return self._order
-
-    def keep_pool_order(self, order: list[PoolKey]) -> None:
-        self._order = order
-        self._order_keys = frozenset(order)
-
-    def finish_build(self) -> None:
-        self._previous, self._current = self._current, {}
-        self._flagged, self._flagged_next = self._flagged_next, {}
-        self._pools, self._pools_next = self._pools_next, {}
+    def _forget_build(self) -> None:
+        self._context = None
+        self._entries = {}
+        self._withdrawn = frozenset()
+        self._members = {}
+        self._built = {}
+        self._order = []
+        self._problems = {}
+        self._result = None
 
 
 def build_desired(
@@ -260,23 +297,37 @@ def build_desired(
     Every listed container shapes its pools, stopped ones included, so a crash or a
     health flip changes membership only; members are the serving containers whose
     id is not `withdrawn` (leaving: killed or stopping, before Docker's listing says so).
-    `memo` (kept by a caller that builds again and again) skips re-parsing containers
-    that did not change; the result is the same with or without it.
+    `memo` (kept by a caller that builds again and again) redoes only what changed
+    since its last build; the result is the same with or without it.
     """
-    memo = memo or ParseMemo()
+    listing = containers if isinstance(containers, list | tuple) else list(containers)
+    if memo is not None:
+        found = memo.build(listing, (prefix, default_network, dynamic), withdrawn)
+        if found is not None:
+            return found
+    parse = memo.parse if memo is not None else _parse
     routes: list[Route] = []
     problems: list[Problem] = []
-    for container in containers:
+    for container in listing:
         running = container.state in ("running", "paused")
         serving = container.is_serving and container.id not in withdrawn
-        found, found_problems = memo.routes(container, (running, serving, prefix, default_network))
-        routes.extend(found)
+        found_routes, found_problems = parse(
+            container, prefix=prefix, default_network=default_network, shape_only=not running
+        )
+        routes.extend(replace(r, running=running, serving=serving) for r in found_routes)
         if running:  # a stopped container's label problems are reported when it runs
             problems.extend(found_problems)
-    pools, pool_problems = build_pools(routes, dynamic=dynamic, prefix=prefix, memo=memo)
-    memo.finish_build()
+    pools, pool_problems = build_pools(routes, dynamic=dynamic, prefix=prefix)
     all_problems = sorted({*problems, *pool_problems}, key=_problem_order)
     return DesiredState(pools=pools, problems=tuple(all_problems))
+
+
+def _parse(
+    container: ContainerInfo, *, prefix: str, default_network: str | None, shape_only: bool
+) -> Parsed:
+    return parse_container(
+        container, prefix=prefix, default_network=default_network, shape_only=shape_only
+    )
 
 
 def _age(route: Route) -> tuple[bool, float, str, str, str, str]:
@@ -423,10 +474,10 @@ def _applies(key: str, settings: PoolSettings) -> bool:
     return True
 
 
-def _caddy_order(pool: Pool) -> tuple[bool, int, str, bool, tuple[str, ...]]:
-    """Paths before catch-alls, longer paths first, exact hosts before wildcards."""
-    path = pool.shape.path
-    hosts = pool.shape.hosts
+def _key_order(key: PoolKey) -> tuple[bool, int, str, bool, tuple[str, ...]]:
+    """Paths before catch-alls, longer paths first, exact hosts before wildcards (unique:
+    the key is the pool's hosts and path)."""
+    hosts, path = key
     wildcard = any(h.startswith("*.") for h in hosts)
     return (path is None, -len(path or ""), path or "", wildcard, hosts)
 
