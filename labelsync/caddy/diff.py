@@ -32,6 +32,16 @@ def owned_routes(routes: list[JSON], prefix: str = OWNED_PREFIX) -> list[JSON]:
     return [route for route in routes if _owned_id(route, prefix) is not None]
 
 
+def _layout(routes: list[JSON], prefix: str) -> list[str | None]:
+    """Each route's @id when labelsync owns it, else None (one pass, inlined)."""
+    return [
+        route_id
+        if isinstance(route_id := route.get("@id"), str) and route_id.startswith(prefix)
+        else None
+        for route in routes
+    ]
+
+
 def diff_routes(
     current: list[JSON], desired: list[JSON], *, owned_prefix: str = OWNED_PREFIX
 ) -> list[Operation]:
@@ -43,13 +53,11 @@ def diff_routes(
     go at the top, so a user's catch-all route at the end cannot shadow them.
     """
     desired_position = _desired_positions(desired, owned_prefix)
-    current_by_id = {
-        route_id: route
-        for route in current
-        if (route_id := _owned_id(route, owned_prefix)) is not None
-    }
     # The simulated list: an owned route's @id, or None for a user route (never addressed).
-    layout: list[str | None] = [_owned_id(route, owned_prefix) for route in current]
+    layout = _layout(current, owned_prefix)
+    current_by_id = {
+        route_id: route for route_id, route in zip(layout, current, strict=True) if route_id
+    }
     operations: list[Operation] = []
 
     def delete(route_id: str) -> None:
@@ -61,7 +69,10 @@ def diff_routes(
 
     kept = [rid for rid in layout if rid is not None]
     changed = {
-        rid for rid in kept if not _same_shape(current_by_id[rid], desired[desired_position[rid]])
+        rid
+        for rid in kept
+        if (held := current_by_id[rid]) is not (wanted := desired[desired_position[rid]])
+        and not _same_shape(held, wanted)
     }
     if _increasing(kept, desired_position):
         staying = set(kept)  # already in order (the usual case): nothing moves
@@ -70,10 +81,11 @@ def diff_routes(
     for route_id in [rid for rid in kept if rid not in staying]:
         delete(route_id)
 
-    for route in desired:
-        route_id = route["@id"]
-        if route_id in staying and not _same_shape(current_by_id[route_id], route):
-            operations.append(_replacement(current_by_id[route_id], route))
+    # Only changed routes can differ; in desired order.
+    for route_id in sorted(changed & staying, key=desired_position.__getitem__):
+        operations.append(
+            _replacement(current_by_id[route_id], desired[desired_position[route_id]])
+        )
 
     for position, route in enumerate(desired):
         route_id = route["@id"]
@@ -165,7 +177,11 @@ def _owned_id(route: JSON, prefix: str) -> str | None:
 
 
 def _desired_positions(desired: list[JSON], prefix: str) -> dict[str, int]:
-    positions: dict[str, int] = {}
+    ids = _layout(desired, prefix)
+    positions = {route_id: position for position, route_id in enumerate(ids) if route_id}
+    if len(positions) == len(desired):
+        return positions  # every @id owned and none twice: the usual case
+    positions = {}
     for position, route in enumerate(desired):
         route_id = _owned_id(route, prefix)
         if route_id is None:

@@ -26,13 +26,17 @@ def _shape_changes(old: Pool, new: Pool) -> list[str]:
 
 def describe_changes(old: DesiredState | None, new: DesiredState) -> list[str]:
     """One phrase per pool that changed: added, removed, members +/-, settings changed."""
-    previous = {p.id: p for p in old.pools} if old else {}
-    current = {p.id: p for p in new.pools}
+    old_pools = old.pools if old else ()
+    if old_pools is new.pools:
+        return []
+    # Pools not rebuilt are the very objects of the last build (the incremental core
+    # shares them): unchanged, and left out before the comparison.
+    shared = set(map(id, old_pools)).intersection(map(id, new.pools))
+    previous = {p.id: p for p in old_pools if id(p) not in shared}
+    current = {p.id: p for p in new.pools if id(p) not in shared}
     phrases: list[str] = []
     for pool_id, pool in current.items():
         before = previous.get(pool_id)
-        if before is pool:
-            continue  # not rebuilt: unchanged (the incremental core shares such pools)
         if before is None:
             names = ", ".join(m.container_name for m in pool.members) or "no members yet"
             phrases.append(f"pool {_label(pool)} added ({pool.shape.settings.lb_policy}: {names})")

@@ -95,6 +95,13 @@ def _without_fallback(route: JSON) -> JSON:
 def only_fallbacks_differ(current: list[JSON], desired: list[JSON]) -> bool:
     """True when `desired` differs from `current` in dynamic routes' fallback lists only."""
     held = owned_routes(current)
-    if held == desired:
+    if len(held) != len(desired):
         return False
-    return [_without_fallback(r) for r in held] == [_without_fallback(r) for r in desired]
+    differ = False
+    for old, new in zip(held, desired, strict=True):
+        if old is new or old == new:
+            continue  # unchanged routes are mostly the very objects (`adopt_equal`)
+        if _without_fallback(old) != _without_fallback(new):
+            return False
+        differ = True
+    return differ

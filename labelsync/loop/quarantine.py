@@ -126,6 +126,8 @@ class Quarantine:
 
     def release_changed(self, desired: list[JSON]) -> list[str]:
         """Forget routes whose rendering changed or that are gone; their ids."""
+        if not self._held:
+            return []
         wanted = {str(route["@id"]): route for route in desired}
         released = [
             route_id

@@ -74,6 +74,8 @@ LEAVE_ACTIONS = frozenset({"kill", "stop", "die", "pause", "destroy"})
 JOIN_ACTIONS = frozenset({"start", "unpause"})
 CONFLICT_RETRIES = 5
 _ServerRead = tuple[list[dict[str, Any]], str | None]  # the server's routes, its ETag
+# Caddy's routes as known, the routes to write over them, and the operations between.
+_Plan = tuple[list[dict[str, Any]], list[dict[str, Any]], list[Operation]]
 CADDY_BACKOFF = (0.25, 10.0)
 
 
@@ -259,7 +261,8 @@ class Reconciler:
             self.state.last_error = str(exc)
             return SyncResult.DOCKER_UNAVAILABLE
         self.state.docker_up = True
-        self._leaving &= {c.id for c in containers}
+        if self._leaving:
+            self._leaving &= {c.id for c in containers}
         self.state.containers = containers
         desired = self._build(containers)
         self._log_new_problems(desired.problems)
@@ -383,16 +386,21 @@ class Reconciler:
         known = self._known_routes
         if verify:
             self._forget_read_back()  # a check reads Caddy as it is now
+        planned: _Plan | None = None
         if not verify and known is not None:
             wanted = self._quarantine.hold_back(known, routes)
-            if not diff_routes(known, wanted):
+            operations = diff_routes(known, wanted)
+            if not operations:
                 return []
             if not self._fill_due and only_fallbacks_differ(known, wanted):
                 self._fill_fallbacks_later()  # they serve nobody while labelsync runs
                 return []
+            planned = known, wanted, operations
         self._known_routes = None
         written: list[Operation] = []
-        refusal = await self._write(lambda now: self._quarantine.hold_back(now, routes), written)
+        refusal = await self._write(
+            lambda now: self._quarantine.hold_back(now, routes), written, planned
+        )
         if refusal is None:
             return written
         error, current, target = refusal
@@ -439,11 +447,15 @@ class Reconciler:
         return None if refusal is None else refusal[0]
 
     async def _write(
-        self, make: Callable[[list[dict[str, Any]]], list[dict[str, Any]]], written: list[Operation]
+        self,
+        make: Callable[[list[dict[str, Any]]], list[dict[str, Any]]],
+        written: list[Operation],
+        planned: _Plan | None = None,
     ) -> tuple[CaddyRefused, list[dict[str, Any]], list[dict[str, Any]]] | None:
         """Write `make(Caddy's routes)`, re-reading on a stale ETag; the operations sent go
         into `written`. None when done; Caddy's refusal with the routes it held and the
-        target it refused."""
+        target it refused. `planned`: (routes, `make` of them, their diff) computed
+        already, used when Caddy's routes are those very routes."""
         name = self.settings.caddy_server
         read_back, self._read_back_task = self._read_back_task, None
         for _ in range(CONFLICT_RETRIES):
@@ -457,12 +469,17 @@ class Reconciler:
                     await self._create_server(name)
                     continue
                 current = list(server.get("routes") or [])
-            target = make(current)
-            # Routes Caddy holds equal to desired ones become those very objects: this
-            # diff, the next ones, and the adoption after the write compare them by
-            # identity (one deep comparison per read, not three).
-            current = adopt_equal(current, target)
-            operations = diff_routes(current, target)
+            if planned is not None and current is planned[0]:
+                # The read after our last write found what it left: diffed already.
+                _, target, operations = planned
+            else:
+                target = make(current)
+                # Routes Caddy holds equal to desired ones become those very objects:
+                # this diff, the next ones, and the adoption after the write compare
+                # them by identity (one deep comparison per read, not three).
+                current = adopt_equal(current, target)
+                operations = diff_routes(current, target)
+            planned = None
             if not operations:
                 self._known_routes = current
                 return None
@@ -507,8 +524,14 @@ class Reconciler:
             return None  # the next write reads for itself
         if server is None:
             return None
-        # Routes equal to what the write left become those objects (cheap diffs later).
-        return adopt_equal(list(server.get("routes") or []), expected), etag
+        # Routes equal to what the write left become those objects (cheap diffs later);
+        # when all are, the read is what the loop knows, and the very list it holds.
+        routes = adopt_equal(list(server.get("routes") or []), expected)
+        if len(routes) == len(expected) and all(
+            a is b for a, b in zip(routes, expected, strict=True)
+        ):
+            routes = expected
+        return routes, etag
 
     def _forget_read_back(self) -> None:
         task, self._read_back_task = self._read_back_task, None
@@ -673,6 +696,8 @@ class Reconciler:
 def _stale_removals(old: DesiredState | None, operations: list[Operation]) -> list[str]:
     """Routes deleted that no earlier build had: found in Caddy at start-up (a static file
     no longer configured, a container removed while labelsync was away) or drift."""
+    if not any(isinstance(op, DeleteRoute) for op in operations):
+        return []
     known = {pool.id for pool in old.pools} if old is not None else set()
     return [
         f"route {op.route_id} removed (in Caddy, but nothing labelled gives it now)"

@@ -137,26 +137,41 @@ class DynamicMembership:
             return
         answers: dict[str, tuple[SrvAnswer, ...]] = {}
         previous, current = self._answers, {}
+        kept = 0  # entries taken over as they were
         for pool in self._desired.pools:
+            pool_id = pool.shape.id
             checked = pool.shape.settings.active is not None
-            verdicts = (
-                tuple(self.checker.is_healthy(pool.id, m) for m in pool.members) if checked else ()
-            )
-            entry = previous.get(pool.id)
-            if entry is None or entry[1] != verdicts or (entry[0] is not pool and entry[0] != pool):
+            entry = previous.get(pool_id)
+            if entry is not None and entry[0] is pool and not checked:
+                kept += 1  # the same pool, no health to ask: the same answer
+            else:
+                verdicts = (
+                    tuple(self.checker.is_healthy(pool_id, m) for m in pool.members)
+                    if checked
+                    else ()
+                )
+                if (
+                    entry is None
+                    or entry[1] != verdicts
+                    or (entry[0] is not pool and entry[0] != pool)
+                ):
 
-                def healthy(member: Member, pool_id: str = pool.id) -> bool:
-                    return self.checker.is_healthy(pool_id, member)
+                    def healthy(member: Member, pool_id: str = pool_id) -> bool:
+                        return self.checker.is_healthy(pool_id, member)
 
-                records = tuple(srv_answers(pool, healthy=healthy))
-                if entry is not None and entry[2] != records:
-                    self._changed.add(pool.id)
-                entry = (pool, verdicts, records, pool_dns_name(pool.id))
-            current[pool.id] = entry
+                    records = tuple(srv_answers(pool, healthy=healthy))
+                    if entry is not None and entry[2] != records:
+                        self._changed.add(pool_id)
+                    entry = (pool, verdicts, records, pool_dns_name(pool_id))
+                else:
+                    kept += 1
+            current[pool_id] = entry
             answers[entry[3]] = entry[2]
-            if checked or pool.id in self._all_down:
-                self._note_all_down(pool.id, pool.members)
+            if checked or pool_id in self._all_down:
+                self._note_all_down(pool_id, pool.members)
         self._answers = current
+        if kept == len(current) == len(previous):
+            return  # every answer as the resolver serves it already
         self.resolver.update(answers)
 
     def channels(
@@ -169,7 +184,7 @@ class DynamicMembership:
         Call after `publish(desired)`; `now` is monotonic seconds.
         """
         changed, self._changed = self._changed, set()
-        ids = {pool.id for pool in desired.pools}
+        ids = {pool.shape.id for pool in desired.pools}
         was_over = self.budget.over
         json_pools = self.budget.assign(ids, changed & ids, now)
         if self.budget.over != was_over:
@@ -180,9 +195,10 @@ class DynamicMembership:
         views: dict[str, tuple[Pool, Pool]] = {}
         pools = []
         for pool in desired.pools:
-            if pool.id in json_pools:
+            pool_id = pool.shape.id
+            if pool_id in json_pools and pool.shape.settings.active is not None:
                 view = self._live_view(pool)
-                views[pool.id] = (pool, view)
+                views[pool_id] = (pool, view)
                 pool = view
             pools.append(pool)
         self._json_views = views

@@ -206,18 +206,32 @@ class Resolver:
         that touches one pool costs the other pools nothing on their next question.
         """
         previous = self._served
-        served = {_normal(name): tuple(records) for name, records in pools.items()}
-        hostnames = frozenset(
-            _normal(record.target)
-            for records in served.values()
-            for record in records
-            if target_ip(record.target) is None
-        )
+        old = previous.pools
+        served: dict[str, tuple[SrvAnswer, ...]] = {}
+        changed: set[str] = set()
+        for name, given in pools.items():
+            normal = name if name in old else _normal(name)  # old's keys are normal already
+            records = tuple(given)
+            before = old.get(normal)
+            if before is not records and before != records:
+                changed.add(normal)
+            served[normal] = records
+        changed.update(old.keys() - served.keys())
+        hostnames = previous.hostnames
+        # Host-name targets only of the answers that changed: the others' are the same.
+        if any(
+            target_ip(record.target) is None
+            for name in changed
+            for record in (*old.get(name, ()), *served.get(name, ()))
+        ):
+            hostnames = frozenset(
+                _normal(record.target)
+                for records in served.values()
+                for record in records
+                if target_ip(record.target) is None
+            )
         packed: dict[bytes, _Packed] = {}
         if hostnames == previous.hostnames:
-            old = previous.pools
-            changed = {name for name, records in served.items() if old.get(name) != records}
-            changed.update(name for name in old if name not in served)
             # A copy of the dict, taken while the resolver thread may add to it: a key
             # added meanwhile is either copied or asked again, never wrong.
             for key, entry in list(previous.packed.items()):
