@@ -19,6 +19,9 @@ from labelsync.caddy.operations import apply_operations
 from labelsync.caddy.render import RenderMemo, RenderOptions, render_routes
 from labelsync.core.model import ContainerInfo
 from labelsync.core.pools import ParseMemo, build_desired
+from labelsync.membership.channel import DynamicMembership
+from labelsync.membership.health import ActiveChecker
+from labelsync.membership.resolver import Resolver
 
 HOSTS = ["a.test", "b.test", "c.test", "a.test, b.test"]
 PATHS = [None, "/api/*", "/x"]
@@ -146,3 +149,34 @@ def test_a_build_redoes_only_the_pools_a_change_touched() -> None:
     assert second.pools[0] is first.pools[0] and second.pools[2] is first.pools[2]
     assert len(second.pools[1].members) == 2
     assert build_desired(listing, memo=memo) == first  # the member left again
+
+
+@settings(max_examples=100, deadline=None)
+@given(data=st.data(), steps=st.lists(CHANGES, min_size=1, max_size=10))
+def test_the_resolver_answers_as_if_published_afresh(data: st.DataObject, steps: list[str]) -> None:
+    """The membership channel looks again only at pools that are not the very objects
+    it was last given: what the resolver serves equals a fresh channel's answers."""
+    fleet = {f"c{i}": data.draw(containers(i)) for i in range(data.draw(st.integers(0, 6)))}
+    memo = ParseMemo()
+    channel = DynamicMembership(Resolver(), ActiveChecker())
+    next_index = 100
+    for step in steps:
+        ids = sorted(fleet)
+        if step in ("add", "mode") or not ids:
+            fleet[f"c{next_index}"] = data.draw(containers(next_index))
+            next_index += 1
+        elif step == "remove":
+            del fleet[data.draw(st.sampled_from(ids))]
+        elif step in ("relabel", "withdraw"):
+            victim = data.draw(st.sampled_from(ids))
+            fleet[victim] = replace(data.draw(containers(0)), id=victim)
+        elif step in ("state", "health"):
+            victim = data.draw(st.sampled_from(ids))
+            state = data.draw(st.sampled_from(["running", "exited"]))
+            fleet[victim] = replace(fleet[victim], state=state)
+        listing = [fleet[i] for i in sorted(fleet)]
+        desired = build_desired(listing, memo=memo)
+        channel.publish(desired)
+        fresh = DynamicMembership(Resolver(), ActiveChecker())
+        fresh.publish(build_desired(listing))
+        assert channel.resolver.answers() == fresh.resolver.answers()

@@ -133,6 +133,8 @@ class ParseMemo:
         self._members: dict[PoolKey, dict[str, list[Route]]] = {}
         self._built: dict[PoolKey, tuple[Pool, list[Problem]]] = {}
         self._order: list[PoolKey] = []
+        self._pools: list[Pool] = []  # the built pools, in `_order`
+        self._pool_problems: dict[PoolKey, list[Problem]] = {}  # pools with problems
         self._problems: dict[str, list[Problem]] = {}  # running containers with problems
         self._result: DesiredState | None = None
 
@@ -230,10 +232,10 @@ class ParseMemo:
             if running and problems:
                 self._problems[container.id] = problems
         self._rebuild(touched, dynamic, prefix)
-        pool_problems = [p for _, problems in self._built.values() for p in problems]
+        pool_problems = [p for problems in self._pool_problems.values() for p in problems]
         container_problems = [p for problems in self._problems.values() for p in problems]
         self._result = DesiredState(
-            pools=tuple(self._built[key][0] for key in self._order),
+            pools=tuple(self._pools),
             problems=tuple(sorted({*container_problems, *pool_problems}, key=_problem_order)),
         )
         return self._result
@@ -252,25 +254,37 @@ class ParseMemo:
         return entry.keys
 
     def _rebuild(self, touched: set[PoolKey], dynamic: bool, prefix: str) -> None:
-        """Build the touched pools again; keep the order sorted."""
+        """Build the touched pools again; keep the order (and the pools in it) sorted."""
         gone = False
+        order, pools = self._order, self._pools
         for key in touched:
             members = self._members.get(key)
             if members is None:
                 if self._built.pop(key, None) is not None:
+                    self._pool_problems.pop(key, None)
                     gone = True
                 continue
             routes = [route for routes in members.values() for route in routes]
             problems: list[Problem] = []
             pool = _build_pool(key[0], key[1], routes, dynamic, prefix, problems)
             previous = self._built.get(key)
-            if previous is None:
-                bisect.insort(self._order, key, key=_key_order)
-            elif previous[0] == pool:
+            if previous is None or previous[0] != pool:
+                index = bisect.bisect_left(order, _key_order(key), key=_key_order)
+                if previous is None:
+                    order.insert(index, key)
+                    pools.insert(index, pool)
+                else:
+                    pools[index] = pool
+            else:
                 pool = previous[0]  # the very object: later stages compare by identity
             self._built[key] = (pool, problems)
+            if problems:
+                self._pool_problems[key] = problems
+            else:
+                self._pool_problems.pop(key, None)
         if gone:
-            self._order = [key for key in self._order if key in self._built]
+            kept = [(k, p) for k, p in zip(order, pools, strict=True) if k in self._built]
+            self._order, self._pools = [k for k, _ in kept], [p for _, p in kept]
 
     def _forget_build(self) -> None:
         self._context = None
@@ -279,6 +293,8 @@ class ParseMemo:
         self._members = {}
         self._built = {}
         self._order = []
+        self._pools = []
+        self._pool_problems = {}
         self._problems = {}
         self._result = None
 

@@ -513,9 +513,11 @@ class Reconciler:
         server in between, the next write's If-Match fails (412) and it reads again.
         """
         self._forget_read_back()
-        self._read_back_task = asyncio.get_running_loop().create_task(
-            self._read_back(name, expected)
-        )
+        task = asyncio.get_running_loop().create_task(self._read_back(name, expected))
+        # A read nobody waits for (the loop stopped) ends quietly; the next write that
+        # takes it gets its result or its error as if it had read itself.
+        task.add_done_callback(lambda done: done.cancelled() or done.exception())
+        self._read_back_task = task
 
     async def _read_back(self, name: str, expected: list[dict[str, Any]]) -> _ServerRead | None:
         try:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import replace
 
 from loguru import logger
@@ -60,6 +60,8 @@ class DynamicMembership:
         # pool id -> (pool, its members' verdicts, its records, its DNS name): a publish
         # computes records only for pools that changed or whose members' health did.
         self._answers: dict[str, tuple[Pool, tuple[bool, ...], tuple[SrvAnswer, ...], str]] = {}
+        self._served: dict[str, tuple[SrvAnswer, ...]] = {}  # DNS name -> records, as given
+        self._republished: tuple[Pool, ...] | None = None  # the pools of the last republish
         self._checked: dict[str, Pool] = {}  # the pools with active checks, as last given
         # Called after each health flip, once the new membership is published.
         self.on_health_change: list[Callable[[str, str, bool, str], None]] = []
@@ -133,46 +135,63 @@ class DynamicMembership:
         self.republish()
 
     def republish(self) -> None:
-        if self._desired is None:
+        """Hand the resolver the answers of the pools as last published.
+
+        Only pools that are not the very objects of the last call are looked at again,
+        and those whose answers depend on health (active checks) or were all down; the
+        resolver is given the names whose answers changed.
+        """
+        desired = self._desired
+        if desired is None:
             return
-        answers: dict[str, tuple[SrvAnswer, ...]] = {}
-        previous, current = self._answers, {}
-        kept = 0  # entries taken over as they were
-        for pool in self._desired.pools:
+        pools = desired.pools
+        entries, served = self._answers, self._served
+        changed: set[str] = set()
+        if self._republished is None:
+            work: Iterable[Pool] = pools
+        else:
+            ids = {pool.shape.id for pool in pools}
+            for pool_id in [i for i in entries if i not in ids]:
+                name = entries.pop(pool_id)[3]
+                del served[name]
+                changed.add(name)
+            shared = set(map(id, self._republished)).intersection(map(id, pools))
+            all_down = self._all_down
+            work = [
+                pool
+                for pool in pools
+                if id(pool) not in shared
+                or pool.shape.settings.active is not None
+                or pool.shape.id in all_down
+            ]
+        for pool in work:
             pool_id = pool.shape.id
             checked = pool.shape.settings.active is not None
-            entry = previous.get(pool_id)
-            if entry is not None and entry[0] is pool and not checked:
-                kept += 1  # the same pool, no health to ask: the same answer
-            else:
-                verdicts = (
-                    tuple(self.checker.is_healthy(pool_id, m) for m in pool.members)
-                    if checked
-                    else ()
-                )
-                if (
-                    entry is None
-                    or entry[1] != verdicts
-                    or (entry[0] is not pool and entry[0] != pool)
-                ):
+            verdicts = (
+                tuple(self.checker.is_healthy(pool_id, m) for m in pool.members) if checked else ()
+            )
+            entry = entries.get(pool_id)
+            if entry is None or entry[1] != verdicts or (entry[0] is not pool and entry[0] != pool):
 
-                    def healthy(member: Member, pool_id: str = pool_id) -> bool:
-                        return self.checker.is_healthy(pool_id, member)
+                def healthy(member: Member, pool_id: str = pool_id) -> bool:
+                    return self.checker.is_healthy(pool_id, member)
 
-                    records = tuple(srv_answers(pool, healthy=healthy))
-                    if entry is not None and entry[2] != records:
-                        self._changed.add(pool_id)
-                    entry = (pool, verdicts, records, pool_dns_name(pool_id))
-                else:
-                    kept += 1
-            current[pool_id] = entry
-            answers[entry[3]] = entry[2]
+                records = tuple(srv_answers(pool, healthy=healthy))
+                if entry is not None and entry[2] != records:
+                    self._changed.add(pool_id)
+                entry = (pool, verdicts, records, pool_dns_name(pool_id))
+                entries[pool_id] = entry
+            name, records = entry[3], entry[2]
+            if served.get(name) is not records:
+                served[name] = records
+                changed.add(name)
             if checked or pool_id in self._all_down:
                 self._note_all_down(pool_id, pool.members)
-        self._answers = current
-        if kept == len(current) == len(previous):
-            return  # every answer as the resolver serves it already
-        self.resolver.update(answers)
+        if self._republished is None:
+            self.resolver.update(served)
+        elif changed:
+            self.resolver.update(served, changed=changed)
+        self._republished = pools
 
     def channels(
         self, desired: DesiredState, now: float

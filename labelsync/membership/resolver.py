@@ -36,7 +36,7 @@ import os
 import random
 import socket
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -199,29 +199,44 @@ class Resolver:
             raise RuntimeError("resolver not started")
         return self._bound
 
-    def update(self, pools: Mapping[str, Sequence[SrvAnswer]]) -> None:
+    def answers(self) -> Mapping[str, tuple[SrvAnswer, ...]]:
+        """The records served now, by pool DNS name (lower case, no trailing dot)."""
+        return self._served.pools
+
+    def update(
+        self, pools: Mapping[str, Sequence[SrvAnswer]], *, changed: Iterable[str] | None = None
+    ) -> None:
         """Serve exactly these pools from now on, keyed by DNS name; thread-safe.
 
         Packed answers of names whose answer did not change are kept, so an update
         that touches one pool costs the other pools nothing on their next question.
+        `changed`: the names whose answers may differ from the last update (added,
+        changed, or gone from `pools`); every other name is taken as it was, unread.
         """
         previous = self._served
         old = previous.pools
-        served: dict[str, tuple[SrvAnswer, ...]] = {}
-        changed: set[str] = set()
-        for name, given in pools.items():
-            normal = name if name in old else _normal(name)  # old's keys are normal already
-            records = tuple(given)
-            before = old.get(normal)
-            if before is not records and before != records:
-                changed.add(normal)
-            served[normal] = records
-        changed.update(old.keys() - served.keys())
+        served: dict[str, tuple[SrvAnswer, ...]]
+        if changed is not None:
+            served = dict(old)
+            touched: set[str] = set()
+            for name in changed:
+                normal = _normal(name)
+                given = pools.get(name)
+                if given is None:
+                    served.pop(normal, None)
+                else:
+                    served[normal] = tuple(given)
+                if old.get(normal) != served.get(normal):
+                    touched.add(normal)
+        else:
+            served = {_normal(name): tuple(records) for name, records in pools.items()}
+            touched = {name for name, records in served.items() if old.get(name) != records}
+            touched.update(old.keys() - served.keys())
         hostnames = previous.hostnames
         # Host-name targets only of the answers that changed: the others' are the same.
         if any(
             target_ip(record.target) is None
-            for name in changed
+            for name in touched
             for record in (*old.get(name, ()), *served.get(name, ()))
         ):
             hostnames = frozenset(
@@ -235,7 +250,7 @@ class Resolver:
             # A copy of the dict, taken while the resolver thread may add to it: a key
             # added meanwhile is either copied or asked again, never wrong.
             for key, entry in list(previous.packed.items()):
-                if entry.name not in changed:
+                if entry.name not in touched:
                     packed[key] = entry
         self._served = _Served(pools=served, hostnames=hostnames, packed=packed)
 
