@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
@@ -493,6 +494,45 @@ def cleanup_server(caddy: CaddyProcess, settings: Settings) -> Iterator[None]:
     yield
     with contextlib.suppress(AssertionError):
         caddy.admin("DELETE", f"/config/apps/http/servers/{settings.caddy_server}")
+
+
+class Counting(httpx.AsyncBaseTransport):
+    """A real connection that notes each request's method."""
+
+    def __init__(self) -> None:
+        self.inner = httpx.AsyncHTTPTransport()
+        self.methods: list[str] = []
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        self.methods.append(request.method)
+        return await self.inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+async def test_a_real_caddys_etag_is_predicted_after_a_write(
+    caddy: CaddyProcess, settings: Settings, listing: ListedContainers, cleanup_server: None
+) -> None:
+    """After a write the loop computes the ETag Caddy gives what it wrote: the next
+    changes are each one write, with no read before or after (labels with characters
+    Go's JSON escapes included)."""
+    transport = Counting()
+    admin = CaddyAdmin(caddy.admin_url, transport=transport)
+    async with reconciler_on(admin, settings, listing) as loop:
+        odd = {"health.path": "/", "health.body": "a<b>&c é"}
+        listing.containers.append(container("one", "one.test", **odd))
+        assert await loop.sync_once() == SyncResult.APPLIED
+        await loop.read_back_done()
+        sent = len(transport.methods)
+        for name in ("two", "three"):
+            listing.containers.append(container(name, f"{name}.test"))
+            assert await loop.sync_once() == SyncResult.APPLIED
+            await loop.read_back_done()
+        assert transport.methods[sent:] == ["PUT", "PUT"]
+    routes = caddy.get_config(f"apps/http/servers/{settings.caddy_server}/routes")
+    assert len([r for r in routes if is_owned(r)]) == 3
+    assert "a<b>&c é" in json.dumps(routes, ensure_ascii=False)  # Go escaped it: \u003c
 
 
 async def test_a_real_caddys_etag_conflict_keeps_the_other_edit(

@@ -35,6 +35,7 @@ from typing import Any
 from loguru import logger
 
 from labelsync.caddy.diff import adopt_equal, diff_routes, owned_routes, refresh_fallbacks
+from labelsync.caddy.etag import EtagPredictor, etag_path
 from labelsync.caddy.listen import for_caddy_http_port, listen_plan, port_mismatch
 from labelsync.caddy.operations import DeleteRoute, Operation, ReplaceUpstreams, apply_operations
 from labelsync.caddy.render import RenderMemo, render_routes
@@ -128,6 +129,13 @@ class Reconciler:
         # The server read right after our last write (`_read_back`): the next write's
         # routes and ETag, read and parsed outside the sync that needs them.
         self._read_back_task: asyncio.Task[_ServerRead | None] | None = None
+        # Or, while the prediction held at the last read, no read: the routes the last
+        # write left and the ETag Caddy gives them (`caddy/etag.py`).
+        self._etags = EtagPredictor()
+        self._predicted: _ServerRead | None = None
+        self._predicting = False  # the last read's ETag was the one predicted
+        self._server_rest: dict[str, Any] = {}  # the server as last read, but its routes
+        self._etag_path: str | None = None  # the config path its ETag names
         self._verify = True
         self._logged_problems: frozenset[Problem] = frozenset()
         self._caddy_backoff = CADDY_BACKOFF[0]
@@ -458,9 +466,15 @@ class Reconciler:
         already, used when Caddy's routes are those very routes."""
         name = self.settings.caddy_server
         read_back, self._read_back_task = self._read_back_task, None
+        predicted, self._predicted = self._predicted, None
         for _ in range(CONFLICT_RETRIES):
-            read = await read_back if read_back is not None else None
+            read: _ServerRead | None
+            if predicted is not None:
+                read, predicted = predicted, None
+            else:
+                read = await read_back if read_back is not None else None
             read_back = None
+            fresh = read is None  # read now: check the prediction against it
             if read is not None:
                 current, etag = read  # as good as reading now: If-Match tells if it is not
             else:
@@ -469,6 +483,7 @@ class Reconciler:
                     await self._create_server(name)
                     continue
                 current = list(server.get("routes") or [])
+                self._note_server(server, etag)
             if planned is not None and current is planned[0]:
                 # The read after our last write found what it left: diffed already.
                 _, target, operations = planned
@@ -480,6 +495,8 @@ class Reconciler:
                 current = adopt_equal(current, target)
                 operations = diff_routes(current, target)
             planned = None
+            if fresh:
+                self._check_prediction(current, etag)
             if not operations:
                 self._known_routes = current
                 return None
@@ -493,7 +510,11 @@ class Reconciler:
                 self._known_routes = current
                 return exc, current, target
             self._known_routes = adopt_equal(apply_operations(current, operations), target)
-            self._start_read_back(name, self._known_routes)
+            if self._predicting and self._etag_path is not None:
+                etag = self._etags.etag(self._etag_path, self._server_rest, self._known_routes)
+                self._predicted = self._known_routes, etag
+            else:
+                self._start_read_back(name, self._known_routes)
             self.state.admin_writes += 1
             self._fill_due = False
             # A burst is built by shape writes, and in dynamic mode by fallback lists too
@@ -526,6 +547,7 @@ class Reconciler:
             return None  # the next write reads for itself
         if server is None:
             return None
+        self._note_server(server, etag)
         # Routes equal to what the write left become those objects (cheap diffs later);
         # when all are, the read is what the loop knows, and the very list it holds.
         routes = adopt_equal(list(server.get("routes") or []), expected)
@@ -533,9 +555,25 @@ class Reconciler:
             a is b for a, b in zip(routes, expected, strict=True)
         ):
             routes = expected
+        self._check_prediction(routes, etag)
         return routes, etag
 
+    def _note_server(self, server: dict[str, Any], etag: str | None) -> None:
+        """Keep what a prediction of the server's next ETag needs from a read of it."""
+        self._server_rest = {key: value for key, value in server.items() if key != "routes"}
+        self._etag_path = etag_path(etag) if etag else None
+
+    def _check_prediction(self, routes: list[dict[str, Any]], etag: str | None) -> None:
+        """Predict only while the prediction gives the ETag of what was just read."""
+        path = self._etag_path
+        self._predicting = (
+            etag is not None
+            and path is not None
+            and self._etags.etag(path, self._server_rest, routes) == etag
+        )
+
     def _forget_read_back(self) -> None:
+        self._predicted = None
         task, self._read_back_task = self._read_back_task, None
         if task is not None:
             task.cancel()
