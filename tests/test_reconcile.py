@@ -15,6 +15,7 @@ import contextlib
 import json
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import replace
 from typing import Any
 
 import httpx
@@ -166,6 +167,53 @@ async def test_a_burst_of_changes_is_one_admin_write(
         assert memory.writes - writes == 1
         assert reconciler.state.admin_writes == 1
         assert len(owned(memory, settings)) == 5
+
+
+async def test_a_stack_listed_as_created_is_written_twice_and_a_leave_at_once(
+    memory: MemoryCaddy, settings: Settings, listing: ListedContainers, reconciler: Reconciler
+) -> None:
+    """Static mode: containers listed as `created` are expected members. Their starts
+    come further apart than any quiet window for a lone change; the first is written at
+    once, the others together after the last (not one write per start), and a member
+    that stops is written out at once (a container of no pool that stops is not)."""
+    started = [container(f"stack-{i}", f"stack{i % 2}.test") for i in range(6)]
+    stack = [replace(c, state="created", networks={}) for c in started]  # no address yet
+    listing.containers.extend(stack)
+    async with running(reconciler):
+        writes = memory.writes  # the two pools, no members yet
+        for i, created in enumerate(stack):
+            listing.containers[i] = started[i]
+            listing.queue.put_nowait(DockerEvent("container", "start", created.id, 0))
+            await asyncio.sleep(0.6)  # Docker's pace: longer than the burst's quiet
+            if i == 2:  # a container of no pool leaving changes nothing
+                listing.queue.put_nowait(DockerEvent("container", "die", "id-stranger", 0))
+        assert sorted(len(dials(route)) for route in owned(memory, settings)) == [3, 3]
+        assert memory.writes - writes == 2
+        writes = memory.writes
+        listing.containers[0] = replace(listing.containers[0], state="exited")
+        listing.queue.put_nowait(DockerEvent("container", "die", stack[0].id, 0))
+        await settle(0.3)
+        assert memory.writes - writes == 1
+        assert sorted(len(dials(route)) for route in owned(memory, settings)) == [2, 3]
+
+
+async def test_a_member_turning_unhealthy_inside_a_burst_is_written_out_at_once(
+    memory: MemoryCaddy, settings: Settings, listing: ListedContainers, reconciler: Reconciler
+) -> None:
+    """A failed health check is a leave: it does not wait for a burst's quiet."""
+    async with running(reconciler):
+        for i in range(3):  # three writes close together: a burst
+            hc = container(f"hc-{i}", "hc.test", ip=f"127.0.0.{10 + i}")
+            listing.containers.append(replace(hc, health="healthy"))
+            listing.queue.put_nowait(DockerEvent("container", "start", f"id-hc-{i}", 0))
+            await settle(0.2)
+        writes = memory.writes
+        listing.containers[0] = replace(listing.containers[0], health="unhealthy")
+        event = DockerEvent("container", "health_status: unhealthy", "id-hc-0", 0)
+        listing.queue.put_nowait(event)
+        await settle(0.3)  # shorter than a burst's quiet
+        assert memory.writes - writes == 1
+        assert [len(dials(route)) for route in owned(memory, settings)] == [2]
 
 
 async def test_an_unchanged_state_writes_nothing(

@@ -4,7 +4,8 @@ Everything between the snapshot and the admin requests is the pure core; this mo
 only decides *when* to run it and what to do when an edge is unavailable:
 
 - bursts coalesce: a quiet window of `debounce`, never longer than `debounce_max`;
-  inside a burst of writes, longer ones (`coalesce.py`);
+  inside a burst of writes, or while the containers a listing showed as created keep
+  starting, longer ones; a member Caddy holds that leaves never waits (`coalesce.py`);
 - a container leaves on the first of kill/stop/die/pause/destroy, before Docker's
   listing says so, and membership is re-published at once (no debounce); a container
   that joins (start, unpause, a health status) is published after one listing, also
@@ -37,7 +38,7 @@ from loguru import logger
 from labelsync.caddy.diff import adopt_equal, diff_routes, owned_routes, refresh_fallbacks
 from labelsync.caddy.etag import EtagPredictor, etag_path
 from labelsync.caddy.listen import for_caddy_http_port, listen_plan, port_mismatch
-from labelsync.caddy.operations import DeleteRoute, Operation, ReplaceUpstreams, apply_operations
+from labelsync.caddy.operations import DeleteRoute, Operation, apply_operations
 from labelsync.caddy.render import RenderMemo, render_routes
 from labelsync.core.changes import describe_changes
 from labelsync.core.events import DockerEvent, EventKind
@@ -122,6 +123,7 @@ class Reconciler:
         self._dirty = asyncio.Event()
         self._first_event: float | None = None  # wall-clock seconds of the oldest pending event
         self._leaving: set[str] = set()
+        self._written_members: frozenset[str] = frozenset()  # ids of members Caddy holds
         # The incremental core: a sync re-parses, rebuilds and renders only what changed.
         self._parsed = ParseMemo()
         self._rendered = RenderMemo()
@@ -155,7 +157,6 @@ class Reconciler:
         self._fill_due = False  # the next write may carry fallback lists alone
         self._fill_since = 0.0
         self._last_change = 0.0  # when a sync last changed what labelsync wants
-        self._shape_writes = 0  # writes that changed pool shapes (coalesce.py)
         self._joining: asyncio.Task[None] | None = None  # see `_publish_joins_soon`
         self._join_again = False
         self._publications = 0  # membership publishes by syncs and joins
@@ -181,12 +182,18 @@ class Reconciler:
             self.verify_next()
             return
         action = event.verb
+        # A member Caddy holds that leaves is written out at once (in static mode Caddy
+        # sends it requests until then); other containers come and go without hurry.
+        holds = event.container_id in self._written_members
         if event.container_id and action in LEAVE_ACTIONS:
-            self._coalescer.urgent = True  # static members must leave Caddy soon
+            self._coalescer.urgent |= holds
             if event.container_id not in self._leaving:
                 self._leaving.add(event.container_id)
                 self._publish_fast()
         elif event.container_id and (action in JOIN_ACTIONS or action == "health_status"):
+            if event.action.endswith("unhealthy"):
+                self._coalescer.urgent |= holds  # a failing member leaves, as on a stop
+            self._coalescer.arrived(event.container_id, time.monotonic())
             self._leaving.discard(event.container_id)
             self._publish_joins_soon()
         self.notify(event_time=event_time)
@@ -233,13 +240,14 @@ class Reconciler:
         self._published = self._build(self.state.containers)
         self.membership.publish(self._published)
 
-    def routes_of(self, container: ContainerInfo) -> tuple[Route, ...]:
-        """The routes `container`'s labels give (from the parse memo: no re-parse)."""
+    def routes_of(self, container: ContainerInfo, *, shape_only: bool = False) -> tuple[Route, ...]:
+        """The routes `container`'s labels give (from the parse memo: no re-parse);
+        `shape_only` for a container not running (no address needed)."""
         routes, _ = self._parsed.parse(
             container,
             prefix=self.settings.label_prefix,
             default_network=self.settings.network,
-            shape_only=False,
+            shape_only=shape_only,
         )
         return tuple(routes)
 
@@ -260,6 +268,7 @@ class Reconciler:
     async def sync_once(self) -> SyncResult:
         """Snapshot, build, apply; what came of it (nothing changes unless it is ok)."""
         first_event, self._first_event = self._first_event, None
+        listed_at = time.monotonic()
         try:
             containers = tuple(await self.docker.snapshot())
         except DockerUnavailable as exc:
@@ -273,6 +282,10 @@ class Reconciler:
             self._leaving &= {c.id for c in containers}
         self.state.containers = containers
         desired = self._build(containers)
+        self._coalescer.expect(
+            (c.id for c in containers if _about_to_join(c) and self.routes_of(c, shape_only=True)),
+            listed_at,
+        )
         self._log_new_problems(desired.problems)
         rendered, json_pools = desired, frozenset[str]()
         if self.membership is not None:
@@ -314,6 +327,7 @@ class Reconciler:
         if changes:
             self._last_change = time.monotonic()
         self.state.desired = desired
+        self._written_members = frozenset(m.container_id for p in desired.pools for m in p.members)
         self.json_pools = json_pools
         if changes or operations:
             took = f" in {latency * 1000:.0f} ms" if latency is not None else ""
@@ -517,11 +531,6 @@ class Reconciler:
                 self._start_read_back(name, self._known_routes)
             self.state.admin_writes += 1
             self._fill_due = False
-            # A burst is built by shape writes, and in dynamic mode by fallback lists too
-            # (the only member lists written there): those wait while it lasts.
-            dynamic = self.settings.upstreams == "dynamic"
-            if dynamic or any(not isinstance(op, ReplaceUpstreams) for op in operations):
-                self._shape_writes += 1
             written.extend(operations)
             return None
         raise CaddyConflict(f"config kept changing under us ({CONFLICT_RETRIES} tries)")
@@ -676,8 +685,9 @@ class Reconciler:
             coalescer.longest = self.settings.debounce_max_seconds
             while True:
                 self._dirty.clear()
-                # Recomputed each time: a leave makes a burst's wait short (`urgent`).
-                quiet, longest = coalescer.windows(started)
+                # Recomputed each time: a leave (`urgent`) or the last expected start
+                # makes a burst's wait short.
+                quiet, longest = coalescer.windows(started, time.monotonic())
                 remaining = started + longest - time.monotonic()
                 if remaining <= 0:
                     break
@@ -690,9 +700,9 @@ class Reconciler:
                 except TimeoutError:
                     break
             self._dirty.clear()
-            shaped = self._shape_writes
+            writes = self.state.admin_writes
             await self._observed_sync()
-            coalescer.synced(time.monotonic(), shaped=self._shape_writes > shaped)
+            coalescer.synced(time.monotonic(), wrote=self.state.admin_writes > writes)
 
     async def _observed_sync(self) -> None:
         """`sync_once`, timed and reported to the observers."""
@@ -731,6 +741,13 @@ class Reconciler:
             tasks.create_task(watch_caddy(self))
             if self.static is not None:
                 tasks.create_task(self._static_changes())
+
+
+def _about_to_join(container: ContainerInfo) -> bool:
+    """Created and not started yet, or started with its first health check to come."""
+    if container.state == "created":
+        return True
+    return container.state == "running" and container.health == "starting"
 
 
 def _stale_removals(old: DesiredState | None, operations: list[Operation]) -> list[str]:
