@@ -9,6 +9,7 @@ operations at every step, and applying the operations must reach the desired rou
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import replace
 
 from hypothesis import given, settings
@@ -17,7 +18,7 @@ from hypothesis import strategies as st
 from labelsync.caddy.diff import adopt_equal, diff_routes
 from labelsync.caddy.operations import apply_operations
 from labelsync.caddy.render import RenderMemo, RenderOptions, render_routes
-from labelsync.core.model import ContainerInfo
+from labelsync.core.model import ContainerInfo, Pool
 from labelsync.core.pools import ParseMemo, build_desired
 from labelsync.membership.channel import DynamicMembership
 from labelsync.membership.health import ActiveChecker
@@ -180,3 +181,42 @@ def test_the_resolver_answers_as_if_published_afresh(data: st.DataObject, steps:
         fresh = DynamicMembership(Resolver(), ActiveChecker())
         fresh.publish(build_desired(listing))
         assert channel.resolver.answers() == fresh.resolver.answers()
+
+
+class _RecordingChecker(ActiveChecker):
+    """Notes the pools with active checks it was last given; probes nothing."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.checked: dict[str, object] = {}
+
+    def update(self, pools: Iterable[Pool]) -> None:
+        self.checked = {p.id: p for p in pools if p.shape.settings.active is not None}
+
+
+def test_the_checker_follows_the_pools_with_checks_as_they_change() -> None:
+    """The channel hands the checker the pools whenever a pool with a check is added,
+    rebuilt or gone, also when only other pools were rebuilt alongside."""
+    checker = _RecordingChecker()
+    channel = DynamicMembership(Resolver(), checker)
+    memo = ParseMemo()
+    checked = {"labelsync.health.path": "/"}
+    plain, health = (
+        _web(1, "a.test"),
+        replace(_web(2, "b.test"), labels={**_web(2, "b.test").labels, **checked}),
+    )
+    steps = [
+        [plain],
+        [plain, health],  # a pool with a check added
+        [plain, replace(health, networks={"net": "10.0.0.9"})],  # rebuilt
+        [
+            replace(plain, networks={"net": "10.0.0.8"}),
+            replace(health, networks={"net": "10.0.0.9"}),
+        ],
+        [_web(3, "c.test")],  # both gone
+    ]
+    for listing in steps:
+        desired = build_desired(listing, memo=memo)
+        channel.publish(desired)
+        expected = {p.id: p for p in desired.pools if p.shape.settings.active is not None}
+        assert checker.checked == expected

@@ -125,14 +125,31 @@ class DynamicMembership:
     def publish(self, desired: DesiredState) -> None:
         """Serve `desired`'s members from now on; start or stop probes to match."""
         self._desired = desired
-        checked = {pool.id: pool for pool in desired.pools if pool.shape.settings.active}
+        pools, previous = desired.pools, self._republished
+        if previous is not None:
+            # Pools that are the very objects of the last publish are as they were.
+            shared = set(map(id, previous)).intersection(map(id, pools))
+            fresh = [pool for pool in pools if id(pool) not in shared]
+            stale = {pool.shape.id for pool in previous if id(pool) not in shared}
+            changed = {p.shape.id: p for p in fresh if p.shape.settings.active is not None}
+            if changed or any(pool_id in self._checked for pool_id in stale):
+                checked = {
+                    pool_id: pool for pool_id, pool in self._checked.items() if pool_id not in stale
+                }
+                checked.update(changed)
+            else:
+                checked = self._checked
+        else:
+            shared, fresh, stale = set(), list(pools), set()
+            checked = {p.shape.id: p for p in pools if p.shape.settings.active is not None}
         # The checker's work is per member: skip it when no pool with a check changed.
-        if checked.keys() != self._checked.keys() or any(
-            pool is not self._checked[pool_id] for pool_id, pool in checked.items()
+        if checked is not self._checked and (
+            checked.keys() != self._checked.keys()
+            or any(pool is not self._checked[pool_id] for pool_id, pool in checked.items())
         ):
-            self.checker.update(desired.pools)
+            self.checker.update(pools)
         self._checked = checked
-        self.republish()
+        self._republish(shared, fresh, stale)
 
     def republish(self) -> None:
         """Hand the resolver the answers of the pools as last published.
@@ -141,29 +158,41 @@ class DynamicMembership:
         and those whose answers depend on health (active checks) or were all down; the
         resolver is given the names whose answers changed.
         """
-        desired = self._desired
-        if desired is None:
+        if self._desired is None:
             return
-        pools = desired.pools
+        previous = self._republished
+        pools = self._desired.pools
+        shared = set(map(id, previous)).intersection(map(id, pools)) if previous else set()
+        fresh = [pool for pool in pools if id(pool) not in shared]
+        stale = {pool.shape.id for pool in previous or () if id(pool) not in shared}
+        self._republish(shared, fresh, stale)
+
+    def _republish(self, shared: set[int], fresh: list[Pool], stale: set[str]) -> None:
+        """`republish`, given the id()s of the pools that are the very objects of the
+        last call (`shared`), the others (`fresh`) and the ids of the last call's pools
+        that are not here as they were (`stale`: rebuilt or gone)."""
+        assert self._desired is not None
+        pools = self._desired.pools
         entries, served = self._answers, self._served
         changed: set[str] = set()
         if self._republished is None:
             work: Iterable[Pool] = pools
         else:
-            ids = {pool.shape.id for pool in pools}
-            for pool_id in [i for i in entries if i not in ids]:
-                name = entries.pop(pool_id)[3]
-                del served[name]
-                changed.add(name)
-            shared = set(map(id, self._republished)).intersection(map(id, pools))
-            all_down = self._all_down
-            work = [
-                pool
-                for pool in pools
-                if id(pool) not in shared
-                or pool.shape.settings.active is not None
-                or pool.shape.id in all_down
-            ]
+            # The pools not seen as they are, those whose answer follows their health
+            # (with checks, or all down), each once.
+            by_id = {p.shape.id: p for p in fresh}
+            for pool_id in stale:
+                if pool_id not in by_id and pool_id in entries:  # gone
+                    name = entries.pop(pool_id)[3]
+                    del served[name]
+                    changed.add(name)
+            for pool in self._checked.values():
+                by_id.setdefault(pool.shape.id, pool)
+            for pool_id in self._all_down:
+                entry = entries.get(pool_id)
+                if entry is not None and id(entry[0]) in shared:
+                    by_id.setdefault(pool_id, entry[0])
+            work = by_id.values()
         for pool in work:
             pool_id = pool.shape.id
             checked = pool.shape.settings.active is not None
