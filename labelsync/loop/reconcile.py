@@ -1,7 +1,8 @@
 """The loop: Docker events -> debounce -> snapshot -> core -> diff -> apply.
 
-Everything between the snapshot and the admin requests is the pure core; this module
-only decides *when* to run it and what to do when an edge is unavailable:
+Everything between the snapshot and the admin requests is the pure core, and how the
+routes get into Caddy is `writer.py`'s; this module only decides *when* to run them
+and what to do when an edge is unavailable:
 
 - bursts coalesce: a quiet window of `debounce`, never longer than `debounce_max`;
   inside a burst of writes, or while the containers a listing showed as created keep
@@ -14,53 +15,39 @@ only decides *when* to run it and what to do when an edge is unavailable:
   carry their members in the JSON (membership/budget.py), and a sync is scheduled for
   when a pool leaves the budget;
 - Docker unreachable: nothing is written; on reconnect everything is re-listed;
-- Caddy unreachable or busy: retried with capped backoff; a stale ETag or a vanished
-  @id (someone else wrote meanwhile) re-reads and re-diffs, so their change is neither
-  overwritten nor lost;
-- Caddy refused a write: the routes to blame are found by bisection and quarantined
-  (one ERROR each, held back until their labels change) while every other change is
-  written (`quarantine.py`); a refusal no single route explains holds the whole write
+- Caddy unreachable or busy: retried with capped backoff (a stale ETag or a vanished
+  @id is re-read and re-diffed by the writer, so someone else's change is neither
+  overwritten nor lost);
+- Caddy refused a write: the writer finds the routes to blame and quarantines them
+  (held back until their labels change) while every other change is written; this
+  module logs one ERROR each; a refusal no single route explains holds the whole write
   back until the routes change or the next resync (`_refused_write`);
 - every `resync_interval` the owned routes are compared with Caddy's, which restores
-  a restarted or drifted Caddy.
+  a restarted or drifted Caddy;
+- on exit, the fallback lists of dynamic routes get the members last published
+  (`refresh_fallbacks`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from loguru import logger
 
-from labelsync.caddy.diff import adopt_equal, diff_routes, owned_routes, refresh_fallbacks
-from labelsync.caddy.etag import EtagPredictor, etag_path
-from labelsync.caddy.listen import for_caddy_http_port, listen_plan, port_mismatch
-from labelsync.caddy.operations import DeleteRoute, Operation, apply_operations
+from labelsync.caddy.operations import DeleteRoute, Operation
 from labelsync.caddy.render import RenderMemo, render_routes
 from labelsync.core.changes import describe_changes
 from labelsync.core.events import DockerEvent, EventKind
 from labelsync.core.model import ContainerInfo, DesiredState, Problem, Route
 from labelsync.core.outcomes import SyncResult
 from labelsync.core.pools import ParseMemo
-from labelsync.errors import (
-    CaddyConflict,
-    CaddyError,
-    CaddyNotFound,
-    CaddyRefused,
-    CaddyUnavailable,
-    DockerUnavailable,
-)
+from labelsync.errors import CaddyError, CaddyRefused, CaddyUnavailable, DockerUnavailable
 from labelsync.loop.build import build_from_settings, render_options
 from labelsync.loop.caddy_watch import watch_caddy
-from labelsync.loop.coalesce import (
-    BURST_LONGEST,
-    FILL_DELAY,
-    Coalescer,
-    only_fallbacks_differ,
-)
+from labelsync.loop.coalesce import Coalescer
 from labelsync.loop.ports import (
     CaddyWriter,
     ContainerSource,
@@ -68,16 +55,13 @@ from labelsync.loop.ports import (
     StaticRoutes,
     SyncObserver,
 )
-from labelsync.loop.quarantine import Held, Quarantine, describe_refusal, isolate, suspects
+from labelsync.loop.quarantine import describe_refusal
+from labelsync.loop.writer import RouteWriter
 from labelsync.report.logs import log_problems
 from labelsync.settings import Settings
 
 LEAVE_ACTIONS = frozenset({"kill", "stop", "die", "pause", "destroy"})
 JOIN_ACTIONS = frozenset({"start", "unpause"})
-CONFLICT_RETRIES = 5
-_ServerRead = tuple[list[dict[str, Any]], str | None]  # the server's routes, its ETag
-# Caddy's routes as known, the routes to write over them, and the operations between.
-_Plan = tuple[list[dict[str, Any]], list[dict[str, Any]], list[Operation]]
 CADDY_BACKOFF = (0.25, 10.0)
 
 
@@ -113,9 +97,11 @@ class Reconciler:
         static: StaticRoutes | None = None,
         membership: MembershipPublisher | None = None,
     ) -> None:
-        self.settings = settings
         self.docker = docker
         self.caddy = caddy
+        # How the routes get into Caddy (writer.py); what Caddy holds, as far as known.
+        self._writer = RouteWriter(settings, caddy, notify=self.notify, on_write=self._wrote)
+        self.settings = settings
         self.static = static
         self.membership = membership
         self.state = SyncState()
@@ -127,17 +113,6 @@ class Reconciler:
         # The incremental core: a sync re-parses, rebuilds and renders only what changed.
         self._parsed = ParseMemo()
         self._rendered = RenderMemo()
-        self._known_routes: list[dict[str, Any]] | None = None  # the server's, as last seen
-        # The server read right after our last write (`_read_back`): the next write's
-        # routes and ETag, read and parsed outside the sync that needs them.
-        self._read_back_task: asyncio.Task[_ServerRead | None] | None = None
-        # Or, while the prediction held at the last read, no read: the routes the last
-        # write left and the ETag Caddy gives them (`caddy/etag.py`).
-        self._etags = EtagPredictor()
-        self._predicted: _ServerRead | None = None
-        self._predicting = False  # the last read's ETag was the one predicted
-        self._server_rest: dict[str, Any] = {}  # the server as last read, but its routes
-        self._etag_path: str | None = None  # the config path its ETag names
         self._verify = True
         self._logged_problems: frozenset[Problem] = frozenset()
         self._caddy_backoff = CADDY_BACKOFF[0]
@@ -150,16 +125,23 @@ class Reconciler:
         # what the fallback lists must match on the way out.
         self._published: DesiredState | None = None
         self._budget_handle: asyncio.TimerHandle | None = None
-        self._quarantine = Quarantine()  # single routes Caddy refused (quarantine.py)
-        self._new_refusals: list[Held] = []
         self._coalescer = Coalescer(settings.debounce_seconds, settings.debounce_max_seconds)
-        self._fill_handle: asyncio.TimerHandle | None = None
-        self._fill_due = False  # the next write may carry fallback lists alone
-        self._fill_since = 0.0
-        self._last_change = 0.0  # when a sync last changed what labelsync wants
         self._joining: asyncio.Task[None] | None = None  # see `_publish_joins_soon`
         self._join_again = False
         self._publications = 0  # membership publishes by syncs and joins
+
+    @property
+    def settings(self) -> Settings:
+        """The settings; SIGHUP replaces them, and the writer reads the new ones too."""
+        return self._settings
+
+    @settings.setter
+    def settings(self, settings: Settings) -> None:
+        self._settings = settings
+        self._writer.settings = settings
+
+    def _wrote(self) -> None:
+        self.state.admin_writes += 1
 
     # --- signals in -------------------------------------------------------------------
     def notify(self, *, event_time: float | None = None) -> None:
@@ -298,8 +280,9 @@ class Reconciler:
         routes = render_routes(rendered, options, memo=self._rendered)
         if routes == self._refused_routes and not self._verify:
             return SyncResult.CADDY_REFUSED  # the same content would be refused again
+        verify, self._verify = self._verify, False
         try:
-            operations = await self._apply(routes)
+            operations = await self._writer.apply(routes, verify=verify)
         except CaddyRefused as exc:
             return self._refused_write(routes, exc)
         except CaddyError as exc:  # temporary: the same write may succeed later
@@ -313,7 +296,7 @@ class Reconciler:
         self._refused_routes = None
         quarantined = self._log_refusals(desired)
         self.state.refused = {
-            h.route_id: h.error.body or str(h.error) for h in self._quarantine.held
+            h.route_id: h.error.body or str(h.error) for h in self._writer.quarantine.held
         }
         self.state.caddy_up = True
         # A quarantined route is the labels' fault, told like a label problem: the
@@ -325,15 +308,15 @@ class Reconciler:
             self.state.desired, operations
         )
         if changes:
-            self._last_change = time.monotonic()
+            self._writer.pools_changed()
         self.state.desired = desired
         self._written_members = frozenset(m.container_id for p in desired.pools for m in p.members)
         self.json_pools = json_pools
         if changes or operations:
             took = f" in {latency * 1000:.0f} ms" if latency is not None else ""
             what = "; ".join(changes) or "restored routes in Caddy"
-            if len(self._quarantine):
-                held = ", ".join(h.route_id for h in self._quarantine.held)
+            if len(self._writer.quarantine):
+                held = ", ".join(h.route_id for h in self._writer.quarantine.held)
                 what += f" (held back, refused by Caddy: {held})"
             logger.bind(writes=len(operations)).info(
                 f"applied: {what} ({len(operations)} admin operation(s)){took}"
@@ -350,8 +333,8 @@ class Reconciler:
         Sending the same content again gets the same answer, so it is held back (no
         backoff retries) until the routes change or a check is due (resync, SIGHUP, a
         restarted Caddy); one ERROR per refused content. Caddy keeps serving its old
-        config. Only for refusals no single route explains (see `_apply`); a route to
-        blame is quarantined instead.
+        config. Only for refusals no single route explains (see `RouteWriter.apply`); a
+        route to blame is quarantined instead.
         """
         again = routes == self._refused_routes
         self._refused_routes = routes
@@ -371,7 +354,7 @@ class Reconciler:
     def _log_refusals(self, desired: DesiredState) -> int:
         """One ERROR per newly quarantined route, naming containers, label and reason;
         how many."""
-        refusals, self._new_refusals = self._new_refusals, []
+        refusals = self._writer.take_refusals()
         for held in refusals:
             logger.bind(pool=held.route_id).error(
                 describe_refusal(held, desired, self.state.containers, self.settings.label_prefix)
@@ -385,226 +368,17 @@ class Reconciler:
 
     def probe_route_id(self) -> str | None:
         """An owned route Caddy held at our last read or write (for `watch_caddy`)."""
-        owned = owned_routes(self._known_routes or [])
-        return str(owned[0]["@id"]) if owned else None
+        return self._writer.probe_route_id()
 
     def retry_refused(self) -> None:
         """Forget the quarantine: the next sync sends the refused routes again (SIGHUP)."""
-        self._quarantine.clear()
+        self._writer.quarantine.clear()
         self._refused_routes = None
 
     def verify_next(self) -> None:
         """Read Caddy on the next sync even if nothing is to be written (drift, restarts)."""
         self._verify = True
         self.notify()
-
-    async def _apply(self, routes: list[dict[str, Any]]) -> list[Operation]:
-        # What Caddy held after our last read or write tells whether there is anything to
-        # write; only then (and when a check is due) is the server read, for its ETag and
-        # for drift. A membership change in dynamic mode thus sends no admin request.
-        verify, self._verify = self._verify, False
-        for route_id in self._quarantine.release_changed(routes):
-            logger.info(f"route {route_id} changed since Caddy refused it; trying it again")
-        known = self._known_routes
-        if verify:
-            self._forget_read_back()  # a check reads Caddy as it is now
-        planned: _Plan | None = None
-        if not verify and known is not None:
-            wanted = self._quarantine.hold_back(known, routes)
-            operations = diff_routes(known, wanted)
-            if not operations:
-                return []
-            if not self._fill_due and only_fallbacks_differ(known, wanted):
-                self._fill_fallbacks_later()  # they serve nobody while labelsync runs
-                return []
-            planned = known, wanted, operations
-        self._known_routes = None
-        written: list[Operation] = []
-        refusal = await self._write(
-            lambda now: self._quarantine.hold_back(now, routes), written, planned
-        )
-        if refusal is None:
-            return written
-        error, current, target = refusal
-        suspected = suspects(current, target)
-        if len(suspected) > 1:
-            refused = await isolate(
-                lambda make: self._write_refusal(make, written), target, suspected, error
-            )
-        else:
-            refused = dict.fromkeys(suspected, error)
-        if not refused:
-            raise error
-        by_id = {str(route["@id"]): route for route in routes}
-        for route_id, route_error in refused.items():
-            self._new_refusals.append(self._quarantine.hold(by_id[route_id], route_error))
-        # Whatever the refused write held besides the suspects (deletions, member lists).
-        again = await self._write(lambda now: self._quarantine.hold_back(now, routes), written)
-        if again is not None:
-            raise again[0]
-        return written
-
-    def _fill_fallbacks_later(self) -> None:
-        """Write the fallback lists once labelsync's pools have not changed for
-        `FILL_DELAY` (at most `BURST_LONGEST` after the first one was left out)."""
-        if self._fill_handle is not None:
-            return
-        self._fill_since = time.monotonic()
-        self._fill_handle = asyncio.get_running_loop().call_later(FILL_DELAY, self._fill_now)
-
-    def _fill_now(self) -> None:
-        now = time.monotonic()
-        active = now - self._last_change < FILL_DELAY
-        if active and now - self._fill_since < BURST_LONGEST:
-            self._fill_handle = asyncio.get_running_loop().call_later(FILL_DELAY, self._fill_now)
-            return
-        self._fill_handle = None
-        self._fill_due = True
-        self.notify()
-
-    async def _write_refusal(
-        self, make: Callable[[list[dict[str, Any]]], list[dict[str, Any]]], written: list[Operation]
-    ) -> CaddyRefused | None:
-        refusal = await self._write(make, written)
-        return None if refusal is None else refusal[0]
-
-    async def _write(
-        self,
-        make: Callable[[list[dict[str, Any]]], list[dict[str, Any]]],
-        written: list[Operation],
-        planned: _Plan | None = None,
-    ) -> tuple[CaddyRefused, list[dict[str, Any]], list[dict[str, Any]]] | None:
-        """Write `make(Caddy's routes)`, re-reading on a stale ETag; the operations sent go
-        into `written`. None when done; Caddy's refusal with the routes it held and the
-        target it refused. `planned`: (routes, `make` of them, their diff) computed
-        already, used when Caddy's routes are those very routes."""
-        name = self.settings.caddy_server
-        read_back, self._read_back_task = self._read_back_task, None
-        predicted, self._predicted = self._predicted, None
-        for _ in range(CONFLICT_RETRIES):
-            read: _ServerRead | None
-            if predicted is not None:
-                read, predicted = predicted, None
-            else:
-                read = await read_back if read_back is not None else None
-            read_back = None
-            fresh = read is None  # read now: check the prediction against it
-            if read is not None:
-                current, etag = read  # as good as reading now: If-Match tells if it is not
-            else:
-                server, etag = await self.caddy.server(name)
-                if server is None:
-                    await self._create_server(name)
-                    continue
-                current = list(server.get("routes") or [])
-                self._note_server(server, etag)
-            if planned is not None and current is planned[0]:
-                # The read after our last write found what it left: diffed already.
-                _, target, operations = planned
-            else:
-                target = make(current)
-                # Routes Caddy holds equal to desired ones become those very objects:
-                # this diff, the next ones, and the adoption after the write compare
-                # them by identity (one deep comparison per read, not three).
-                current = adopt_equal(current, target)
-                operations = diff_routes(current, target)
-            planned = None
-            if fresh:
-                self._check_prediction(current, etag)
-            if not operations:
-                self._known_routes = current
-                return None
-            try:
-                await self.caddy.apply(name, current, operations, etag)
-            except (CaddyConflict, CaddyNotFound) as exc:
-                # A stale ETag, or a route someone deleted meanwhile: read again, re-diff.
-                logger.info(f"Caddy's config changed while we wrote ({exc.status}); re-reading")
-                continue
-            except CaddyRefused as exc:
-                self._known_routes = current
-                return exc, current, target
-            self._known_routes = adopt_equal(apply_operations(current, operations), target)
-            if self._predicting and self._etag_path is not None:
-                etag = self._etags.etag(self._etag_path, self._server_rest, self._known_routes)
-                self._predicted = self._known_routes, etag
-            else:
-                self._start_read_back(name, self._known_routes)
-            self.state.admin_writes += 1
-            self._fill_due = False
-            written.extend(operations)
-            return None
-        raise CaddyConflict(f"config kept changing under us ({CONFLICT_RETRIES} tries)")
-
-    def _start_read_back(self, name: str, expected: list[dict[str, Any]]) -> None:
-        """Read the server again now that the write is answered (a write's answer carries
-        no ETag), so that the next write need not read before it sends.
-
-        The read is Caddy's config at its ETag like any other: if someone else edits the
-        server in between, the next write's If-Match fails (412) and it reads again.
-        """
-        self._forget_read_back()
-        task = asyncio.get_running_loop().create_task(self._read_back(name, expected))
-        # A read nobody waits for (the loop stopped) ends quietly; the next write that
-        # takes it gets its result or its error as if it had read itself.
-        task.add_done_callback(lambda done: done.cancelled() or done.exception())
-        self._read_back_task = task
-
-    async def _read_back(self, name: str, expected: list[dict[str, Any]]) -> _ServerRead | None:
-        try:
-            server, etag = await self.caddy.server(name)
-        except CaddyError:
-            return None  # the next write reads for itself
-        if server is None:
-            return None
-        self._note_server(server, etag)
-        # Routes equal to what the write left become those objects (cheap diffs later);
-        # when all are, the read is what the loop knows, and the very list it holds.
-        routes = adopt_equal(list(server.get("routes") or []), expected)
-        if len(routes) == len(expected) and all(
-            a is b for a, b in zip(routes, expected, strict=True)
-        ):
-            routes = expected
-        self._check_prediction(routes, etag)
-        return routes, etag
-
-    def _note_server(self, server: dict[str, Any], etag: str | None) -> None:
-        """Keep what a prediction of the server's next ETag needs from a read of it."""
-        self._server_rest = {key: value for key, value in server.items() if key != "routes"}
-        self._etag_path = etag_path(etag) if etag else None
-
-    def _check_prediction(self, routes: list[dict[str, Any]], etag: str | None) -> None:
-        """Predict only while the prediction gives the ETag of what was just read."""
-        path = self._etag_path
-        self._predicting = (
-            etag is not None
-            and path is not None
-            and self._etags.etag(path, self._server_rest, routes) == etag
-        )
-
-    def _forget_read_back(self) -> None:
-        self._predicted = None
-        task, self._read_back_task = self._read_back_task, None
-        if task is not None:
-            task.cancel()
-
-    async def read_back_done(self) -> None:
-        """Wait for the read that follows a write (tests: no admin request in flight)."""
-        task = self._read_back_task
-        if task is not None:
-            await asyncio.wait([task])
-
-    async def _create_server(self, name: str) -> None:
-        """Create labelsync's server as the listen plan says; log where it listens."""
-        wanted = listen_plan(self.settings)
-        theirs, _ = await self.caddy.get("/config/apps/http/http_port")
-        caddy_http_port = theirs if isinstance(theirs, int) else None
-        plan = for_caddy_http_port(wanted, caddy_http_port)
-        if not await self.caddy.ensure_server(name, plan.server([])):
-            return
-        logger.info(f"created Caddy server {name!r}: {plan.describe()}")
-        mismatch = port_mismatch(wanted, caddy_http_port)
-        if mismatch:
-            logger.warning(mismatch)
 
     async def refresh_fallbacks(self) -> int:
         """Write current members as the fallback of dynamic routes; the writes sent.
@@ -616,22 +390,15 @@ class Reconciler:
         desired = self._published or self.state.desired
         if desired is None or self.settings.upstreams != "dynamic":
             return 0
-        name = self.settings.caddy_server
-        server, etag = await self.caddy.server(name)
-        if server is None:
-            return 0
-        current = list(server.get("routes") or [])
         # The freshest view (joins and leaves are published between syncs, and the
         # fallback lists may have been left for later, coalesce.py). Pools outside the
         # dynamic budget render without dynamic upstreams: left alone.
         routes = render_routes(desired, render_options(self.settings, self.json_pools))
-        operations = refresh_fallbacks(current, routes)
-        if operations:
-            await self.caddy.apply(name, current, operations, etag)
-            logger.info(
-                f"wrote the current members of {len(operations)} pool(s) as Caddy's fallback"
-            )
-        return 1 if operations else 0
+        return await self._writer.refresh_fallbacks(routes)
+
+    async def read_back_done(self) -> None:
+        """Wait for the read that follows a write (tests: no admin request in flight)."""
+        await self._writer.read_back_done()
 
     @property
     def retry_pending(self) -> bool:
@@ -646,12 +413,9 @@ class Reconciler:
         if self._budget_handle is not None:
             self._budget_handle.cancel()
             self._budget_handle = None
-        if self._fill_handle is not None:
-            self._fill_handle.cancel()
-            self._fill_handle = None
         if self._joining is not None:
             self._joining.cancel()
-        self._forget_read_back()
+        self._writer.close()
 
     def _schedule_budget_sync(self, when: float | None) -> None:
         """A sync when a pool of the dynamic budget has been quiet long enough to leave
