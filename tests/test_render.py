@@ -209,6 +209,15 @@ def test_retries_and_try_timing(options: RenderOptions) -> None:
     assert load_balancing["try_interval"] == "250ms"
 
 
+def test_dynamic_retries_pause_so_the_resolver_can_drop_a_killed_member() -> None:
+    """A retry looks the pool up again; 50 ms lets labelsync publish a kill first."""
+    dynamic = proxy(make_pool(retries=2), DYNAMIC)["load_balancing"]
+    assert dynamic["try_interval"] == "50ms"
+    assert "try_interval" not in proxy(make_pool(retries=2), STATIC)["load_balancing"]
+    chosen = proxy(make_pool(retries=2, lb_try_interval="1s"), DYNAMIC)["load_balancing"]
+    assert chosen["try_interval"] == "1s"
+
+
 @BOTH
 @pytest.mark.parametrize("retries", [None, 0])
 def test_no_retries_writes_no_retries(options: RenderOptions, retries: int | None) -> None:

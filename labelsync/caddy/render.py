@@ -32,6 +32,12 @@ from labelsync.core.model import (
 )
 from labelsync.core.names import WEIGHTED_POLICY, is_weighted, pool_dns_name
 
+# Dynamic mode, a pool that retries and sets no `lb.try_interval`: the pause before a
+# retry. Caddy looks the pool up afresh for a retry, but a member killed a moment ago can
+# refuse connections at once, before labelsync has seen Docker's event and dropped it
+# from the resolver's answer; without a pause, every retry lands inside that window.
+DYNAMIC_TRY_INTERVAL = "50ms"
+
 
 @dataclass(frozen=True)
 class RenderOptions:
@@ -254,6 +260,8 @@ def _load_balancing(pool: Pool, *, dynamic: bool) -> JSON:
         load_balancing["try_duration"] = normalize_duration(settings.lb_try_duration)
     if settings.lb_try_interval:
         load_balancing["try_interval"] = normalize_duration(settings.lb_try_interval)
+    elif dynamic and pool.shape.retries:
+        load_balancing["try_interval"] = DYNAMIC_TRY_INTERVAL
     return load_balancing
 
 
