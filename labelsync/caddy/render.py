@@ -141,21 +141,7 @@ def render_routes(
     if memo.base == base:
         base = memo.base  # the same object: each pool's entry then compares by identity
     memo.base = base
-    kept = memo._routes
-    json_pools = options.json_pools
-    routes = []
-    for pool in desired.pools:
-        # `RenderMemo.route`'s hit, inlined for the usual case: the very pool and options.
-        entry = kept.get(pool.shape.id)
-        if (
-            entry is not None
-            and entry[0] is pool
-            and entry[1] is base
-            and entry[2] == (pool.shape.id in json_pools)
-        ):
-            routes.append(entry[3])
-        else:
-            routes.append(memo.route(pool, options, base))
+    routes = [memo.route(pool, options, base) for pool in desired.pools]
     if len(memo._routes) > len(routes):
         memo.forget_others({pool.id for pool in desired.pools})
     return routes

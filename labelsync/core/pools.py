@@ -321,7 +321,7 @@ def build_desired(
         found = memo.build(listing, (prefix, default_network, dynamic), withdrawn)
         if found is not None:
             return found
-    parse = memo.parse if memo is not None else _parse
+    parse = memo.parse if memo is not None else parse_container
     routes: list[Route] = []
     problems: list[Problem] = []
     for container in listing:
@@ -336,14 +336,6 @@ def build_desired(
     pools, pool_problems = build_pools(routes, dynamic=dynamic, prefix=prefix)
     all_problems = sorted({*problems, *pool_problems}, key=_problem_order)
     return DesiredState(pools=pools, problems=tuple(all_problems))
-
-
-def _parse(
-    container: ContainerInfo, *, prefix: str, default_network: str | None, shape_only: bool
-) -> Parsed:
-    return parse_container(
-        container, prefix=prefix, default_network=default_network, shape_only=shape_only
-    )
 
 
 def _age(route: Route) -> tuple[bool, float, str, str, str, str]:

@@ -125,12 +125,9 @@ class DynamicMembership:
     def publish(self, desired: DesiredState) -> None:
         """Serve `desired`'s members from now on; start or stop probes to match."""
         self._desired = desired
-        pools, previous = desired.pools, self._republished
-        if previous is not None:
-            # Pools that are the very objects of the last publish are as they were.
-            shared = set(map(id, previous)).intersection(map(id, pools))
-            fresh = [pool for pool in pools if id(pool) not in shared]
-            stale = {pool.shape.id for pool in previous if id(pool) not in shared}
+        pools = desired.pools
+        shared, fresh, stale = self._since_last(pools)
+        if self._republished is not None:
             changed = {p.shape.id: p for p in fresh if p.shape.settings.active is not None}
             if changed or any(pool_id in self._checked for pool_id in stale):
                 checked = {
@@ -140,7 +137,6 @@ class DynamicMembership:
             else:
                 checked = self._checked
         else:
-            shared, fresh, stale = set(), list(pools), set()
             checked = {p.shape.id: p for p in pools if p.shape.settings.active is not None}
         # The checker's work is per member: skip it when no pool with a check changed.
         if checked is not self._checked and (
@@ -160,12 +156,17 @@ class DynamicMembership:
         """
         if self._desired is None:
             return
-        previous = self._republished
-        pools = self._desired.pools
-        shared = set(map(id, previous)).intersection(map(id, pools)) if previous else set()
+        self._republish(*self._since_last(self._desired.pools))
+
+    def _since_last(self, pools: tuple[Pool, ...]) -> tuple[set[int], list[Pool], set[str]]:
+        """`pools` against the last republish: the id()s of the pools that are its very
+        objects (as they were), the other pools, and the ids of its pools not here as
+        they were (rebuilt or gone)."""
+        previous = self._republished or ()
+        shared = set(map(id, previous)).intersection(map(id, pools))
         fresh = [pool for pool in pools if id(pool) not in shared]
-        stale = {pool.shape.id for pool in previous or () if id(pool) not in shared}
-        self._republish(shared, fresh, stale)
+        stale = {pool.shape.id for pool in previous if id(pool) not in shared}
+        return shared, fresh, stale
 
     def _republish(self, shared: set[int], fresh: list[Pool], stale: set[str]) -> None:
         """`republish`, given the id()s of the pools that are the very objects of the
