@@ -10,14 +10,18 @@ import ssl
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pytest
+import re2  # type: ignore[import-untyped]
 import trustme
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from labelsync.core.label_values import LabelValueError, compile_body_pattern, parse_regex
 from labelsync.core.model import ActiveHealth, Member, Pool, PoolSettings, PoolShape
-from labelsync.membership.health import ActiveChecker, status_matches
+from labelsync.membership.health import ActiveChecker, probe_spec, status_matches
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -134,6 +138,18 @@ async def served_at_least(server: HealthServer, count: int) -> None:
     await eventually(enough, timeout=10, message=f"{count} checks to reach the server")
 
 
+def reason_of(checker: ActiveChecker, pool: Pool) -> str:
+    return checker.states()[(pool.id, pool.members[0].address)].reason
+
+
+async def eventually_reason(checker: ActiveChecker, pool: Pool, text: str) -> None:
+    async def found() -> bool:
+        key = (pool.id, pool.members[0].address)
+        return key in checker.states() and text in reason_of(checker, pool)
+
+    await eventually(found, timeout=10, message=f"a check failing with {text!r}")
+
+
 async def event_count(recorded: Changes, count: int) -> None:
     async def enough() -> bool:
         return len(recorded.events) >= count
@@ -150,34 +166,63 @@ async def test_member_leaves_after_fails_failures_and_returns_after_passes_succe
     checker, recorded = changes
     pool = make_pool(server.address, fails=3, passes=2)
     checker.update([pool])
-    await served_at_least(server, 1)
+    await event_count(recorded, 1)  # joined: `passes` checks passed
+    assert recorded.events[0][:3] == (pool.id, server.address, True)
+    assert recorded.served_at_event[0] == 2
     assert checker.is_healthy(pool.id, pool.members[0])
 
     before = server.flip(503)
-    await event_count(recorded, 1)
-    assert recorded.events[0][:3] == (pool.id, server.address, False)
-    assert "status 503, expected 200" in recorded.events[0][3]
-    assert recorded.served_at_event[0] - before == 3  # exactly `fails` failed checks
+    await event_count(recorded, 2)
+    assert recorded.events[1][:3] == (pool.id, server.address, False)
+    assert "status 503, expected 200" in recorded.events[1][3]
+    assert recorded.served_at_event[1] - before == 3  # exactly `fails` failed checks
     assert not checker.is_healthy(pool.id, pool.members[0])
 
     before = server.flip(200)
-    await event_count(recorded, 2)
-    assert recorded.events[1][:3] == (pool.id, server.address, True)
-    assert recorded.served_at_event[1] - before == 2  # exactly `passes` good checks
+    await event_count(recorded, 3)
+    assert recorded.events[2][:3] == (pool.id, server.address, True)
+    assert recorded.served_at_event[2] - before == 2  # exactly `passes` good checks
     assert checker.is_healthy(pool.id, pool.members[0])
 
 
-async def test_a_new_member_is_healthy_until_its_checks_fail(
+async def test_a_new_member_is_pending_and_checked_again_soon_until_it_passes(
     server: HealthServer, changes: tuple[ActiveChecker, Changes]
 ) -> None:
+    """A replica that does not answer yet (an app still starting) is held out of the
+    answer, without a flip, and asked again within a fraction of a second, not an
+    interval later; its first pass lets it in."""
     checker, recorded = changes
     server.flip(500)
-    pool = make_pool(server.address, fails=2)
-    assert checker.is_healthy(pool.id, pool.members[0])  # never seen: healthy
+    pool = make_pool(server.address, interval="30s")
+    assert checker.is_healthy(pool.id, pool.members[0])  # never seen: no verdict
     checker.update([pool])
-    assert checker.is_healthy(pool.id, pool.members[0])  # not failed yet: healthy
+    assert not checker.is_healthy(pool.id, pool.members[0])  # pending
+    await served_at_least(server, 3)  # 0.1 s, 0.2 s later: not 30 s
+    (state,) = checker.states().values()
+    assert state.pending and not state.checked
+    assert "status 500" in state.reason
+    assert not recorded.events
+    server.flip(200)
     await event_count(recorded, 1)
-    assert not checker.is_healthy(pool.id, pool.members[0])
+    assert recorded.events[0][2] is True
+    assert checker.is_healthy(pool.id, pool.members[0])
+    assert not checker.states()[(pool.id, server.address)].pending
+
+
+async def test_a_new_container_at_a_known_address_starts_pending(
+    server: HealthServer, changes: tuple[ActiveChecker, Changes]
+) -> None:
+    """Docker hands a dead container's IP to the next one: the verdict belongs to the
+    container, so its successor at the same address earns its own."""
+    checker, recorded = changes
+    pool = make_pool(server.address)
+    checker.update([pool])
+    await event_count(recorded, 1)
+    server.flip(500)
+    successor = replace(pool, members=(replace(pool.members[0], container_id="next"),))
+    checker.update([successor])
+    assert checker.is_healthy(pool.id, pool.members[0]) is True  # forgotten: no verdict
+    assert not checker.is_healthy(pool.id, successor.members[0])  # pending
 
 
 # -- what counts as passing ----------------------------------------------------------------
@@ -203,9 +248,10 @@ async def test_status_class_2xx_accepts_204_and_exact_200_does_not(
     checker.update([as_class, exact])
     await event_count(recorded, 1)
     await served_at_least(server, 6)
-    assert [e[0] for e in recorded.events] == ["labelsync-exact"]
-    assert "status 204, expected 200" in recorded.events[0][3]
+    assert [e[:3] for e in recorded.events] == [("labelsync-class", server.address, True)]
     assert checker.is_healthy("labelsync-class", as_class.members[0])
+    assert not checker.is_healthy("labelsync-exact", exact.members[0])
+    assert "status 204, expected 200" in reason_of(checker, exact)
 
 
 async def test_body_must_match_the_regular_expression(
@@ -215,12 +261,12 @@ async def test_body_must_match_the_regular_expression(
     server.flip(200, b"db: up\nstatus: ok")
     pool = make_pool(server.address, body=r"status: ok$")
     checker.update([pool])
-    await served_at_least(server, 2)
-    assert not recorded.events
-    server.flip(200, b"db: down\nstatus: degraded")
     await event_count(recorded, 1)
-    assert recorded.events[0][2] is False
-    assert "body does not match" in recorded.events[0][3]
+    assert recorded.events[0][2] is True
+    server.flip(200, b"db: down\nstatus: degraded")
+    await event_count(recorded, 2)
+    assert recorded.events[1][2] is False
+    assert "body does not match" in recorded.events[1][3]
 
 
 async def test_headers_and_port_override_reach_the_member(
@@ -234,7 +280,7 @@ async def test_headers_and_port_override_reach_the_member(
     await served_at_least(server, 2)
     assert server.headers[0]["X-Check"] == "labelsync"
     assert server.headers[0]["Host"] == f"127.0.0.2:{port}"
-    assert not recorded.events
+    assert [e[2] for e in recorded.events] == [True]  # joined, never left
 
 
 async def test_a_check_slower_than_its_timeout_fails(
@@ -244,8 +290,10 @@ async def test_a_check_slower_than_its_timeout_fails(
     server.delay = 2.0
     pool = make_pool(server.address, timeout="200ms", interval="200ms")
     checker.update([pool])
-    await event_count(recorded, 1)
-    assert "no answer within 0.2s" in recorded.events[0][3]
+    await served_at_least(server, 1)
+    await eventually_reason(checker, pool, "no answer within 0.2s")
+    assert not checker.is_healthy(pool.id, pool.members[0])
+    assert not recorded.events  # pending all along: never joined
 
 
 async def test_a_refused_connection_fails(changes: tuple[ActiveChecker, Changes]) -> None:
@@ -253,9 +301,9 @@ async def test_a_refused_connection_fails(changes: tuple[ActiveChecker, Changes]
     with socket_bound_but_closed() as address:
         pool = make_pool(address)
         checker.update([pool])
-        await event_count(recorded, 1)
-    assert recorded.events[0][2] is False
-    assert "ConnectError" in recorded.events[0][3]
+        await eventually_reason(checker, pool, "ConnectError")
+    assert not checker.is_healthy(pool.id, pool.members[0])
+    assert not recorded.events
 
 
 # -- lifecycle -----------------------------------------------------------------------------
@@ -294,15 +342,16 @@ async def test_a_changed_check_keeps_the_verdict(
     server: HealthServer, changes: tuple[ActiveChecker, Changes]
 ) -> None:
     checker, recorded = changes
-    server.flip(500)
     checker.update([make_pool(server.address)])
-    await event_count(recorded, 1)
+    await event_count(recorded, 1)  # joined
+    server.flip(500)
+    await event_count(recorded, 2)  # left
     checker.update([make_pool(server.address, path="/other", passes=3)])
     pool = make_pool(server.address, path="/other", passes=3)
     assert not checker.is_healthy(pool.id, pool.members[0])
     before = server.flip(200)
-    await event_count(recorded, 2)
-    assert recorded.served_at_event[1] - before == 3
+    await event_count(recorded, 3)
+    assert recorded.served_at_event[2] - before == 3
 
 
 # -- https ---------------------------------------------------------------------------------
@@ -345,11 +394,11 @@ async def test_https_checks_verify_against_server_name_unless_told_to_skip(
     try:
         checker.update([pool])
         if healthy:
-            await served_at_least(tls_server, 2)
-            assert not recorded.events
-        else:
             await event_count(recorded, 1)
-            assert "certificate" in recorded.events[0][3].lower()
+            assert recorded.events[0][2] is True
+        else:
+            await eventually_reason(checker, pool, "CERTIFICATE")
+            assert not checker.is_healthy(pool.id, pool.members[0])
     finally:
         await checker.aclose()
 
@@ -367,3 +416,87 @@ def socket_bound_but_closed() -> Iterator[str]:
     with socket.socket() as bound:
         bound.bind(("127.0.0.3", 0))
         yield f"127.0.0.3:{bound.getsockname()[1]}"
+
+
+# -- health.body is RE2, as validated ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("pattern", "body"),
+    [(r"\pL+", "héllo".encode()), (r"ok\s*\z", b"db: up\nstatus: ok\n"), (r"(?i)^OK", b"ok")],
+)
+async def test_a_body_matching_an_re2_only_pattern_passes(
+    server: HealthServer, changes: tuple[ActiveChecker, Changes], pattern: str, body: bytes
+) -> None:
+    checker, recorded = changes
+    server.flip(200, body)
+    pool = make_pool(server.address, body=pattern, fails=1)
+    checker.update([pool])
+    await served_at_least(server, 3)
+    assert [e[2] for e in recorded.events] == [True]  # joined, never left
+    assert [state.reason for state in checker.states().values()] == ["passing"]
+
+
+async def test_a_body_pattern_go_refuses_fails_without_contacting_the_member(
+    server: HealthServer,
+) -> None:
+    checker = ActiveChecker()
+    try:
+        spec = probe_spec(make_pool(server.address, body="(?=ok)ok"), member(server.address))
+        assert spec is not None
+        failure = await checker.probe(spec)
+    finally:
+        await checker.aclose()
+    assert failure is not None
+    assert "not a Go (RE2) regular expression" in failure
+    assert server.served == []
+
+
+# Fragments RE2 and Go accept, RE2 accepts but Go does not (`\C`), and only Python's `re`
+# accepts (possessive, lookahead, backreference, `\Z`), plus pieces that unbalance.
+FRAGMENTS = (
+    r"\z", r"\pL", r"\pL+", r"\d", "(?i)", "[a-z]+", r"\C", "a++", "(?=x)", r"\1", r"\Z",
+    "ok", r"\s*", "^", "$", "(", ")", "|", ".", "?", "*", "é", r"\\",
+)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def body_server() -> Iterator[HealthServer]:
+    backend = HealthServer()
+    try:
+        yield backend
+    finally:
+        backend.close()
+
+
+@pytest.fixture(scope="module")
+async def body_checker() -> AsyncIterator[ActiveChecker]:
+    checker = ActiveChecker()
+    try:
+        yield checker
+    finally:
+        await checker.aclose()
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    pattern=st.lists(st.sampled_from(FRAGMENTS), max_size=6).map("".join),
+    body=st.text(alphabet="aZé0x ok\n", max_size=12),
+)
+async def test_a_body_pattern_the_validator_accepts_is_searched_like_re2(
+    body_server: HealthServer, body_checker: ActiveChecker, pattern: str, body: str
+) -> None:
+    try:
+        parse_regex(pattern)
+    except LabelValueError:
+        return  # the label is refused: no check is ever built from it
+    compile_body_pattern(pattern)  # the checker's compile accepts what the validator did
+    body_server.flip(200, body.encode())
+    spec = probe_spec(make_pool(body_server.address, body=pattern), member(body_server.address))
+    assert spec is not None
+    failure = await body_checker.probe(spec)
+    assert failure is None or "regular expression" not in failure
+    if re2.search(pattern, body) is not None:
+        assert failure is None
+    else:
+        assert failure is not None and failure.startswith("body does not match")

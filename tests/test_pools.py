@@ -19,6 +19,7 @@ from labelsync.core.model import (
 from labelsync.core.names import pool_id
 from labelsync.core.pools import (
     DYNAMIC_AUTO_RETRIES,
+    ParseMemo,
     build_desired,
     build_pools,
     resolve_retries,
@@ -367,3 +368,31 @@ def test_https_in_dynamic_mode_without_a_server_name_is_one_warning() -> None:
     skipped = dataclasses.replace(web, labels={**web.labels, "labelsync.tls.skip_verify": "true"})
     assert build_desired([named], dynamic=True).problems == ()
     assert build_desired([skipped], dynamic=True).problems == ()
+
+
+def test_a_container_never_started_shapes_no_pool_in_dynamic_mode() -> None:
+    """`docker run` creates, then starts: the pool is written once, at the start, with its
+    first member (a route written before would need a second write for its fallback)."""
+    created = container("new", 1, {"host": "a.com"}, state="created")
+    assert build_desired([created], dynamic=True).pools == ()
+    assert len(build_desired([created], dynamic=False).pools) == 1  # static: as before
+    stopped = container("old", 2, {"host": "a.com"}, state="exited")
+    (pool,) = build_desired([created, stopped], dynamic=True).pools  # ran once: kept
+    assert pool.members == ()
+    memo = ParseMemo()
+    assert build_desired([created], dynamic=True, memo=memo).pools == ()
+    started = dataclasses.replace(created, state="running")
+    (pool,) = build_desired([started], dynamic=True, memo=memo).pools
+    assert [m.container_name for m in pool.members] == ["new"]
+
+
+def test_a_replica_told_to_stop_is_draining_not_a_member() -> None:
+    """Withdrawn at its kill or stop event while it still runs: the resolver's last resort."""
+    replicas = [container(f"web-{i}", i, {"host": "a.com"}) for i in (1, 2)]
+    for memo in (None, ParseMemo()):
+        (pool,) = build_desired(replicas, withdrawn={"id-web-1"}, memo=memo).pools
+        assert [m.container_name for m in pool.members] == ["web-2"]
+        assert [m.container_name for m in pool.draining] == ["web-1"]
+    gone = [dataclasses.replace(replicas[0], state="exited"), replicas[1]]
+    (pool,) = build_desired(gone, withdrawn={"id-web-1"}).pools
+    assert pool.draining == ()

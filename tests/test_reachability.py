@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import pytest
 from loguru import logger
 
-from labelsync.core.model import ContainerInfo
+from labelsync.core.model import ContainerInfo, Pool
 from labelsync.core.pools import build_desired
 from labelsync.loop import reachability
 from labelsync.loop.reachability import ReachabilityCheck, send_probe
@@ -92,3 +92,44 @@ async def test_no_error_blaming_the_resolver_for_the_listeners_answer(
     assert warning.startswith("could not confirm that Caddy reaches labelsync's resolver")
     # The plain probe met TLS and was sent again over TLS to the same port.
     assert f"through https://127.0.0.1:{tls_only_listener}/ got" in warning, warning
+
+
+async def test_the_probe_goes_to_a_pool_whose_member_serves(
+    tls_only_listener: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A replica still starting (its first check not passed) would count the probe as a
+    failure in Caddy's passive checks: the probe waits for, and takes, a pool that serves."""
+    monkeypatch.setattr(reachability, "resolver_answers_at", lambda address: True)
+    starting, serving = (
+        ContainerInfo(
+            id=f"c{i}",
+            name=name,
+            created=float(i),
+            labels={"labelsync.host": f"{name}.localhost", "labelsync.address": "127.0.0.1:9"},
+        )
+        for i, name in enumerate(("starting", "serving"))
+    )
+    desired = build_desired([starting, serving])
+    ready_after = asyncio.get_running_loop().time() + 0.3
+    asked: list[str] = []
+
+    def ready(pool: Pool) -> bool:
+        asked.append(pool.shape.hosts[0])
+        return pool.shape.hosts[0] == "serving.localhost" and (
+            asyncio.get_running_loop().time() >= ready_after
+        )
+
+    check = ReachabilityCheck(
+        SilentResolver(),  # type: ignore[arg-type]
+        Settings(resolver_listen="127.0.0.1:1"),
+        "http://127.0.0.1:2019",
+        wait_seconds=0.2,
+    )
+    records: list[str] = []
+    sink = logger.add(lambda m: records.append(m.record["message"]))
+    try:
+        await check.run(desired, [f"127.0.0.1:{tls_only_listener}"], ready)
+    finally:
+        logger.remove(sink)
+    assert asked.count("serving.localhost") > 1  # it waited for the pool to serve
+    assert any("a request for serving.localhost" in message for message in records), records

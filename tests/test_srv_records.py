@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 from collections import Counter
 
@@ -45,6 +46,38 @@ def targets(answers: list[SrvAnswer]) -> list[str]:
 
 
 # -- target names --------------------------------------------------------------------------
+
+
+def test_a_member_target_names_its_container() -> None:
+    """Caddy keys passive health by dial address: two containers that had the same IP, one
+    after the other, are two names, so the second never inherits the first's failures."""
+    dead = member_target("172.18.0.5:8080", "3f2a9b1c0d4e" + "0" * 52)
+    successor = member_target("172.18.0.5:8080", "9c1d" + "1" * 60)
+    assert dead == ("172-18-0-5.3f2a9b1c0d4e.ip4.labelsync.internal.", 8080)
+    assert successor[0] != dead[0]
+    assert target_ip(dead[0]) == target_ip(successor[0]) == ipaddress.IPv4Address("172.18.0.5")
+    assert target_ip("172-18-0-5.ip4.labelsync.internal.") == target_ip(dead[0])  # old names
+    assert member_address_of(*dead) == "172.18.0.5:8080"
+    v6, _ = member_target("[fd00::9]:80", "static:route-a")  # not hex: hashed to 12 digits
+    assert target_ip(v6) == ipaddress.IPv6Address("fd00::9")
+    assert len(v6.split(".")[1]) == 12
+
+
+def test_srv_records_name_the_members_containers() -> None:
+    pool = make_pool(Member(address="10.0.0.5:80", container_id="ab" * 32, container_name="w"))
+    (record,) = srv_answers(pool, healthy=everyone)
+    assert record.target == "10-0-0-5.abababababab.ip4.labelsync.internal."
+
+
+def test_with_no_healthy_member_the_draining_replicas_are_answered() -> None:
+    """A roll that stopped the old replica as its successor started: the successor does not
+    answer yet (pending), the old one still drains; it serves until the new one passes."""
+    new, old = member("10.0.0.7:80"), member("10.0.0.5:80")
+    pool = dataclasses.replace(make_pool(new), draining=(old,))
+    assert targets(srv_answers(pool, healthy=lambda m: False)) == ["10.0.0.5:80"]
+    assert targets(srv_answers(pool, healthy=everyone)) == ["10.0.0.7:80"]
+    alone = make_pool(new)
+    assert targets(srv_answers(alone, healthy=lambda m: False)) == ["10.0.0.7:80"]
 
 
 def test_ipv4_member_target_is_a_name_in_labelsyncs_zone() -> None:

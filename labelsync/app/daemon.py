@@ -21,6 +21,7 @@ from pathlib import Path
 from loguru import logger
 
 from labelsync.caddy.admin import CaddyAdmin, answers
+from labelsync.core.model import Pool
 from labelsync.errors import ConfigError, LabelsyncError
 from labelsync.loop.fanout import SharedSource, SharedStatic
 from labelsync.loop.ports import MembershipChannel, StaticRoutes
@@ -167,9 +168,20 @@ def _reachability_check(
         return None
     from labelsync.loop.reachability import check_after_first_sync
 
+    def serves(pool: Pool) -> bool:
+        """A member passed its check, or the pool has none: a probe will not fail there."""
+        verdicts = membership.states()
+        for member in pool.members:
+            verdict = verdicts.get((pool.id, member.address))
+            if verdict is None or (verdict.healthy and not verdict.pending):
+                return True
+        return False
+
     async def check_each() -> None:
         for reconciler, admin in zip(reconcilers, admins, strict=True):
-            await check_after_first_sync(reconciler.state, admin, membership.resolver, settings)
+            await check_after_first_sync(
+                reconciler.state, admin, membership.resolver, settings, serves
+            )
 
     return asyncio.create_task(check_each())
 

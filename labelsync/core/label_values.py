@@ -8,11 +8,12 @@ be read after `labelsync.<key>='<value>': `, so they start lower-case and name t
 from __future__ import annotations
 
 import difflib
+import functools
 import ipaddress
 import math
 import re
 from collections.abc import Callable, Iterable
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import re2  # type: ignore[import-untyped]
 
@@ -271,24 +272,45 @@ def parse_status_list(text: str) -> tuple[int, ...]:
     return _comma_list(text, _status, "no status given (e.g. 5xx,429)")
 
 
+class BodyPattern(Protocol):
+    """A compiled `health.body`: `search` finds the pattern anywhere in the text."""
+
+    def search(self, text: str) -> object | None: ...
+
+
 def parse_regex(text: str) -> str:
     """A regular expression Caddy (Go's regexp, RE2 syntax) can compile; returned unchanged.
 
-    Checked by RE2 itself: Python's `re` accepts possessive quantifiers (`ok++`), atomic
-    groups, lookarounds, backreferences, `\\Z`, `\\u0041`, `(?x)` ..., which Caddy refuses.
+    Checked by RE2 itself (see `compile_body_pattern`): Python's `re` accepts possessive
+    quantifiers (`ok++`), atomic groups, lookarounds, backreferences, `\\Z`, `\\u0041`,
+    `(?x)` ..., which Caddy refuses.
+    """
+    compile_body_pattern(text)
+    return text
+
+
+@functools.lru_cache(maxsize=256)
+def compile_body_pattern(text: str) -> BodyPattern:
+    """`health.body` compiled the way Caddy's `expect_body` compiles it: RE2 (Go syntax).
+
+    The one place that says which engine and options `health.body` uses: the label
+    validator and labelsync's own active checks both call it, so a pattern that passes
+    validation also compiles for the checks. Search the result anywhere in the body, as
+    Go's `regexp.Match` does. Raises `LabelValueError` for what Go's regexp refuses
+    (including `\\C`, which RE2 accepts and Go does not). Cached by pattern text.
     """
     if _has_escape(text, "C"):
         raise LabelValueError(
             "not a Go (RE2) regular expression: invalid escape sequence: \\C (any byte)"
         )
     try:
-        re2.compile(text, options=_RE2_OPTIONS)
+        compiled: BodyPattern = re2.compile(text, options=_RE2_OPTIONS)
     except re2.error as exc:
         reason = exc.args[0] if exc.args else exc
         if isinstance(reason, bytes):
             reason = reason.decode("utf-8", "replace")
         raise LabelValueError(f"not a Go (RE2) regular expression: {reason}") from None
-    return text
+    return compiled
 
 
 def _has_escape(text: str, letter: str) -> bool:

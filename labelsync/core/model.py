@@ -148,6 +148,9 @@ class Route:
     # members all stopped keeps its route, so a crash writes no Caddy config.
     running: bool = True
     serving: bool = True
+    # Told to stop (a kill or stop event came) but still running and serving, as a
+    # replica that drains does: not a member, a last resort (`Pool.draining`).
+    draining: bool = False
 
 
 PoolKey = tuple[tuple[str, ...], str | None]  # (hosts, path)
@@ -178,6 +181,11 @@ class PoolShape:
 class Pool:
     shape: PoolShape
     members: tuple[Member, ...]  # in selection order (`first`: by order, then created)
+    # Leaving replicas still running (SIGTERM sent, draining). Never members; the
+    # resolver answers them only while no member passes its check, so a roll that stops
+    # the old replica as its successor starts is served by the old one until the new
+    # one answers.
+    draining: tuple[Member, ...] = ()
 
     @property
     def id(self) -> str:
@@ -201,8 +209,9 @@ class MemberHealth:
     reason: str = "not checked yet"
     successes: int = 0  # consecutive
     failures: int = 0  # consecutive
+    pending: bool = False  # new, and no check has passed yet: not answered (not healthy)
 
     @property
     def checked(self) -> bool:
-        """False until the first check gave a result (a member starts out healthy)."""
-        return bool(self.successes or self.failures) or not self.healthy
+        """False until a verdict exists: before the first result, and while pending."""
+        return not self.pending and (bool(self.successes or self.failures) or not self.healthy)

@@ -3,8 +3,9 @@
 - Caddy route ids: every route labelsync owns has an `@id` starting with `OWNED_PREFIX`;
   routes without it are the user's and are never touched.
 - DNS names under `ZONE` that labelsync's resolver answers: one SRV name per pool
-  (`pool_dns_name`) and one target name per member address (`member_target`), which
-  spells the member's IP so that the resolver can answer it without any state.
+  (`pool_dns_name`) and one target name per member (`member_target`), which spells the
+  member's IP and its container's short id, so that the resolver can answer it without
+  any state and no two containers share a name.
 - Which pools are weighted (their members carry weights Caddy or the resolver honours).
 """
 
@@ -71,32 +72,59 @@ def in_zone(name: str) -> bool:
 
 # Pure and called for every member on every publish: remember recent answers.
 @functools.lru_cache(maxsize=65536)
-def member_target(address: str) -> tuple[str, int]:
+def member_target(address: str, instance: str = "") -> tuple[str, int]:
     """The SRV target name and port for a member address `ip:port`, `[ip6]:port` or
     `host:port`; ValueError when the address has no valid port.
 
+    `instance` (a container id) gives each container a name of its own: Caddy keeps a
+    dynamic upstream's passive-health record (its failure count) per dial address, that
+    is per target name, for as long as the name is in use and an hour after. Docker hands
+    a freed IP to the next container at once, so a name that spelled the IP alone would
+    pass a dead container's failures on to the new one.
+
     >>> member_target("10.0.0.5:8080")
     ('10-0-0-5.ip4.labelsync.internal.', 8080)
+    >>> member_target("10.0.0.5:8080", "3f2a9b1c0d4e5f60718293a4b5c6d7e8")
+    ('10-0-0-5.3f2a9b1c0d4e.ip4.labelsync.internal.', 8080)
     """
     host, port = split_address(address)
     try:
         ip = ipaddress.ip_address(host)
     except ValueError:
         return f"{host.rstrip('.').lower()}.", port
+    tag = f"{instance_label(instance)}." if instance else ""
     if isinstance(ip, ipaddress.IPv4Address):
-        return f"{str(ip).replace('.', '-')}.{IPV4_ZONE}.", port
+        return f"{str(ip).replace('.', '-')}.{tag}{IPV4_ZONE}.", port
     # The full 32 hex digits: `::` compressions would put dashes at label edges.
-    return f"{ip.exploded.replace(':', '')}.{IPV6_ZONE}.", port
+    return f"{ip.exploded.replace(':', '')}.{tag}{IPV6_ZONE}.", port
+
+
+_INSTANCE_LENGTH = 12
+_HEX = frozenset("0123456789abcdef")
+
+
+def instance_label(instance: str) -> str:
+    """The DNS label naming one member instance: a container's short id (its first 12
+    hex digits, as `docker ps` shows it), or 12 hex digits of a hash of any other id."""
+    lowered = instance.lower()
+    if len(lowered) >= _INSTANCE_LENGTH and _HEX.issuperset(lowered[:_INSTANCE_LENGTH]):
+        return lowered[:_INSTANCE_LENGTH]
+    return hashlib.sha256(instance.encode("utf-8")).hexdigest()[:_INSTANCE_LENGTH]
 
 
 @functools.lru_cache(maxsize=65536)
 def target_ip(name: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     """The IP a member target name spells (`member_target`'s inverse), or None when
-    `name` is not such a name. Case and a trailing dot do not matter."""
+    `name` is not such a name. Case and a trailing dot do not matter; the instance
+    label, when there is one, does not change the IP."""
     labels = name.rstrip(".").lower().split(".")
     if len(labels) < 2:
         return None
-    head, zone = labels[0], ".".join(labels[1:])
+    head = labels[0]
+    rest = labels[1:]
+    if len(rest) > 1 and len(rest[0]) == _INSTANCE_LENGTH and _HEX.issuperset(rest[0]):
+        rest = rest[1:]  # the instance label
+    zone = ".".join(rest)
     try:
         if zone == IPV4_ZONE and head.count("-") == 3:
             return ipaddress.IPv4Address(head.replace("-", "."))

@@ -36,14 +36,16 @@ a stack still coming up keeps waiting for its next start. Containers of no pool 
 stop are no reason to hurry.
 
 In dynamic mode membership never waits for any of this: joins and leaves go to the
-resolver at once; only new pool shapes wait, and the fallback member list of a dynamic
-route (written when a pool gains its first member, for when labelsync is away) is not
-worth a write of its own (`only_fallbacks_differ`): it serves no request while
-labelsync runs, and on SIGTERM labelsync mends any list that would not serve. It is
-written once the pools have not changed for `FILL_DELAY` (at most `BURST_LONGEST`
+resolver at once; only new pool shapes wait. A dynamic pool appears at its first start
+(`core/pools.py`, `shapes_pools`), so its route carries that member as its fallback
+list (for when labelsync is away) and costs one write. Only a pool whose list is empty
+(its containers had all stopped) still needs a fallback write when a member starts, and
+that is not worth a write of its own (`only_fallbacks_differ`): it serves no request
+while labelsync runs, and on SIGTERM labelsync mends any list that would not serve. It
+is written once the pools have not changed for `FILL_DELAY` (at most `BURST_LONGEST`
 after it was first left out), or with the next write. The price: a labelsync that
-crashes (SIGKILL, no SIGTERM) within that delay after a pool's first member leaves that
-pool's list empty, and the pool unserved until labelsync is back.
+crashes (SIGKILL, no SIGTERM) within that delay leaves that pool's list empty, and the
+pool unserved until labelsync is back.
 """
 
 from __future__ import annotations

@@ -11,7 +11,10 @@ Caddy looks a pool up only while it serves a request for it (measured on 2.11.7:
 query at all in 3 s without traffic), so when no traffic brings a query, labelsync sends
 one HEAD request of its own through Caddy's listener for one pool's host. The listener
 is read from the server's `listen` in Caddy's config; a wildcard host (`:80`) means the
-admin endpoint's host. The request reaches a backend only when the resolver works.
+admin endpoint's host. The request reaches a backend only when the resolver works, so it
+goes to a pool with a member that serves (`ready`: one that passed its check, or has
+none), waiting up to `READY_WAIT` for one: a request to a replica that does not listen
+yet would count as a failure in Caddy's passive checks (with `max_fails=1`, 30 s out).
 
 Outcomes, logged once per process:
 
@@ -31,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import httpx
@@ -51,6 +55,7 @@ USER_AGENT = "labelsync-reachability-check"
 # this name with this address, so an answer proves the packet reached it.
 SELF_CHECK_ADDRESS = "192.0.2.53"
 PROBE_ROUNDS = 2
+READY_WAIT = 10.0  # seconds to wait for a pool with a member that serves, before probing
 _WILDCARD_HOSTS = {"", "0.0.0.0", "::", "[::]"}
 
 
@@ -99,6 +104,18 @@ def _admin_host(admin_endpoint: str) -> str:
         return "127.0.0.1"
     url = httpx.URL(admin_endpoint if "://" in admin_endpoint else f"http://{admin_endpoint}")
     return f"[{url.host}]" if ":" in url.host else url.host
+
+
+async def _ready_pool(desired: DesiredState, ready: Callable[[Pool], bool], until: float) -> Pool:
+    """The first pool `ready` accepts, waiting until `until` (monotonic) for one; then
+    the first pool."""
+    while True:
+        for pool in desired.pools:
+            if ready(pool):
+                return pool
+        if time.monotonic() >= until:
+            return desired.pools[0]
+        await asyncio.sleep(0.1)
 
 
 def probe_host_and_path(pool: Pool) -> tuple[str, str]:
@@ -199,16 +216,24 @@ class ReachabilityCheck:
         # A few of Caddy's refresh intervals: it asks again only once its answer is stale.
         self.wait_seconds = wait_seconds or max(1.5, 4 * refresh_seconds)
 
-    async def run(self, desired: DesiredState, listen: list[str]) -> bool:
+    async def run(
+        self,
+        desired: DesiredState,
+        listen: list[str],
+        ready: Callable[[Pool], bool] = lambda pool: True,
+    ) -> bool:
         """Check against `desired` (just written) and Caddy's server `listen`; log the
-        outcome; True when Caddy was seen asking."""
+        outcome; True when Caddy was seen asking. The probe goes to a `ready` pool."""
         if not desired.pools:
             return True
         started = time.monotonic()
         baseline = self.resolver.pool_queries
         if await self._query_arrives(baseline, self.wait_seconds / 2):
             return self._confirmed(started)
-        host, path = probe_host_and_path(desired.pools[0])
+        pool = await _ready_pool(desired, ready, started + READY_WAIT)
+        if self.resolver.pool_queries > baseline:  # traffic came while we waited
+            return self._confirmed(started)
+        host, path = probe_host_and_path(pool)
         outcomes: list[ProbeOutcome] = []
         for _ in range(PROBE_ROUNDS):
             for base_url in listener_urls(listen, self.admin_endpoint):
@@ -295,14 +320,20 @@ class ReachabilityCheck:
 
 
 async def check_after_first_sync(
-    state: SyncState, caddy: CaddyAdmin, resolver: Resolver, settings: Settings
+    state: SyncState,
+    caddy: CaddyAdmin,
+    resolver: Resolver,
+    settings: Settings,
+    ready: Callable[[Pool], bool] = lambda pool: True,
 ) -> None:
-    """Wait for the first sync that wrote at least one pool, then run the check once."""
+    """Wait for the first sync that wrote at least one pool, then run the check once
+    (its probe request goes to a `ready` pool: see `ReachabilityCheck.run`)."""
     while state.desired is None or not state.desired.pools:
         await asyncio.sleep(0.2)
     try:
         server, _ = await caddy.server(settings.caddy_server)
         listen = [str(a) for a in (server or {}).get("listen") or []]
-        await ReachabilityCheck(resolver, settings, caddy.endpoint).run(state.desired, listen)
+        check = ReachabilityCheck(resolver, settings, caddy.endpoint)
+        await check.run(state.desired, listen, ready)
     except Exception:  # a diagnostic must never take the daemon down
         logger.opt(exception=True).warning("the resolver reachability check failed to run")

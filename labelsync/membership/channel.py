@@ -284,11 +284,15 @@ class DynamicMembership:
             )
 
     def _note_all_down(self, pool_id: str, members: tuple[Member, ...]) -> None:
-        down = no_healthy_member(members, healthy=lambda m: self.checker.is_healthy(pool_id, m))
+        # Members still waiting for their first check (a pool coming up) are no alarm.
+        down = no_healthy_member(
+            members, healthy=lambda m: self.checker.is_healthy(pool_id, m)
+        ) and not all(self.checker.is_pending(pool_id, m) for m in members)
         if down and pool_id not in self._all_down:
             logger.bind(pool=pool_id).warning(
-                f"pool {pool_id}: no member passes its health check; answering with all of "
-                "them so clients get the backends' own errors"
+                f"pool {pool_id}: no member passes its health check; answering with the "
+                "replicas still draining, if any, else with all members so clients get the "
+                "backends' own errors"
             )
             self._all_down.add(pool_id)
         elif not down:

@@ -9,16 +9,24 @@ when `on_change` reports a flip.
 
 Semantics follow Caddy's active checks: a GET of `path` on the member (or on
 `health.port`), no redirects followed, the expected status as an exact code or a class
-digit (2 = any 2xx), an optional regular expression searched in the body, `passes` /
-`fails` consecutive results to flip. A member is healthy until it has failed `fails`
-checks in a row; its first check runs as soon as it appears. `h2c` members are probed
-over HTTP/1.1.
+digit (2 = any 2xx), an optional regular expression searched anywhere in the body with RE2
+(Go's regexp syntax, as Caddy's `expect_body`; compiled by `compile_body_pattern`, the
+helper that also validates the `health.body` label), `passes` / `fails` consecutive
+results to flip. `h2c` members are probed over HTTP/1.1.
+
+Where it differs from Caddy, on purpose: a new member is *pending*, out of the answer,
+until `passes` checks in a row pass, and is checked again within a fraction of a second
+until then (Caddy counts a new upstream healthy at once). A replica that listens a
+moment after its container starts thus gets no request before it listens, and none of
+the refused connections that would count against it in Caddy's passive checks; with a
+30 s interval it would otherwise wait half a minute. A member that passed is healthy
+until it fails `fails` checks in a row. A pool whose members are all pending or
+unhealthy is answered with all of them (`srv_records.py`): the checks never empty a pool.
 """
 
 from __future__ import annotations
 
 import asyncio
-import re
 import ssl
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -27,9 +35,20 @@ import httpx
 from loguru import logger
 
 from labelsync.core.durations import parse_duration
+from labelsync.core.label_values import LabelValueError, compile_body_pattern
 from labelsync.core.model import Member, MemberHealth, Pool
 
 OnChange = Callable[[str, str, bool, str], None]  # pool id, member address, healthy, reason
+MemberKey = tuple[str, str, str]  # pool id, member address, container id
+
+# A new member is answered once its first check passes; until then it is checked every
+# 0.1 s for its first 3 s (an app that listens a second after its container started
+# joins about then, not an interval on), then at twice the last wait, at most 2 s, and
+# never less often than the pool's interval.
+PENDING_WAIT = 0.1
+PENDING_FAST_SECONDS = 3.0
+PENDING_LONGEST_WAIT = 2.0
+PENDING_REASON = "waiting for its first passing check"
 
 # Bodies are read up to this size for the `health.body` match: a check is not a download.
 BODY_LIMIT = 1 << 20
@@ -77,6 +96,11 @@ def probe_spec(pool: Pool, member: Member) -> ProbeSpec | None:
     )
 
 
+def member_key(pool_id: str, member: Member) -> MemberKey:
+    """Whose verdict: one container at one address, in one pool."""
+    return pool_id, member.address, member.container_id
+
+
 def status_matches(status: int, expected: int) -> bool:
     """An exact code, or a class digit: 2 accepts 200-299 (0 accepts 2xx too)."""
     if expected <= 0:
@@ -106,9 +130,9 @@ class ActiveChecker:
         (a private CA)."""
         self._on_change = on_change
         self._verify_context = verify_context
-        self._specs: dict[tuple[str, str], ProbeSpec] = {}
-        self._tasks: dict[tuple[str, str], asyncio.Task[None]] = {}
-        self._states: dict[tuple[str, str], MemberHealth] = {}
+        self._specs: dict[MemberKey, ProbeSpec] = {}
+        self._tasks: dict[MemberKey, asyncio.Task[None]] = {}
+        self._states: dict[MemberKey, MemberHealth] = {}
         self._clients: dict[bool, httpx.AsyncClient] = {}
         self.probes = 0  # checks run, for metrics
 
@@ -116,14 +140,16 @@ class ActiveChecker:
         """Probe exactly the members of these pools, with their pools' checks.
 
         Members that stay keep their state; a member whose check changed keeps its
-        verdict and restarts its counters; members that left are forgotten.
+        verdict and restarts its counters; members that left are forgotten. A member is
+        its container and its address: a new container on a dead one's IP starts afresh.
+        A new member waits for its first passing check (`MemberHealth.pending`).
         """
-        wanted: dict[tuple[str, str], ProbeSpec] = {}
+        wanted: dict[MemberKey, ProbeSpec] = {}
         for pool in pools:
             for member in pool.members:
                 spec = probe_spec(pool, member)
                 if spec is not None:
-                    wanted[(pool.id, member.address)] = spec
+                    wanted[member_key(pool.id, member)] = spec
         for key in list(self._tasks):
             if wanted.get(key) != self._specs.get(key):
                 self._tasks.pop(key).cancel()
@@ -133,7 +159,11 @@ class ActiveChecker:
         for key, spec in wanted.items():
             if key in self._tasks:
                 continue
-            state = self._states.setdefault(key, MemberHealth())
+            state = self._states.get(key)
+            if state is None:
+                state = self._states[key] = MemberHealth(
+                    healthy=False, reason=PENDING_REASON, pending=True
+                )
             state.successes = state.failures = 0
             self._specs[key] = spec
             self._tasks[key] = asyncio.get_running_loop().create_task(
@@ -141,13 +171,19 @@ class ActiveChecker:
             )
 
     def is_healthy(self, pool_id: str, member: Member) -> bool:
-        """The member's verdict; True for members without a check or not failed yet."""
-        state = self._states.get((pool_id, member.address))
+        """The member's verdict; True for members without a check. False for a member
+        that has not passed its first check yet (pending) or failed its last ones."""
+        state = self._states.get(member_key(pool_id, member))
         return True if state is None else state.healthy
+
+    def is_pending(self, pool_id: str, member: Member) -> bool:
+        """True for a new member whose first check has not passed yet."""
+        state = self._states.get(member_key(pool_id, member))
+        return state is not None and state.pending
 
     def states(self) -> dict[tuple[str, str], MemberHealth]:
         """A copy of every checked member's state, keyed by (pool id, address)."""
-        return {key: MemberHealth(**vars(state)) for key, state in self._states.items()}
+        return {key[:2]: MemberHealth(**vars(state)) for key, state in self._states.items()}
 
     async def aclose(self) -> None:
         """Stop every probe and close the HTTP clients."""
@@ -163,8 +199,9 @@ class ActiveChecker:
 
     # -- probing -----------------------------------------------------------------------------
 
-    async def _probe_forever(self, key: tuple[str, str], spec: ProbeSpec) -> None:
+    async def _probe_forever(self, key: MemberKey, spec: ProbeSpec) -> None:
         loop = asyncio.get_running_loop()
+        pending_since, pending_wait = loop.time(), PENDING_WAIT
         while True:
             started = loop.time()
             try:
@@ -173,14 +210,21 @@ class ActiveChecker:
                 failure = f"check error: {exc!r}"
             self.probes += 1
             self._record(key, spec, failure)
-            await asyncio.sleep(max(0.0, spec.interval - (loop.time() - started)))
+            wait = spec.interval
+            state = self._states.get(key)
+            if state is not None and state.pending:
+                # Not listening yet, most likely: ask again soon, not in `interval`.
+                if loop.time() - pending_since >= PENDING_FAST_SECONDS:
+                    pending_wait = min(pending_wait * 2, PENDING_LONGEST_WAIT)
+                wait = min(wait, pending_wait)
+            await asyncio.sleep(max(0.0, wait - (loop.time() - started)))
 
     async def probe(self, spec: ProbeSpec) -> str | None:
         """Run one check: None when it passes, else why it failed."""
         try:
-            body_pattern = re.compile(spec.body) if spec.body else None
-        except re.error as exc:
-            return f"health.body is not a valid regular expression: {exc}"
+            body_pattern = compile_body_pattern(spec.body) if spec.body else None
+        except LabelValueError as exc:  # only for a body the label validator did not see
+            return f"health.body {spec.body!r} is {exc}"
         extensions = {"sni_hostname": spec.server_name} if spec.server_name else {}
         headers = {"User-Agent": USER_AGENT, **dict(spec.headers)}
         try:
@@ -214,7 +258,7 @@ class ActiveChecker:
             self._clients[verify] = client
         return client
 
-    def _record(self, key: tuple[str, str], spec: ProbeSpec, failure: str | None) -> None:
+    def _record(self, key: MemberKey, spec: ProbeSpec, failure: str | None) -> None:
         state = self._states.setdefault(key, MemberHealth())
         flipped = False
         if failure is None:
@@ -224,6 +268,7 @@ class ActiveChecker:
             if not state.healthy and state.successes >= spec.passes:
                 state.healthy, flipped = True, True
                 state.reason = f"passed {state.successes} check(s) in a row"
+                state.pending = False
         else:
             state.failures += 1
             state.successes = 0

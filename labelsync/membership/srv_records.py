@@ -4,7 +4,9 @@ Caddy's `dynamic_upstreams` (source `srv`) turns each SRV record into one upstre
 `<target>:<port>` and dials the target through the transport's resolver, which is
 labelsync's resolver too. So every member gets a target name the resolver can answer
 A/AAAA for without any state: the member's IP spelled inside labelsync's zone
-(`10-0-0-5.ip4.labelsync.internal.`). Go refuses SRV targets that look like IP
+(`10-0-0-5.3f2a9b1c0d4e.ip4.labelsync.internal.`), with the container's short id in it,
+so that a container that gets a dead one's IP does not get its passive-health record in
+Caddy (`member_target`). Go refuses SRV targets that look like IP
 addresses (`10.0.0.5.`), so the IP cannot be the target itself. A member given by host
 name (`address=backend.example.com:443`) keeps its name as the target; the resolver
 looks such names up in the system resolver for Caddy.
@@ -20,9 +22,13 @@ measurements behind each rule):
   down to `MAX_WEIGHTED_RECORDS` when the sum is larger), interleaved smoothly.
 - every other policy: one record per member, in member order.
 
-Unhealthy members are withheld. When no member is healthy all of them are answered,
-so clients get the backends' own errors instead of Caddy's "no upstreams"; the caller
-detects that case with `no_healthy_member` to log it.
+Unhealthy members are withheld, and so are new members whose first check has not
+passed yet (pending: `membership/health.py`). When no member is healthy, the replicas
+that are draining (told to stop, still running) are answered: a roll that stops the old
+replica as its successor starts keeps being served until the successor answers. When
+there are none, all members are answered, so clients get the backends' own errors
+instead of Caddy's "no upstreams"; the caller detects that case with
+`no_healthy_member` to log it.
 
 A pool without members is never answered empty: Go reports an empty answer as a failed
 lookup, and Caddy then dials the route's fallback member list (or, with a
@@ -75,8 +81,12 @@ def srv_answers(
     healthy: Callable[[Member], bool],
     max_records: int = MAX_WEIGHTED_RECORDS,
 ) -> list[SrvAnswer]:
-    """The SRV records of a pool, in the order Caddy should see them; never empty."""
-    live = [m for m in pool.members if healthy(m)] or list(pool.members)
+    """The SRV records of a pool, in the order Caddy should see them; never empty.
+
+    The members that pass their checks; when none does, the replicas still draining
+    (told to stop, still serving); when there are none either, every member.
+    """
+    live = [m for m in pool.members if healthy(m)] or list(pool.draining) or list(pool.members)
     if not live:
         return [SrvAnswer(priority=0, weight=0, port=NO_MEMBERS_PORT, target=NO_MEMBERS_TARGET)]
     policy = pool.shape.settings.lb_policy
@@ -89,7 +99,7 @@ def srv_answers(
 
 
 def _record(member: Member, *, priority: int = 0) -> SrvAnswer:
-    target, port = member_target(member.address)
+    target, port = member_target(member.address, member.container_id)
     # Weight 0 everywhere: Go shuffles records of equal priority by SRV weight, and
     # only all-zero weights keep the order labelsync chose.
     return SrvAnswer(priority=min(priority, 65535), weight=0, port=port, target=target)
