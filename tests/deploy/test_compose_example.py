@@ -251,7 +251,7 @@ class Restarted:
 @pytest.fixture(scope="module")
 def caddy_restarted(stack: ComposeStack) -> Restarted:
     base = url(stack)
-    with load(stack, pause=0.05, timeout=3.0) as traffic:
+    with load(stack, pause=0.05, timeout=3.0, retry_stale=True) as traffic:
         traffic.wait_successes(40)
         stack.run("restart", "-t", "3", "caddy")
         restarted = time.monotonic()

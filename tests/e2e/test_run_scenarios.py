@@ -151,6 +151,7 @@ def test_first_fails_over_to_the_backup_without_a_failed_request_and_returns(
         max_seconds=90,
         timeout=15,
         is_success=answered_by(service),
+        retry_stale=mode == "static",
     ) as load:
         load.wait_successes(30)
         primary.container.stop(timeout=5)
@@ -333,6 +334,7 @@ def test_rolling_update_under_load(
         max_seconds=120,
         timeout=15,
         is_success=answered_by(service),
+        retry_stale=mode == "static",
     ) as load:
         load.wait_successes(40)
 

@@ -1,7 +1,9 @@
 """Test images, built locally from files on this machine; nothing is ever pulled.
 
 - `backend`: the static busybox plus `tests/images/backend/*.sh`, an HTTP server that answers
-  every path with the container's name (see the entrypoint's header for its paths and env).
+  every path with the container's name (see the entrypoint's header for its paths and env);
+  `acceptor.c`, compiled static here (gcc, libc6-dev), listens and forks a handler per
+  connection.
 - `https`: the bundled static Caddy binary serving TLS on 8443 with its internal CA.
 
 Each image is a rootfs tar fed to `docker import`; its tag is a hash of the tar, so a changed
@@ -16,6 +18,7 @@ import io
 import json
 import subprocess
 import tarfile
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,6 +103,25 @@ def _busybox_applets() -> list[str]:
     return sorted({name for name in listed.split() if name and "/" not in name})
 
 
+def acceptor_binary() -> bytes:
+    """`tests/images/backend/acceptor.c`, compiled static; cached by its source's hash
+    (a compiler need not give the same bytes twice, and the image tag hashes them)."""
+    source = IMAGES_DIR / "backend" / "acceptor.c"
+    digest = hashlib.sha256(source.read_bytes()).hexdigest()[:16]
+    binary = Path(tempfile.gettempdir()) / f"labelsync-test-acceptor-{digest}"
+    if not binary.exists():
+        building = binary.with_suffix(f".{time.monotonic_ns()}")
+        compiled = subprocess.run(
+            ["gcc", "-static", "-Os", "-s", "-o", str(building), str(source)],
+            capture_output=True,
+            text=True,
+        )
+        if compiled.returncode != 0:
+            raise RuntimeError(f"compiling {source} failed: {compiled.stderr.strip()}")
+        building.replace(binary)
+    return binary.read_bytes()
+
+
 def backend_rootfs() -> bytes:
     """The backend image's root filesystem as a tar."""
     if not BUSYBOX.exists():
@@ -109,6 +131,7 @@ def backend_rootfs() -> bytes:
     for directory in ("bin", "etc", "tmp", "www"):
         tar.directory(directory, 0o1777 if directory == "tmp" else 0o755)
     tar.file("bin/busybox", BUSYBOX.read_bytes(), 0o755)
+    tar.file("bin/acceptor", acceptor_binary(), 0o755)
     for applet in _busybox_applets():
         if applet != "busybox":
             tar.symlink(f"bin/{applet}", "busybox")

@@ -6,11 +6,16 @@ sent (all clients together), or `stop()` called. Every request is counted: succe
 failures, HTTP statuses, transport errors by type, and answering backends (`X-Backend`
 header, else the body's first line).
 
-Each client does what browsers, Go's and curl's clients do (RFC 9112, 9.3.1): a request
-on a reused keep-alive connection that the server closed before answering anything is
-sent once more on a fresh connection. Caddy closes its idle connections on every config
-reload, so this race is every keep-alive client's; such retries are counted apart
-(`stale_retries`), never as failures, and a second failure is one.
+A request on a reused keep-alive connection that the server closed before answering
+anything (a stale connection) is, by default, a failure like any other reset: counted in
+`failures` (error kind "stale connection reset") and, apart, in `stale_failures`. In
+dynamic mode membership changes reload nothing, so such a reset is a real failure.
+Tests that expect Caddy writes (reloads) under the load (static mode, settings changes,
+a restarted Caddy) pass `retry_stale=True`: each client then does what browsers, Go's
+and curl's clients do (RFC 9112, 9.3.1) and sends such a request once more on a fresh
+connection. Caddy closes its idle connections on every config reload, so this race is
+every keep-alive client's; such retries are counted apart (`stale_retries`), never as
+failures, and a second failure is one.
 
     with Load(daemon.url, host, clients=4, max_seconds=60) as load:
         load.wait_requests(50)          # traffic is flowing
@@ -67,6 +72,7 @@ class LoadResult:
     slowest: float = 0.0  # seconds, the longest request (failed ones included)
     slow: int = 0  # requests that took longer than the load's `slow_after`
     stale_retries: int = 0  # requests sent again after a reused connection closed unanswered
+    stale_failures: int = 0  # such requests counted as failures (`retry_stale` off)
 
     @property
     def failed(self) -> int:
@@ -79,12 +85,14 @@ class LoadResult:
             f"{self.failures}/{self.total} failed in {self.seconds:.1f}s, "
             f"statuses={dict(self.statuses)}, errors={dict(self.errors)}, "
             f"backends={dict(self.backends)}, slowest={self.slowest:.2f}s, slow={self.slow}, "
-            f"stale keep-alive retries={self.stale_retries}"
+            f"stale keep-alive retries={self.stale_retries}, "
+            f"stale keep-alive resets counted as failures={self.stale_failures}"
             + (f", first failures: {shown}" if shown else "")
         )
 
 
 MAX_KEPT_FAILURES = 50
+STALE_RESET = "stale connection reset"  # the error kind of a stale connection not retried
 
 
 class Load:
@@ -104,11 +112,14 @@ class Load:
         is_success: IsSuccess = status_200,
         headers: dict[str, str] | None = None,
         slow_after: float = 1.0,
+        retry_stale: bool = False,
     ) -> None:
         """`url` is the listener (`http://127.0.0.1:PORT`), `host` the Host header, `path`
         the request path. `pause` sleeps between one client's requests (0 = back to back).
         `timeout` bounds each request; a timed-out request counts as a failure. Requests
-        slower than `slow_after` seconds are counted in `slow`."""
+        slower than `slow_after` seconds are counted in `slow`. `retry_stale`: send a
+        request once more when a reused connection closed before answering it (for loads
+        during which Caddy reloads); off, such a request is a failure."""
         if clients < 1 or max_seconds <= 0 or max_requests < 1:
             raise ValueError("load needs clients >= 1 and positive bounds")
         self.url = url.rstrip("/") + path
@@ -120,6 +131,7 @@ class Load:
         self.pause = pause
         self.is_success = is_success
         self.slow_after = slow_after
+        self.retry_stale = retry_stale
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._counts = LoadResult()
@@ -187,6 +199,7 @@ class Load:
                 slowest=counts.slowest,
                 slow=counts.slow,
                 stale_retries=counts.stale_retries,
+                stale_failures=counts.stale_failures,
             )
 
     def wait_requests(self, count: int, *, timeout: float = 30.0) -> LoadResult:
@@ -235,11 +248,13 @@ class Load:
         reason: str | None = None
         status: int | None = None
         started = time.monotonic()
-        retried = False
+        retried = stale = False
         try:
             try:
                 response = _send_get(client, self.url, self.headers)
             except _StaleConnection:
+                if not self.retry_stale:
+                    raise  # a failure of its own kind, below
                 retried = True
                 response = client.get(self.url, headers=self.headers)
             status = response.status_code
@@ -251,6 +266,9 @@ class Load:
             else:
                 answered_by = response.headers.get("X-Backend")
                 reason = f"HTTP {status}" + (f" from {answered_by}" if answered_by else "")
+        except _StaleConnection as exc:
+            stale = True
+            reason = f"{STALE_RESET}: {exc}"
         except httpx.HTTPError as exc:
             reason = f"{type(exc).__name__}: {exc}"
         took = time.monotonic() - started
@@ -258,6 +276,7 @@ class Load:
             counts = self._counts
             counts.total += 1
             counts.stale_retries += retried
+            counts.stale_failures += stale
             counts.slowest = max(counts.slowest, took)
             if took > self.slow_after:
                 counts.slow += 1
@@ -277,7 +296,8 @@ class Load:
 
 
 class _StaleConnection(Exception):
-    """A reused connection closed before any byte of the answer: safe to send again."""
+    """A reused connection closed before any byte of the answer: safe to send again (the
+    message names the transport error, e.g. "ReadError: ...")."""
 
 
 def _send_get(client: httpx.Client, url: str, headers: dict[str, str]) -> httpx.Response:
@@ -293,12 +313,13 @@ def _send_get(client: httpx.Client, url: str, headers: dict[str, str]) -> httpx.
         reused = "connection.connect_tcp.started" not in events
         answered = "http11.receive_response_headers.complete" in events
         if reused and not answered:
-            raise _StaleConnection(str(exc)) from exc
+            raise _StaleConnection(f"{type(exc).__name__}: {exc}") from exc
         raise
 
 
-def run_load(url: str, host: str, **options: object) -> LoadResult:
-    """Run a `Load(url, host, **options)` to one of its bounds and return the counts."""
-    load = Load(url, host, **options)  # type: ignore[arg-type]
+def run_load(url: str, host: str, *, retry_stale: bool = False, **options: object) -> LoadResult:
+    """Run a `Load(url, host, retry_stale=..., **options)` to one of its bounds and return
+    the counts."""
+    load = Load(url, host, retry_stale=retry_stale, **options)  # type: ignore[arg-type]
     load.start()
     return load.wait()

@@ -157,23 +157,41 @@ class _OneAnswerPerConnection:
 
 
 @pytest.mark.parametrize(
-    ("answers", "expected"),
+    ("answers", "retry_stale", "expected"),
     [
         # A reused connection dropped unanswered: sent again on a fresh one, no failure.
-        (1, {"total": 4, "failed": 0, "stale_retries": 3}),
-        # A fresh connection closed unanswered: a failure, not sent again.
-        (0, {"total": 4, "failed": 4, "stale_retries": 0}),
+        (1, True, {"total": 4, "failed": 0, "stale_retries": 3, "stale_failures": 0}),
+        # Not retried (the default): each such drop is a failure, the next request opens a
+        # fresh connection (answered), the one after reuses it (dropped).
+        (1, False, {"total": 4, "failed": 2, "stale_retries": 0, "stale_failures": 2}),
+        # A fresh connection closed unanswered: a failure, never sent again, never stale.
+        (0, True, {"total": 4, "failed": 4, "stale_retries": 0, "stale_failures": 0}),
+        (0, False, {"total": 4, "failed": 4, "stale_retries": 0, "stale_failures": 0}),
     ],
 )
 def test_load_sends_again_only_what_a_reused_connection_dropped(
-    answers: int, expected: dict[str, int]
+    answers: int, retry_stale: bool, expected: dict[str, int]
 ) -> None:
     from tests.support.load import run_load
 
     server = _OneAnswerPerConnection(answers=answers)
     try:
-        result = run_load(server.url, "stale.test", clients=1, max_requests=4, max_seconds=10)
+        result = run_load(
+            server.url,
+            "stale.test",
+            clients=1,
+            max_requests=4,
+            max_seconds=10,
+            retry_stale=retry_stale,
+        )
     finally:
         server.close()
-    got = {"total": result.total, "failed": result.failed, "stale_retries": result.stale_retries}
+    got = {
+        "total": result.total,
+        "failed": result.failed,
+        "stale_retries": result.stale_retries,
+        "stale_failures": result.stale_failures,
+    }
     assert got == expected, result.summary()
+    if expected["stale_failures"]:
+        assert result.errors == {"stale connection reset": expected["stale_failures"]}
