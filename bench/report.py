@@ -163,20 +163,22 @@ def _zero_rows(r: dict[str, Any]) -> list[Row]:
     rows = []
     phases = (
         ("rolling", f"(a) {r['rolls']} rolls x {r['replicas']}"),
+        ("abrupt", f"(a') {r['rolls']} abrupt rolls x {r['replicas']}, slow starters"),
         ("settings", f"(b) {r['setting_changes']} policy/health changes"),
     )
     scenario = f"5 zero drop ({r['clients']} clients, ≥ {r['seconds']:g} s)"
     for phase, label in phases:
+        if phase not in r[COLUMNS[0]]:
+            continue  # a result from before the phase existed
         failed = Row(scenario, f"{label}: failed / requests", target="0 failed")
-        latency = Row(scenario, f"{label}: p99 ms (stale keep-alive retries)")
+        latency = Row(scenario, f"{label}: p99 ms (stale keep-alive retries, or - for none)")
         stream = Row(scenario, f"{label}: long stream (changes it spanned)", target="intact")
         writes = Row(scenario, f"{label}: admin writes")
         for column in COLUMNS:
             m = r[column][phase]
             failed.cells[column] = _mark(f"{m['failed']} / {m['requests']}", m["failed"] == 0)
-            latency.cells[column] = (
-                f"{_ms(m['latency_ms'].get('p99'))} ({m['stale_connection_retries']})"
-            )
+            retries = m["stale_connection_retries"] if m.get("retry_stale", True) else "-"
+            latency.cells[column] = f"{_ms(m['latency_ms'].get('p99'))} ({retries})"
             stream.cells[column] = _mark(
                 f"{'intact' if m['stream_ok'] else 'broken'} ({m['stream_spanned_changes']}"
                 f"/{m['changes']})",

@@ -1,10 +1,14 @@
 """Scenario 5, zero drop (real dockerd, real Caddy, labelsync's loop in-process).
 
 A bounded load (`loadgen`, its own process: CLIENTS keep-alive clients for D seconds)
-runs through Caddy to a 3-replica pool while
+runs through Caddy to a 3-replica pool, health-checked (`health.path`, so passive checks
+too), on a bridge network of its own with a /28 subnet, where Docker hands a freed
+address to the next container at once, while
   (a) the service is rolled ROLLS times: each replica in turn is replaced by a new
       container (started, listening), then the old one is stopped (it serves on for
       STOP_DELAY after SIGTERM, as a graceful server does);
+  (a') the same, abruptly: the new replica's app listens START_DELAY after its container
+      started, and the old one is stopped as soon as the new container runs;
   (b) the pool's policy and health settings change CHANGES times: the labels labelsync
       reads are rewritten between syncs (`RelabelledSource`: Docker cannot relabel a
       running container; a real change would come with new containers, as in (a)).
@@ -46,6 +50,8 @@ from .routing import answered_by, poll_until
 VARIANTS = ("dynamic", "static", "whole-config")
 REPLICAS = 3
 STOP_DELAY = "1"
+START_DELAY = "1"  # (a'): seconds from a container's start until its app listens
+SUBNET_PREFIX = 28
 PAUSE_MS = 5
 BASE_KEYS = {"lb.policy": "round_robin", "health.path": "/health", "health.interval": "2s"}
 POLICIES = ("least_conn", "random", "round_robin", "first", "random_choose")
@@ -99,8 +105,18 @@ class LoadProcess:
 
     @classmethod
     async def start(
-        cls, port: int, host: str, clients: int, seconds: float, stream_host: str
+        cls,
+        port: int,
+        host: str,
+        clients: int,
+        seconds: float,
+        stream_host: str,
+        *,
+        retry_stale: bool,
     ) -> LoadProcess:
+        """`retry_stale`: whether a request that a reused connection dropped unanswered is
+        sent once more (where Caddy reloads: every write closes idle connections) or
+        counted as a failure (where no reload may happen)."""
         process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
@@ -112,6 +128,7 @@ class LoadProcess:
             str(PAUSE_MS),
             stream_host,
             f"{seconds:g}",
+            "1" if retry_stale else "0",
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
         )
@@ -163,9 +180,13 @@ async def _phase(
     seconds: float,
     steps: int,
     step: Any,
+    *,
+    retry_stale: bool,
 ) -> dict[str, Any]:
     writes, requests = len(admin.writes), admin.requests_sent
-    load = await LoadProcess.start(port, host, clients, seconds, stream_host)
+    load = await LoadProcess.start(
+        port, host, clients, seconds, stream_host, retry_stale=retry_stale
+    )
     try:
         await asyncio.sleep(0.5)
         change_times = await _paced(steps, seconds - 1.5, step)
@@ -179,7 +200,9 @@ async def _phase(
         "requests": result["requests"],
         "failed": result["failed"],
         "failures": result["failures"],
+        "retry_stale": retry_stale,
         "stale_connection_retries": result["stale_connection_retries"],
+        "stale_connection_failures": result["stale_connection_failures"],
         "latency_ms": result["latency_ms"],
         "load_seconds": round(result["seconds"], 2),
         "changes": steps,
@@ -201,7 +224,9 @@ async def _variant(
     host, stream_host = f"zd-{variant}-{tag}.bench.test", f"zds-{variant}-{tag}.bench.test"
     source = RelabelledSource(DockerSource(swarm="off"), host)
     env = {"STOP_DELAY": STOP_DELAY}
+    slow_env = {**env, "START_DELAY": START_DELAY}
     stops: list[asyncio.Task[None]] = []
+    network = await asyncio.to_thread(containers.small_network, SUBNET_PREFIX)
     try:
         async with running_caddy(f"zero-{variant}") as caddy:
             settings = bench_settings(caddy, upstreams)
@@ -214,39 +239,64 @@ async def _variant(
             async with labelsync(settings, source, admin) as ls:
                 labels = backend_labels(host, BASE_KEYS)
                 replicas = [
-                    await asyncio.to_thread(containers.start, labels, env=env)
+                    await asyncio.to_thread(containers.start, labels, env=env, network=network)
                     for _ in range(REPLICAS)
                 ]
-                streamer = await asyncio.to_thread(containers.start, backend_labels(stream_host))
+                streamer = await asyncio.to_thread(
+                    containers.start, backend_labels(stream_host), network=network
+                )
                 for handle in [*replicas, streamer]:
                     target = stream_host if handle is streamer else host
                     if await poll_until(caddy.http_port, target, answered_by(handle.name)) is None:
                         raise RuntimeError(f"{handle.name} is never routed")
 
-                async def roll(i: int) -> None:
+                async def roll(i: int, *, abrupt: bool = False) -> None:
                     slot = i % REPLICAS
                     old = replicas[slot]
-                    replicas[slot] = await asyncio.to_thread(containers.start, labels, env=env)
+                    replicas[slot] = await asyncio.to_thread(
+                        containers.start,
+                        labels,
+                        env=slow_env if abrupt else env,
+                        network=network,
+                        wait_listening=not abrupt,
+                    )
                     stops.append(
                         asyncio.create_task(
                             asyncio.to_thread(lambda: old.container.stop(timeout=10))
                         )
                     )
 
+                async def abrupt_roll(i: int) -> None:
+                    await roll(i, abrupt=True)
+
                 async def change(i: int) -> None:
                     source.overrides = setting_change(i)
                     ls.reconciler.notify()
 
                 log(f"zero drop {variant}: rolling {rolls}x{REPLICAS} replicas")
+                # Dynamic mode rolls members through the resolver: no Caddy write, so no
+                # reload to excuse a connection reset. Static mode and the baseline write
+                # (and reload) on every change: clients retry as Go's and browsers do.
                 rolling = await _phase(
                     admin, caddy.http_port, host, stream_host, clients, seconds,
-                    rolls * REPLICAS, roll,
+                    rolls * REPLICAS, roll, retry_stale=variant != "dynamic",
                 )  # fmt: skip
                 await asyncio.gather(*stops)
+                log(
+                    f"zero drop {variant}: rolling {rolls}x{REPLICAS} replicas abruptly "
+                    f"(listening {START_DELAY}s after start, the old one stopped at once)"
+                )
+                abrupt = await _phase(
+                    admin, caddy.http_port, host, stream_host, clients, seconds,
+                    rolls * REPLICAS, abrupt_roll, retry_stale=variant != "dynamic",
+                )  # fmt: skip
+                await asyncio.gather(*stops)
+                addresses_reused = containers.addresses_reused()
                 log(f"zero drop {variant}: {changes} policy/health changes")
+                # A change of the pool's settings is a Caddy write in every variant.
                 settings_phase = await _phase(
                     admin, caddy.http_port, host, stream_host, clients, seconds,
-                    changes, change,
+                    changes, change, retry_stale=True,
                 )  # fmt: skip
             await inner.aclose()
     finally:
@@ -257,13 +307,20 @@ async def _variant(
         with contextlib.suppress(Exception):
             await containers.remove_all()
         containers.close()
-    for label, phase in (("rolling", rolling), ("settings", settings_phase)):
+    abrupt["addresses_reused"] = addresses_reused
+    phases = {"rolling": rolling, "abrupt": abrupt, "settings": settings_phase}
+    for label, phase in phases.items():
+        stale = (
+            f"{phase['stale_connection_retries']} stale connections retried"
+            if phase["retry_stale"]
+            else f"{phase['stale_connection_failures']} stale connection resets among them"
+        )
         log(
-            f"zero drop {variant} {label}: {phase['failed']}/{phase['requests']} failed, "
-            f"p99 {phase['latency_ms'].get('p99')} ms, stream "
+            f"zero drop {variant} {label}: {phase['failed']}/{phase['requests']} failed "
+            f"({stale}), p99 {phase['latency_ms'].get('p99')} ms, stream "
             f"{'intact' if phase['stream_ok'] else 'BROKEN'}"
         )
-    return {"rolling": rolling, "settings": settings_phase}
+    return phases
 
 
 async def run(clients: int, seconds: float, rolls: int, changes: int, log: Any) -> dict[str, Any]:
@@ -275,6 +332,8 @@ async def run(clients: int, seconds: float, rolls: int, changes: int, log: Any) 
         "setting_changes": changes,
         "pause_ms": PAUSE_MS,
         "stop_delay_s": float(STOP_DELAY),
+        "start_delay_s": float(START_DELAY),
+        "subnet_prefix": SUBNET_PREFIX,
     }
     for variant in VARIANTS:
         results[variant] = await _variant(variant, clients, seconds, rolls, changes, log)
