@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Make sure a Docker engine answers for the test suite, installing and starting one when
 # this is a fresh Debian machine run as root (CI). Also makes sure busybox-static is there
-# (the test images are built from its static /bin/busybox) and systemd-analyze (the unit
+# (the test images are built from its static /bin/busybox), gcc with libc6-dev (the test
+# backend's listener is compiled static) and systemd-analyze (the unit
 # file test).
 #
 # Exit status: 0 when the engine answers. When it cannot be brought up: non-zero under CI
@@ -67,6 +68,11 @@ main() {
   if ! have_static_busybox && can_install; then
     say "installing busybox-static"
     apt_install busybox-static || say "could not install busybox-static"
+  fi
+  # The test backend's listener (tests/images/backend/acceptor.c) is compiled static.
+  if { ! command -v gcc >/dev/null 2>&1 || ! dpkg -s libc6-dev >/dev/null 2>&1; } && can_install; then
+    say "installing gcc and libc6-dev (the test backend's static listener)"
+    apt_install gcc libc6-dev || say "could not install gcc and libc6-dev"
   fi
   # systemd-analyze checks systemd/labelsync.service (tests/test_sdnotify.py); it works
   # without systemd running as PID 1.
