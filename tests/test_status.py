@@ -159,6 +159,28 @@ def test_dynamic_members_get_counts_from_their_srv_target_names() -> None:
     assert report["daemon"]["docker_up"] is True
 
 
+def test_a_dynamic_member_gets_the_counts_of_its_own_container_not_of_its_ip() -> None:
+    """Caddy lists a gone container's upstream for up to an hour: on the same IP, under
+    its own name. Its failures are not the current container's."""
+    upstreams = [
+        {"address": "10-0-0-5.dddddddddddd.ip4.labelsync.internal.:8080", "fails": 3},
+        {"address": "10-0-0-5.aaaaaaaaaaaa.ip4.labelsync.internal.:8080", "num_requests": 1},
+    ]
+    report = report_json(
+        build_report(
+            caddy_admin="http://127.0.0.1:2019",
+            caddy_server="labelsync",
+            routes=[dynamic_route()],
+            upstreams=upstreams,
+            caddy_health=None,
+            snapshot=snap(dynamic_state()),
+        )
+    )
+    web = members_of(report)["web-1"]
+    assert (web["failures"], web["active_requests"]) == (0, 1)
+    assert web["caddy_upstream"] == "10-0-0-5.aaaaaaaaaaaa.ip4.labelsync.internal.:8080"
+
+
 def test_passive_failures_at_max_fails_make_a_member_unhealthy() -> None:
     upstreams = [
         {"address": "10-0-0-5.ip4.labelsync.internal.:8080", "num_requests": 0, "fails": 3}

@@ -10,8 +10,9 @@
 
 Caddy 2.11 reports per upstream only `num_requests` (requests in flight) and `fails`
 (failures inside the passive `fail_duration` window), and no total: `total_requests`
-stays null. In dynamic mode Caddy names an upstream by its SRV target
-(`10-0-0-5.ip4.labelsync.internal.:8080`), mapped back with `member_address_of`. An
+stays null. In dynamic mode Caddy names an upstream by its SRV target, which names the
+member's container (`10-0-0-5.3f2a9b1c0d4e.ip4.labelsync.internal.:8080`): the counts
+of a container gone from the same IP are not the current one's. An
 address in several pools shares one set of counts: Caddy keeps them per address. The
 merge itself is `status_report.py`.
 """

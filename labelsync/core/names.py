@@ -112,6 +112,17 @@ def instance_label(instance: str) -> str:
     return hashlib.sha256(instance.encode("utf-8")).hexdigest()[:_INSTANCE_LENGTH]
 
 
+def has_instance(name: str) -> bool:
+    """True for a member target name that carries an instance label (a container's)."""
+    labels = name.rstrip(".").lower().split(".")
+    return (
+        len(labels) > 2
+        and len(labels[1]) == _INSTANCE_LENGTH
+        and _HEX.issuperset(labels[1])
+        and target_ip(name) is not None
+    )
+
+
 @functools.lru_cache(maxsize=65536)
 def target_ip(name: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     """The IP a member target name spells (`member_target`'s inverse), or None when

@@ -452,7 +452,7 @@ def _build_pool(
 def _unverifiable_tls(identifier: str, oldest: Route, prefix: str) -> list[Problem]:
     """https members are dialled by a resolver name in dynamic mode: say what to set.
 
-    Caddy sends that name (`10-0-0-5.ip4.labelsync.internal`) as SNI and checks the
+    Caddy sends that name (`10-0-0-5.3f2a9b1c0d4e.ip4.labelsync.internal`) as SNI and checks the
     member's certificate against it, which no certificate names.
     """
     settings = oldest.settings

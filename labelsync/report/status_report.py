@@ -18,7 +18,13 @@ from dataclasses import dataclass, field
 
 from labelsync.core.explain import judge_container, problem_json, verdict_json
 from labelsync.core.model import JSON
-from labelsync.core.names import is_owned, member_address_of
+from labelsync.core.names import (
+    has_instance,
+    is_owned,
+    member_address_of,
+    member_target,
+    target_ip,
+)
 from labelsync.report.snapshot import MemberView, PoolView, Snapshot
 
 REPORT_VERSION = 1
@@ -194,16 +200,29 @@ def _merge(caddy: _PoolFacts | None, state: _PoolFacts | None) -> _PoolFacts:
 
 
 def _upstream_index(upstreams: Sequence[JSON]) -> dict[tuple[bool, str], JSON]:
-    """Caddy's upstreams by (dynamic, member address): SRV targets end with a dot."""
+    """Caddy's upstreams by (dynamic, key): SRV targets end with a dot. A dynamic one is
+    keyed by its name (`10-0-0-5.3f2a9b1c0d4e.ip4...:8080`), which names one container:
+    Caddy lists the names of containers gone for up to an hour, on the same IPs. Names
+    without a container (from before they had one, or host names) by member address."""
     index: dict[tuple[bool, str], JSON] = {}
     for entry in upstreams:
         address = str(entry.get("address") or "")
         host, _, port = address.rpartition(":")
         if host.endswith(".") and port.isdigit():
-            index[(True, member_address_of(host, int(port)).lower())] = entry
+            key = address if has_instance(host) else member_address_of(host, int(port))
+            index[(True, key.lower())] = entry
         else:
             index[(False, address.lower())] = entry
     return index
+
+
+def _dynamic_key(fact: MemberView) -> str:
+    """The key of a member's entry in `_upstream_index`: its SRV target and port."""
+    try:
+        target, port = member_target(fact.address, fact.container_id or "")
+    except ValueError:
+        return fact.address
+    return f"{target}:{port}" if fact.container_id and target_ip(target) else fact.address
 
 
 def _judge_member(
@@ -257,7 +276,10 @@ def _member_status(
     caddy_health: Mapping[str, bool] | None,
 ) -> MemberStatus:
     address = fact.address
-    counts = index.get((bool(pool.dynamic), address.lower()))
+    dynamic = bool(pool.dynamic)
+    counts = index.get((dynamic, (_dynamic_key(fact) if dynamic else address).lower()))
+    if counts is None and dynamic:  # a name from before names carried the container
+        counts = index.get((True, address.lower()))
     health, reason = _judge_member(fact, pool, counts, caddy_health)
     return MemberStatus(
         container=fact.container if fact.origin == "container" else None,

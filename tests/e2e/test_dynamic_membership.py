@@ -70,7 +70,7 @@ def srv_targets(daemon: Daemon, name: str) -> set[str]:
 
 
 def target_of(member: ContainerHandle) -> str:
-    return member_target(member.address())[0]
+    return member_target(member.address(), member.id)[0]
 
 
 @pytest.fixture
