@@ -4,8 +4,8 @@ Caddy's `dynamic_upstreams` (source `srv`) asks for a pool's SRV name every `ref
 and dials each target through the transport resolver, both pointed here. It answers:
 
 - SRV for every pool name given to `update` (TTL 0: Caddy's own refresh is the cache);
-- A / AAAA for member target names (`10-0-0-5.3f2a9b1c0d4e.ip4.labelsync.internal.`), read from the
-  name itself, so a member is dialable the moment it is answered, and still while a
+- A / AAAA for member target names (`10-0-0-5.3f2a9b1c0d4e.ip4.labelsync.internal.`),
+  read from the name itself, so a member is dialable the moment it is answered, and still while a
   request that picked it just before it left is in flight;
 - A / AAAA for host-name targets that some pool answers (members given by host name),
   looked up in the system resolver; never for any other name (no open resolver);
