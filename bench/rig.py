@@ -12,9 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
-import ipaddress
 import os
-import random
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
@@ -22,7 +20,6 @@ from typing import Any
 
 import docker
 import docker.errors
-import docker.types
 
 from labelsync.caddy.admin import CaddyAdmin
 from labelsync.caddy.operations import Operation, apply_operations
@@ -332,18 +329,8 @@ class BenchContainers:
         return len(self.addresses) - len(set(self.addresses))
 
     def small_network(self, prefix: int = 28) -> str:
-        """A bridge network of this scenario on a free random /`prefix` of 10.213.0.0/16:
-        few addresses, so Docker hands a freed one to the next container at once."""
-        for _ in range(20):
-            base = ipaddress.ip_network(f"10.213.{random.randrange(256)}.0/24")
-            subnet = random.choice(list(base.subnets(new_prefix=prefix)))
-            ipam = docker.types.IPAMConfig(pool_configs=[docker.types.IPAMPool(subnet=str(subnet))])
-            try:
-                return self.factory.create_network(ipam=ipam)
-            except docker.errors.APIError as exc:
-                if "overlap" not in str(exc).lower():
-                    raise
-        raise RuntimeError("no free subnet in 10.213.0.0/16 for a bench network")
+        """A network of this scenario where Docker reuses freed addresses at once."""
+        return self.factory.create_small_network(prefix)
 
     def remove(self, container_ids: Iterable[str]) -> None:
         for container_id in container_ids:

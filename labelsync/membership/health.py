@@ -21,7 +21,8 @@ moment after its container starts thus gets no request before it listens, and no
 the refused connections that would count against it in Caddy's passive checks; with a
 30 s interval it would otherwise wait half a minute. A member that passed is healthy
 until it fails `fails` checks in a row. A pool whose members are all pending or
-unhealthy is answered with all of them (`srv_records.py`): the checks never empty a pool.
+unhealthy is answered with its replicas still draining, or else with all of its members
+(`srv_records.py`): the checks never empty a pool.
 """
 
 from __future__ import annotations

@@ -8,21 +8,17 @@ dropped; static mode rewrites the upstreams on every change, and each write relo
 
 from __future__ import annotations
 
-import ipaddress
 import itertools
-import random
 import re
 from collections.abc import Callable
 from datetime import datetime
 
-import docker
-import docker.errors
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.conftest import StartDaemon
 from tests.support.caddy import CaddyProcess, free_port
-from tests.support.containers import ContainerHandle, short_uuid
+from tests.support.containers import ContainerFactory, ContainerHandle, short_uuid
 from tests.support.daemon import Daemon, wait_routed, wait_settled
 from tests.support.load import Load, LoadResult
 from tests.support.scenario import Scenario, prefixed, routes_for
@@ -196,7 +192,6 @@ def test_restarting_labelsync_under_load_drops_no_request(
 BOOTING = {"START_DELAY": "1", "STOP_DELAY": "1"}
 SMALL_ROLL_STEPS = 6
 SMALL_ROLL_REPLICAS = 3
-SMALL_SUBNET_BITS = 28  # 13 container addresses: a freed one is handed out again at once
 ZONE_SUFFIX = ".labelsync.internal."
 ADMIN_WRITES = "labelsync_caddy_admin_writes"
 # Longer than any write labelsync defers (a fallback list alone waits `FILL_DELAY`, 2 s,
@@ -205,24 +200,10 @@ ADMIN_WRITES = "labelsync_caddy_admin_writes"
 WRITES_QUIET = 4.5
 
 
-def small_network(docker_network: Callable[..., str]) -> str:
-    """A new bridge network on a random /28 in 10.213.0.0/16 (tried again on overlap)."""
-    for _ in range(20):
-        base = ipaddress.ip_address("10.213.0.0") + 16 * random.randrange(4096)
-        subnet = f"{base}/{SMALL_SUBNET_BITS}"
-        ipam = docker.types.IPAMConfig(pool_configs=[docker.types.IPAMPool(subnet=subnet)])
-        try:
-            return docker_network(ipam=ipam)
-        except docker.errors.APIError as exc:
-            if "overlap" not in str(exc).lower():
-                raise
-    raise AssertionError("no free /28 in 10.213.0.0/16 for a test network")
-
-
 def test_health_checked_rolling_update_on_a_small_network_drops_no_request(
     start_daemon: StartDaemon,
     backend: StartBackend,
-    docker_network: Callable[..., str],
+    container_factory: ContainerFactory,
     unique_host: str,
     record_property: RecordProperty,
 ) -> None:
@@ -239,7 +220,7 @@ def test_health_checked_rolling_update_on_a_small_network_drops_no_request(
     a replica on a dead one's address is a new upstream name in Caddy (the container's
     short id in its SRV target), so it does not inherit the dead one's passive failures
     (which would keep it out of rotation for 30 s)."""
-    network = small_network(docker_network)
+    network = container_factory.create_small_network()  # a /28
     scenario = Scenario(start_daemon, "dynamic")
     daemon = scenario.daemon
     labels = scenario.labels(

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import ipaddress
+import random
 import re
 import socket
 import time
@@ -20,6 +22,7 @@ from typing import Any
 
 import docker
 import docker.errors
+import docker.types
 from docker.models.containers import Container
 
 from .images import TestImages
@@ -257,6 +260,20 @@ class ContainerFactory:
         )
         self.networks.append(network_name)
         return network_name
+
+    def create_small_network(self, prefix: int = 28) -> str:
+        """A bridge network on a free random /`prefix` of 10.213.0.0/16 (a /28 holds 13
+        containers): Docker hands a freed address to the next container at once."""
+        for _ in range(20):
+            base = ipaddress.ip_network(f"10.213.{random.randrange(256)}.0/24")
+            subnet = random.choice(list(base.subnets(new_prefix=prefix)))
+            pool = docker.types.IPAMPool(subnet=str(subnet))
+            try:
+                return self.create_network(ipam=docker.types.IPAMConfig(pool_configs=[pool]))
+            except docker.errors.APIError as exc:
+                if "overlap" not in str(exc).lower():
+                    raise
+        raise RuntimeError("no free subnet in 10.213.0.0/16 for a test network")
 
     def cleanup(self) -> None:
         for container_id in reversed(self.started):
