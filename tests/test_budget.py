@@ -12,10 +12,19 @@ import pytest
 
 from labelsync.caddy.admin import CaddyAdmin
 from labelsync.caddy.render import RenderOptions, render_route
-from labelsync.core.model import Member, Pool, PoolSettings, PoolShape
+from labelsync.core.model import (
+    ActiveHealth,
+    DesiredState,
+    Member,
+    Pool,
+    PoolSettings,
+    PoolShape,
+)
 from labelsync.loop.reconcile import Reconciler
 from labelsync.membership.budget import Budget
 from labelsync.membership.channel import DynamicMembership
+from labelsync.membership.health import ActiveChecker
+from labelsync.membership.resolver import Resolver
 from labelsync.settings import Settings
 from tests.support.caddy import CaddyProcess, free_port
 from tests.support.containers import short_uuid
@@ -188,3 +197,26 @@ def test_the_state_file_says_how_each_pool_learns_its_members() -> None:
     assert {pool.id: pool.membership for pool in again.pools} == channels
     static = build_snapshot([loop], settings=Settings(upstreams="static"))
     assert {pool.membership for pool in static.pools} == {"json"}
+
+
+async def test_a_pool_outside_the_budget_carries_the_members_the_resolver_would_answer() -> None:
+    """Outside the budget a pool's members are in the JSON: the same choice as the SRV
+    answer. A new replica still pending is left out; with no member passing, the replica
+    still draining is written rather than one that does not listen yet."""
+    settings = PoolSettings(active=ActiveHealth(path="/health", interval="30s"))
+    shape = PoolShape(id="labelsync-b", hosts=("b.test",), path=None, settings=settings, retries=2)
+    old = Member(address="127.0.0.1:9", container_id="old", container_name="old")
+    new = Member(address="127.0.0.1:10", container_id="new", container_name="new")
+    pool = Pool(shape=shape, members=(new,), draining=(old,))
+    checker = ActiveChecker()
+    channel = DynamicMembership(Resolver(), checker, Budget(size=0))
+    try:
+        channel.publish(DesiredState(()))  # labelsync's first listing
+        desired = DesiredState((pool,))
+        channel.publish(desired)  # then the pool: its new member is pending
+        assert checker.is_starting(pool.id, new)
+        rendered, json_pools, _ = channel.channels(desired, 0.0)
+        assert json_pools == {"labelsync-b"}
+        assert rendered.pools[0].members == (old,)
+    finally:
+        await checker.aclose()

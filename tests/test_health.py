@@ -199,14 +199,30 @@ async def test_a_new_member_is_pending_and_checked_again_soon_until_it_passes(
     assert not checker.is_healthy(pool.id, pool.members[0])  # pending
     await served_at_least(server, 3)  # 0.1 s, 0.2 s later: not 30 s
     (state,) = checker.states().values()
-    assert state.pending and not state.checked
+    assert state.pending and state.checked  # reported as failing, with why
     assert "status 500" in state.reason
+    assert checker.is_starting(pool.id, pool.members[0])  # not for long: no alarm yet
     assert not recorded.events
     server.flip(200)
     await event_count(recorded, 1)
     assert recorded.events[0][2] is True
     assert checker.is_healthy(pool.id, pool.members[0])
     assert not checker.states()[(pool.id, server.address)].pending
+
+
+async def test_the_members_of_labelsyncs_first_listing_start_healthy(
+    server: HealthServer, changes: tuple[ActiveChecker, Changes]
+) -> None:
+    """Replicas up before labelsync looked are not held back while it checks them (a
+    restart of labelsync would otherwise hide every member until its first check)."""
+    checker, _ = changes
+    pool = make_pool(server.address)
+    checker.update([pool], initial=True)
+    assert checker.is_healthy(pool.id, pool.members[0])
+    newcomer = replace(pool, members=(*pool.members, member("127.0.0.2:9")))
+    checker.update([newcomer])
+    assert checker.is_healthy(pool.id, pool.members[0])
+    assert not checker.is_healthy(pool.id, newcomer.members[1])  # pending
 
 
 async def test_a_new_container_at_a_known_address_starts_pending(

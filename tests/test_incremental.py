@@ -190,7 +190,7 @@ class _RecordingChecker(ActiveChecker):
         super().__init__()
         self.checked: dict[str, object] = {}
 
-    def update(self, pools: Iterable[Pool]) -> None:
+    def update(self, pools: Iterable[Pool], *, initial: bool = False) -> None:
         self.checked = {p.id: p for p in pools if p.shape.settings.active is not None}
 
 

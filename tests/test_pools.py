@@ -370,20 +370,22 @@ def test_https_in_dynamic_mode_without_a_server_name_is_one_warning() -> None:
     assert build_desired([skipped], dynamic=True).problems == ()
 
 
-def test_a_container_never_started_shapes_no_pool_in_dynamic_mode() -> None:
-    """`docker run` creates, then starts: the pool is written once, at the start, with its
-    first member (a route written before would need a second write for its fallback)."""
+def test_a_pool_of_containers_never_started_awaits_its_first_start_in_dynamic_mode() -> None:
+    """`docker run` creates, then starts: a pool whose containers were only created yet is
+    marked, so its route is written once, at the start, with its first member."""
     created = container("new", 1, {"host": "a.com"}, state="created")
-    assert build_desired([created], dynamic=True).pools == ()
-    assert len(build_desired([created], dynamic=False).pools) == 1  # static: as before
+    for memo in (None, ParseMemo()):
+        (pool,) = build_desired([created], dynamic=True, memo=memo).pools
+        assert pool.awaiting_start and pool.members == ()
+        started = dataclasses.replace(created, state="running")
+        (pool,) = build_desired([started], dynamic=True, memo=memo).pools
+        assert not pool.awaiting_start
+        assert [m.container_name for m in pool.members] == ["new"]
+    (static,) = build_desired([created], dynamic=False).pools
+    assert not static.awaiting_start  # static mode: written at once, as before
     stopped = container("old", 2, {"host": "a.com"}, state="exited")
-    (pool,) = build_desired([created, stopped], dynamic=True).pools  # ran once: kept
-    assert pool.members == ()
-    memo = ParseMemo()
-    assert build_desired([created], dynamic=True, memo=memo).pools == ()
-    started = dataclasses.replace(created, state="running")
-    (pool,) = build_desired([started], dynamic=True, memo=memo).pools
-    assert [m.container_name for m in pool.members] == ["new"]
+    (pool,) = build_desired([created, stopped], dynamic=True).pools  # one ran once
+    assert not pool.awaiting_start and pool.members == ()
 
 
 def test_a_replica_told_to_stop_is_draining_not_a_member() -> None:

@@ -701,3 +701,33 @@ async def test_an_external_caddy_with_another_http_port_gets_tls_and_no_redirect
     assert server["listen"] == [f"127.0.0.1:{http}", f"127.0.0.1:{https}"]
     assert server["automatic_https"] == {"disable_redirects": True}
     assert any(f'"http_port": {http}' in w for w in warnings), warnings
+
+
+async def test_dynamic_pools_are_written_at_their_first_start_and_kept_through_a_recreate(
+    memory: MemoryCaddy, settings: Settings, listing: ListedContainers
+) -> None:
+    """Dynamic mode: a pool whose containers were only created is not written until one
+    starts (then once, with that member as its fallback list), and a route Caddy holds
+    is not deleted while its service is recreated (`compose up` removes the old container
+    before it starts the new one)."""
+    dynamic = settings.model_copy(update={"upstreams": "dynamic"})
+    web = container("web", "await.test")
+    async with reconciler_on(memory.admin(), dynamic, listing) as loop:
+        listing.containers.append(replace(web, state="created", networks={}))
+        await loop.sync_once()
+        assert owned(memory, dynamic) == []
+        writes = memory.writes
+        listing.containers[0] = web
+        await loop.sync_once()
+        (route,) = owned(memory, dynamic)
+        assert dials(route) == ["127.0.0.2:8080"]  # the fallback list, in the same write
+        assert memory.writes - writes == 1
+        writes = memory.writes
+        successor = container("web-2", "await.test", ip="127.0.0.3")
+        listing.containers[0] = replace(successor, state="created", networks={})
+        await loop.sync_once()
+        assert [r["@id"] for r in owned(memory, dynamic)] == [route["@id"]]
+        listing.containers[0] = successor
+        await loop.sync_once()
+        assert [r["@id"] for r in owned(memory, dynamic)] == [route["@id"]]
+        assert memory.writes == writes

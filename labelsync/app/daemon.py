@@ -169,7 +169,7 @@ def _reachability_check(
     from labelsync.loop.reachability import check_after_first_sync
 
     def serves(pool: Pool) -> bool:
-        """A member passed its check, or the pool has none: a probe will not fail there."""
+        """A member passed its check, or has none to pass: a probe will not fail there."""
         verdicts = membership.states()
         for member in pool.members:
             verdict = verdicts.get((pool.id, member.address))

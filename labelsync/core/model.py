@@ -151,6 +151,8 @@ class Route:
     # Told to stop (a kill or stop event came) but still running and serving, as a
     # replica that drains does: not a member, a last resort (`Pool.draining`).
     draining: bool = False
+    # Created and never started yet (`docker run` and `compose up` start it a moment later).
+    starting: bool = False
 
 
 PoolKey = tuple[tuple[str, ...], str | None]  # (hosts, path)
@@ -186,6 +188,11 @@ class Pool:
     # the old replica as its successor starts is served by the old one until the new
     # one answers.
     draining: tuple[Member, ...] = ()
+    # Dynamic mode: no member, and every container of the pool was created and never
+    # started. Its route is not written until a member starts (it would cost a second
+    # write for its fallback list), nor deleted while Caddy holds it (a `compose up`
+    # that recreates a service removes the old container before it starts the new one).
+    awaiting_start: bool = False
 
     @property
     def id(self) -> str:
@@ -213,5 +220,8 @@ class MemberHealth:
 
     @property
     def checked(self) -> bool:
-        """False until a verdict exists: before the first result, and while pending."""
-        return not self.pending and (bool(self.successes or self.failures) or not self.healthy)
+        """False until a check gave a result (a pending member: until one failed, so a
+        member whose checks never pass is reported as failing, with why)."""
+        if self.pending:
+            return self.failures > 0
+        return bool(self.successes or self.failures) or not self.healthy

@@ -217,20 +217,17 @@ class ParseMemo:
             running = container.state in ("running", "paused")
             serving = container.is_serving and container.id not in held
             draining = container.is_serving and container.id in held
-            found, problems = (
-                self.parse(
-                    container,
-                    prefix=prefix,
-                    default_network=default_network,
-                    shape_only=not running,
-                )
-                if shapes_pools(container, dynamic=dynamic)
-                else ((), [])
+            found, problems = self.parse(
+                container, prefix=prefix, default_network=default_network, shape_only=not running
             )
             grouped: dict[PoolKey, list[Route]] = {}
             for route in found:
                 flagged = dataclasses.replace(
-                    route, running=running, serving=serving, draining=draining
+                    route,
+                    running=running,
+                    serving=serving,
+                    draining=draining,
+                    starting=container.state == "created",
                 )
                 grouped.setdefault((route.hosts, route.path), []).append(flagged)
             for key, routes in grouped.items():
@@ -309,19 +306,6 @@ class ParseMemo:
         self._result = None
 
 
-def shapes_pools(container: ContainerInfo, *, dynamic: bool) -> bool:
-    """Whether a listed container shapes its pools (members aside).
-
-    In dynamic mode a container Docker created but never started shapes nothing: `docker
-    run` and `compose up` start it a moment later, and a pool written before its first
-    member would cost a second write for its fallback member list (an empty list never
-    serves, so the first member is worth a write: `caddy/diff.py`). Written at the first
-    start, the pool's route carries that member and costs one write. A container that ran
-    and stopped keeps its pools, as in static mode.
-    """
-    return not (dynamic and container.state == "created")
-
-
 def build_desired(
     containers: Iterable[ContainerInfo],
     *,
@@ -348,16 +332,16 @@ def build_desired(
     routes: list[Route] = []
     problems: list[Problem] = []
     for container in listing:
-        if not shapes_pools(container, dynamic=dynamic):
-            continue
         running = container.state in ("running", "paused")
         serving = container.is_serving and container.id not in withdrawn
         draining = container.is_serving and container.id in withdrawn
         found_routes, found_problems = parse(
             container, prefix=prefix, default_network=default_network, shape_only=not running
         )
+        starting = container.state == "created"
         routes.extend(
-            replace(r, running=running, serving=serving, draining=draining) for r in found_routes
+            replace(r, running=running, serving=serving, draining=draining, starting=starting)
+            for r in found_routes
         )
         if running:  # a stopped container's label problems are reported when it runs
             problems.extend(found_problems)
@@ -446,7 +430,8 @@ def _build_pool(
         )
         for r in sorted((r for r in unique if r.draining), key=_selection_order)
     )
-    return Pool(shape=shape, members=members, draining=draining)
+    awaiting = dynamic and not members and all(r.starting for r in unique)
+    return Pool(shape=shape, members=members, draining=draining, awaiting_start=awaiting)
 
 
 def _unverifiable_tls(identifier: str, oldest: Route, prefix: str) -> list[Problem]:

@@ -36,9 +36,10 @@ a stack still coming up keeps waiting for its next start. Containers of no pool 
 stop are no reason to hurry.
 
 In dynamic mode membership never waits for any of this: joins and leaves go to the
-resolver at once; only new pool shapes wait. A dynamic pool appears at its first start
-(`core/pools.py`, `shapes_pools`), so its route carries that member as its fallback
-list (for when labelsync is away) and costs one write. Only a pool whose list is empty
+resolver at once; only new pool shapes wait. A dynamic pool is written at its first
+start (`Pool.awaiting_start`: while its containers are only created, its route is held
+back), so its route carries that member as its fallback list (for when labelsync is
+away) and costs one write. Only a pool whose list is empty
 (its containers had all stopped) still needs a fallback write when a member starts, and
 that is not worth a write of its own (`only_fallbacks_differ`): it serves no request
 while labelsync runs, and on SIGTERM labelsync mends any list that would not serve. It

@@ -282,7 +282,8 @@ class Reconciler:
             return SyncResult.CADDY_REFUSED  # the same content would be refused again
         verify, self._verify = self._verify, False
         try:
-            operations = await self._writer.apply(routes, verify=verify)
+            awaiting = [pool.id for pool in rendered.pools if pool.awaiting_start]
+            operations = await self._writer.apply(routes, verify=verify, awaiting=awaiting)
         except CaddyRefused as exc:
             return self._refused_write(routes, exc)
         except CaddyError as exc:  # temporary: the same write may succeed later

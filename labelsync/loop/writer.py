@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 from loguru import logger
@@ -37,7 +37,7 @@ from labelsync.caddy.operations import Operation, apply_operations
 from labelsync.errors import CaddyConflict, CaddyError, CaddyNotFound, CaddyRefused
 from labelsync.loop.coalesce import BURST_LONGEST, FILL_DELAY, only_fallbacks_differ
 from labelsync.loop.ports import CaddyWriter
-from labelsync.loop.quarantine import Held, MakeTarget, Quarantine, isolate, suspects
+from labelsync.loop.quarantine import Held, MakeTarget, Quarantine, isolate, revert, suspects
 from labelsync.settings import Settings
 
 CONFLICT_RETRIES = 5
@@ -87,10 +87,14 @@ class RouteWriter:
         self._fill_since = 0.0
         self._last_change = 0.0  # when a sync last changed what labelsync wants
 
-    async def apply(self, routes: list[dict[str, Any]], *, verify: bool) -> list[Operation]:
+    async def apply(
+        self, routes: list[dict[str, Any]], *, verify: bool, awaiting: Collection[str] = ()
+    ) -> list[Operation]:
         """Write `routes` but the quarantined ones; the operations sent.
 
-        `verify`: read Caddy even if nothing is to be written (drift, restarts). Raises
+        `verify`: read Caddy even if nothing is to be written (drift, restarts).
+        `awaiting`: the ids of pools waiting for their first start (`Pool.awaiting_start`):
+        their routes stay as Caddy holds them, or out. Raises
         `CaddyRefused` for a refusal no single route explains (the routes to blame are
         quarantined instead: `take_refusals`), a `CaddyTemporary` for anything that may
         succeed later.
@@ -100,12 +104,16 @@ class RouteWriter:
         # for drift. A membership change in dynamic mode thus sends no admin request.
         for route_id in self.quarantine.release_changed(routes):
             logger.info(f"route {route_id} changed since Caddy refused it; trying it again")
+
+        def hold_back(current: list[dict[str, Any]]) -> list[dict[str, Any]]:
+            return revert(current, self.quarantine.hold_back(current, routes), awaiting)
+
         known = self._known_routes
         if verify:
             self._forget_read_back()  # a check reads Caddy as it is now
         planned: _Plan | None = None
         if not verify and known is not None:
-            wanted = self.quarantine.hold_back(known, routes)
+            wanted = hold_back(known)
             operations = diff_routes(known, wanted)
             if not operations:
                 return []
@@ -115,9 +123,7 @@ class RouteWriter:
             planned = known, wanted, operations
         self._known_routes = None
         written: list[Operation] = []
-        refusal = await self._write(
-            lambda now: self.quarantine.hold_back(now, routes), written, planned
-        )
+        refusal = await self._write(hold_back, written, planned)
         if refusal is None:
             return written
         error, current, target = refusal
@@ -134,7 +140,7 @@ class RouteWriter:
         for route_id, route_error in refused.items():
             self._new_refusals.append(self.quarantine.hold(by_id[route_id], route_error))
         # Whatever the refused write held besides the suspects (deletions, member lists).
-        again = await self._write(lambda now: self.quarantine.hold_back(now, routes), written)
+        again = await self._write(hold_back, written)
         if again is not None:
             raise again[0]
         return written

@@ -23,7 +23,12 @@ from labelsync.errors import ConfigError
 from labelsync.membership.budget import Budget
 from labelsync.membership.health import ActiveChecker
 from labelsync.membership.resolver import Resolver
-from labelsync.membership.srv_records import SrvAnswer, no_healthy_member, srv_answers
+from labelsync.membership.srv_records import (
+    SrvAnswer,
+    no_healthy_member,
+    serving_members,
+    srv_answers,
+)
 from labelsync.settings import Settings
 
 # The drain on the way out lasts Caddy's refresh plus this margin, and at most DRAIN_MAX.
@@ -127,7 +132,10 @@ class DynamicMembership:
         self._desired = desired
         pools = desired.pools
         shared, fresh, stale = self._since_last(pools)
-        if self._republished is not None:
+        if self._republished is None:  # the first listing: its members were up already
+            checked = {p.shape.id: p for p in pools if p.shape.settings.active is not None}
+            self.checker.update(pools, initial=True)
+        else:
             changed = {p.shape.id: p for p in fresh if p.shape.settings.active is not None}
             if changed or any(pool_id in self._checked for pool_id in stale):
                 checked = {
@@ -136,14 +144,12 @@ class DynamicMembership:
                 checked.update(changed)
             else:
                 checked = self._checked
-        else:
-            checked = {p.shape.id: p for p in pools if p.shape.settings.active is not None}
-        # The checker's work is per member: skip it when no pool with a check changed.
-        if checked is not self._checked and (
-            checked.keys() != self._checked.keys()
-            or any(pool is not self._checked[pool_id] for pool_id, pool in checked.items())
-        ):
-            self.checker.update(pools)
+            # The checker's work is per member: skip it when no pool with a check changed.
+            if checked is not self._checked and (
+                checked.keys() != self._checked.keys()
+                or any(pool is not self._checked[pool_id] for pool_id, pool in checked.items())
+            ):
+                self.checker.update(pools)
         self._checked = checked
         self._republish(shared, fresh, stale)
 
@@ -255,12 +261,11 @@ class DynamicMembership:
         return rendered, json_pools, self.budget.next_change()
 
     def _live_view(self, pool: Pool) -> Pool:
-        """`pool` with the members the resolver answers (healthy ones, or all when none
-        is): the same object as last time while nothing changed."""
-        if pool.shape.settings.active is None:
+        """`pool` with the members the resolver answers (`serving_members`): the same
+        object as last time while nothing changed."""
+        if pool.shape.settings.active is None and not pool.draining:
             return pool  # no check: every member is live
-        live = tuple(m for m in pool.members if self.checker.is_healthy(pool.id, m))
-        live = live or pool.members
+        live = serving_members(pool, healthy=lambda m: self.checker.is_healthy(pool.id, m))
         cached = self._json_views.get(pool.id)
         if cached is not None and cached[0] is pool and cached[1].members == live:
             return cached[1]
@@ -284,10 +289,10 @@ class DynamicMembership:
             )
 
     def _note_all_down(self, pool_id: str, members: tuple[Member, ...]) -> None:
-        # Members still waiting for their first check (a pool coming up) are no alarm.
+        # Members still starting (pending, and not for long) are no alarm.
         down = no_healthy_member(
             members, healthy=lambda m: self.checker.is_healthy(pool_id, m)
-        ) and not all(self.checker.is_pending(pool_id, m) for m in members)
+        ) and not all(self.checker.is_starting(pool_id, m) for m in members)
         if down and pool_id not in self._all_down:
             logger.bind(pool=pool_id).warning(
                 f"pool {pool_id}: no member passes its health check; answering with the "

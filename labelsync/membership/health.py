@@ -50,6 +50,9 @@ PENDING_WAIT = 0.1
 PENDING_FAST_SECONDS = 3.0
 PENDING_LONGEST_WAIT = 2.0
 PENDING_REASON = "waiting for its first passing check"
+# A pending member that failed this many checks (3 s of them) is no longer "starting":
+# a pool of such members is reported as down.
+STARTING_FAILURES = int(PENDING_FAST_SECONDS / PENDING_WAIT)
 
 # Bodies are read up to this size for the `health.body` match: a check is not a download.
 BODY_LIMIT = 1 << 20
@@ -137,13 +140,15 @@ class ActiveChecker:
         self._clients: dict[bool, httpx.AsyncClient] = {}
         self.probes = 0  # checks run, for metrics
 
-    def update(self, pools: Iterable[Pool]) -> None:
+    def update(self, pools: Iterable[Pool], *, initial: bool = False) -> None:
         """Probe exactly the members of these pools, with their pools' checks.
 
         Members that stay keep their state; a member whose check changed keeps its
         verdict and restarts its counters; members that left are forgotten. A member is
         its container and its address: a new container on a dead one's IP starts afresh.
-        A new member waits for its first passing check (`MemberHealth.pending`).
+        A new member waits for its first passing check (`MemberHealth.pending`), but for
+        those of an `initial` update (labelsync's first listing: replicas that were up
+        before it looked), which start healthy, as Caddy's upstreams do.
         """
         wanted: dict[MemberKey, ProbeSpec] = {}
         for pool in pools:
@@ -161,7 +166,9 @@ class ActiveChecker:
             if key in self._tasks:
                 continue
             state = self._states.get(key)
-            if state is None:
+            if state is None and initial:
+                state = self._states[key] = MemberHealth()
+            elif state is None:
                 state = self._states[key] = MemberHealth(
                     healthy=False, reason=PENDING_REASON, pending=True
                 )
@@ -177,10 +184,11 @@ class ActiveChecker:
         state = self._states.get(member_key(pool_id, member))
         return True if state is None else state.healthy
 
-    def is_pending(self, pool_id: str, member: Member) -> bool:
-        """True for a new member whose first check has not passed yet."""
+    def is_starting(self, pool_id: str, member: Member) -> bool:
+        """True for a new member whose first check has not passed yet, and that has not
+        failed for long either (an app still starting, not a broken check)."""
         state = self._states.get(member_key(pool_id, member))
-        return state is not None and state.pending
+        return state is not None and state.pending and state.failures < STARTING_FAILURES
 
     def states(self) -> dict[tuple[str, str], MemberHealth]:
         """A copy of every checked member's state, keyed by (pool id, address)."""

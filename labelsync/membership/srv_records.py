@@ -75,6 +75,15 @@ def no_healthy_member(members: Sequence[Member], *, healthy: Callable[[Member], 
     return bool(members) and not any(healthy(m) for m in members)
 
 
+def serving_members(pool: Pool, *, healthy: Callable[[Member], bool]) -> tuple[Member, ...]:
+    """The members a pool is answered with: those that pass their checks; when none does,
+    the replicas still draining (told to stop, still serving); when there are none
+    either, every member. The resolver's records and the JSON of a pool outside the
+    dynamic budget both come from this."""
+    live = tuple(m for m in pool.members if healthy(m))
+    return live or pool.draining or pool.members
+
+
 def srv_answers(
     pool: Pool,
     *,
@@ -86,7 +95,7 @@ def srv_answers(
     The members that pass their checks; when none does, the replicas still draining
     (told to stop, still serving); when there are none either, every member.
     """
-    live = [m for m in pool.members if healthy(m)] or list(pool.draining) or list(pool.members)
+    live = serving_members(pool, healthy=healthy)
     if not live:
         return [SrvAnswer(priority=0, weight=0, port=NO_MEMBERS_PORT, target=NO_MEMBERS_TARGET)]
     policy = pool.shape.settings.lb_policy
