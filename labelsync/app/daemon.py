@@ -173,7 +173,7 @@ def _reachability_check(
         verdicts = membership.states()
         for member in pool.members:
             verdict = verdicts.get((pool.id, member.address))
-            if verdict is None or (verdict.healthy and not verdict.pending):
+            if verdict is None or verdict.healthy:  # a pending member is not healthy
                 return True
         return False
 

@@ -106,21 +106,20 @@ _HEX = frozenset("0123456789abcdef")
 def instance_label(instance: str) -> str:
     """The DNS label naming one member instance: a container's short id (its first 12
     hex digits, as `docker ps` shows it), or 12 hex digits of a hash of any other id."""
-    lowered = instance.lower()
-    if len(lowered) >= _INSTANCE_LENGTH and _HEX.issuperset(lowered[:_INSTANCE_LENGTH]):
-        return lowered[:_INSTANCE_LENGTH]
+    short = instance.lower()[:_INSTANCE_LENGTH]
+    if _is_instance_label(short):
+        return short
     return hashlib.sha256(instance.encode("utf-8")).hexdigest()[:_INSTANCE_LENGTH]
+
+
+def _is_instance_label(label: str) -> bool:
+    return len(label) == _INSTANCE_LENGTH and _HEX.issuperset(label)
 
 
 def has_instance(name: str) -> bool:
     """True for a member target name that carries an instance label (a container's)."""
     labels = name.rstrip(".").lower().split(".")
-    return (
-        len(labels) > 2
-        and len(labels[1]) == _INSTANCE_LENGTH
-        and _HEX.issuperset(labels[1])
-        and target_ip(name) is not None
-    )
+    return len(labels) > 2 and _is_instance_label(labels[1]) and target_ip(name) is not None
 
 
 @functools.lru_cache(maxsize=65536)
@@ -133,8 +132,8 @@ def target_ip(name: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None
         return None
     head = labels[0]
     rest = labels[1:]
-    if len(rest) > 1 and len(rest[0]) == _INSTANCE_LENGTH and _HEX.issuperset(rest[0]):
-        rest = rest[1:]  # the instance label
+    if len(rest) > 1 and _is_instance_label(rest[0]):
+        rest = rest[1:]
     zone = ".".join(rest)
     try:
         if zone == IPV4_ZONE and head.count("-") == 3:

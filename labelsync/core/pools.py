@@ -12,7 +12,7 @@ import bisect
 import dataclasses
 import math
 from collections.abc import Collection, Iterable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from labelsync.core.labels import UNSET, parse_container, pool_key_values
 from labelsync.core.model import (
@@ -214,22 +214,14 @@ class ParseMemo:
         prefix, default_network, dynamic = context
         for container in changed:
             touched.update(self._withdraw(container.id))
-            running = container.state in ("running", "paused")
-            serving = container.is_serving and container.id not in held
-            draining = container.is_serving and container.id in held
+            flags = _RouteFlags.of(container, held)
+            running = flags.running
             found, problems = self.parse(
                 container, prefix=prefix, default_network=default_network, shape_only=not running
             )
             grouped: dict[PoolKey, list[Route]] = {}
             for route in found:
-                flagged = dataclasses.replace(
-                    route,
-                    running=running,
-                    serving=serving,
-                    draining=draining,
-                    starting=container.state == "created",
-                )
-                grouped.setdefault((route.hosts, route.path), []).append(flagged)
+                grouped.setdefault((route.hosts, route.path), []).append(flags.on(route))
             for key, routes in grouped.items():
                 self._members.setdefault(key, {})[container.id] = routes
                 touched.add(key)
@@ -306,6 +298,36 @@ class ParseMemo:
         self._result = None
 
 
+@dataclass(frozen=True)
+class _RouteFlags:
+    """What a container's state makes of its routes (the `Route` fields of these names)."""
+
+    running: bool
+    serving: bool
+    draining: bool
+    starting: bool
+
+    @classmethod
+    def of(cls, container: ContainerInfo, withdrawn: Collection[str]) -> _RouteFlags:
+        """`withdrawn`: the containers leaving (a kill or stop event came)."""
+        leaving = container.id in withdrawn
+        return cls(
+            running=container.state in ("running", "paused"),
+            serving=container.is_serving and not leaving,
+            draining=container.is_serving and leaving,
+            starting=container.state == "created",
+        )
+
+    def on(self, route: Route) -> Route:
+        return replace(
+            route,
+            running=self.running,
+            serving=self.serving,
+            draining=self.draining,
+            starting=self.starting,
+        )
+
+
 def build_desired(
     containers: Iterable[ContainerInfo],
     *,
@@ -332,17 +354,12 @@ def build_desired(
     routes: list[Route] = []
     problems: list[Problem] = []
     for container in listing:
-        running = container.state in ("running", "paused")
-        serving = container.is_serving and container.id not in withdrawn
-        draining = container.is_serving and container.id in withdrawn
+        flags = _RouteFlags.of(container, withdrawn)
+        running = flags.running
         found_routes, found_problems = parse(
             container, prefix=prefix, default_network=default_network, shape_only=not running
         )
-        starting = container.state == "created"
-        routes.extend(
-            replace(r, running=running, serving=serving, draining=draining, starting=starting)
-            for r in found_routes
-        )
+        routes.extend(flags.on(r) for r in found_routes)
         if running:  # a stopped container's label problems are reported when it runs
             problems.extend(found_problems)
     pools, pool_problems = build_pools(routes, dynamic=dynamic, prefix=prefix)
@@ -407,31 +424,25 @@ def _build_pool(
         weights = [r.weight for r in ordered]
     else:
         settings = dataclasses.replace(settings, lb_policy=WEIGHTED_POLICY)
-    members = tuple(
-        Member(
-            address=r.address,
-            container_id=r.container_id,
-            container_name=r.container_name,
-            weight=weight,
-            track=r.track,
-            origin=r.origin,
-        )
-        for r, weight in zip(ordered, weights, strict=True)
-    )
+    members = tuple(_member(r, weight) for r, weight in zip(ordered, weights, strict=True))
     retries = resolve_retries(settings.lb_retries, len(members), dynamic=dynamic)
     shape = PoolShape(id=identifier, hosts=hosts, path=path, settings=settings, retries=retries)
     draining = tuple(
-        Member(
-            address=r.address,
-            container_id=r.container_id,
-            container_name=r.container_name,
-            track=r.track,
-            origin=r.origin,
-        )
-        for r in sorted((r for r in unique if r.draining), key=_selection_order)
+        _member(r) for r in sorted((r for r in unique if r.draining), key=_selection_order)
     )
     awaiting = dynamic and not members and all(r.starting for r in unique)
     return Pool(shape=shape, members=members, draining=draining, awaiting_start=awaiting)
+
+
+def _member(route: Route, weight: int = 1) -> Member:
+    return Member(
+        address=route.address,
+        container_id=route.container_id,
+        container_name=route.container_name,
+        weight=weight,
+        track=route.track,
+        origin=route.origin,
+    )
 
 
 def _unverifiable_tls(identifier: str, oldest: Route, prefix: str) -> list[Problem]:

@@ -109,14 +109,19 @@ def _admin_host(admin_endpoint: str) -> str:
 async def _ready_pool(desired: DesiredState, ready: Callable[[Pool], bool], until: float) -> Pool:
     """The first pool `ready` accepts, waiting until `until` (monotonic) for one; then
     the first pool."""
-    written = [pool for pool in desired.pools if not pool.awaiting_start] or desired.pools
+    probeable = [pool for pool in desired.pools if _probeable(pool)] or list(desired.pools)
     while True:
-        for pool in written:
-            if pool.members and ready(pool):
+        for pool in probeable:
+            if ready(pool):
                 return pool
         if time.monotonic() >= until:
-            return written[0]
+            return probeable[0]
         await asyncio.sleep(0.1)
+
+
+def _probeable(pool: Pool) -> bool:
+    """A pool in Caddy (not waiting for its first start) with members to reach."""
+    return bool(pool.members) and not pool.awaiting_start
 
 
 def probe_host_and_path(pool: Pool) -> tuple[str, str]:
@@ -329,10 +334,7 @@ async def check_after_first_sync(
 ) -> None:
     """Wait for the first sync that wrote at least one pool, then run the check once
     (its probe request goes to a `ready` pool: see `ReachabilityCheck.run`)."""
-    # A pool with members, written (not waiting for its first start): one to probe.
-    while state.desired is None or not any(
-        pool.members and not pool.awaiting_start for pool in state.desired.pools
-    ):
+    while state.desired is None or not any(map(_probeable, state.desired.pools)):
         await asyncio.sleep(0.2)
     try:
         server, _ = await caddy.server(settings.caddy_server)

@@ -166,11 +166,11 @@ class ActiveChecker:
             if key in self._tasks:
                 continue
             state = self._states.get(key)
-            if state is None and initial:
-                state = self._states[key] = MemberHealth()
-            elif state is None:
-                state = self._states[key] = MemberHealth(
-                    healthy=False, reason=PENDING_REASON, pending=True
+            if state is None:
+                state = self._states[key] = (
+                    MemberHealth()
+                    if initial
+                    else MemberHealth(healthy=False, reason=PENDING_REASON, pending=True)
                 )
             state.successes = state.failures = 0
             self._specs[key] = spec

@@ -90,11 +90,8 @@ def srv_answers(
     healthy: Callable[[Member], bool],
     max_records: int = MAX_WEIGHTED_RECORDS,
 ) -> list[SrvAnswer]:
-    """The SRV records of a pool, in the order Caddy should see them; never empty.
-
-    The members that pass their checks; when none does, the replicas still draining
-    (told to stop, still serving); when there are none either, every member.
-    """
+    """The SRV records of a pool's `serving_members`, in the order Caddy should see
+    them; never empty."""
     live = serving_members(pool, healthy=healthy)
     if not live:
         return [SrvAnswer(priority=0, weight=0, port=NO_MEMBERS_PORT, target=NO_MEMBERS_TARGET)]

@@ -23,7 +23,6 @@ from labelsync.core.names import (
     is_owned,
     member_address_of,
     member_target,
-    target_ip,
 )
 from labelsync.report.snapshot import MemberView, PoolView, Snapshot
 
@@ -222,7 +221,7 @@ def _dynamic_key(fact: MemberView) -> str:
         target, port = member_target(fact.address, fact.container_id or "")
     except ValueError:
         return fact.address
-    return f"{target}:{port}" if fact.container_id and target_ip(target) else fact.address
+    return f"{target}:{port}" if has_instance(target) else fact.address
 
 
 def _judge_member(
