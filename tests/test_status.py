@@ -119,6 +119,20 @@ def members_of(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {m["container"]: m for m in report["pools"][0]["members"]}
 
 
+def dynamic_report(upstreams: list[dict[str, Any]]) -> dict[str, Any]:
+    """The report of `dynamic_state()` with its route in Caddy, and Caddy's `upstreams`."""
+    return report_json(
+        build_report(
+            caddy_admin="http://127.0.0.1:2019",
+            caddy_server="labelsync",
+            routes=[dynamic_route()],
+            upstreams=upstreams,
+            caddy_health=None,
+            snapshot=snap(dynamic_state()),
+        )
+    )
+
+
 def test_dynamic_members_get_counts_from_their_srv_target_names() -> None:
     upstreams = [
         {"address": "10-0-0-5.ip4.labelsync.internal.:8080", "num_requests": 2, "fails": 1},
@@ -166,17 +180,7 @@ def test_a_dynamic_member_gets_the_counts_of_its_own_container_not_of_its_ip() -
         {"address": "10-0-0-5.dddddddddddd.ip4.labelsync.internal.:8080", "fails": 3},
         {"address": "10-0-0-5.aaaaaaaaaaaa.ip4.labelsync.internal.:8080", "num_requests": 1},
     ]
-    report = report_json(
-        build_report(
-            caddy_admin="http://127.0.0.1:2019",
-            caddy_server="labelsync",
-            routes=[dynamic_route()],
-            upstreams=upstreams,
-            caddy_health=None,
-            snapshot=snap(dynamic_state()),
-        )
-    )
-    web = members_of(report)["web-1"]
+    web = members_of(dynamic_report(upstreams))["web-1"]
     assert (web["failures"], web["active_requests"]) == (0, 1)
     assert web["caddy_upstream"] == "10-0-0-5.aaaaaaaaaaaa.ip4.labelsync.internal.:8080"
 
@@ -185,17 +189,7 @@ def test_passive_failures_at_max_fails_make_a_member_unhealthy() -> None:
     upstreams = [
         {"address": "10-0-0-5.ip4.labelsync.internal.:8080", "num_requests": 0, "fails": 3}
     ]
-    report = report_json(
-        build_report(
-            caddy_admin="a",
-            caddy_server="labelsync",
-            routes=[dynamic_route()],
-            upstreams=upstreams,
-            caddy_health=None,
-            snapshot=snap(dynamic_state()),
-        )
-    )
-    member = members_of(report)["web-1"]
+    member = members_of(dynamic_report(upstreams))["web-1"]
     assert member["health"] == "unhealthy"
     assert member["reason"] == "3 failed request(s) within 30s (max_fails 3)"
 

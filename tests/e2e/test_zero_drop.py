@@ -57,6 +57,27 @@ def resolver_gaps(logs: str) -> list[float]:
     ]
 
 
+def bounded_load(daemon: Daemon, host: str, *, retry_stale: bool = False) -> Load:
+    """The six keep-alive clients through the daemon's Caddy, within this module's bounds."""
+    return Load(
+        daemon.url,
+        host,
+        clients=CLIENTS,
+        max_seconds=LOAD_SECONDS,
+        max_requests=LOAD_REQUESTS,
+        retry_stale=retry_stale,
+    )
+
+
+def wait_reached(load: Load, replica: ContainerHandle) -> None:
+    """Until the load has had an answer from `replica`."""
+    wait_until(
+        lambda: load.result.backends[replica.name] > 0,
+        timeout=15,
+        message=f"load to reach {replica.name} ({replica.ip})",
+    )
+
+
 def rolling_update(
     daemon: Daemon,
     backend: StartBackend,
@@ -68,11 +89,7 @@ def rolling_update(
     """Start a new replica, wait until the load reaches it, stop the oldest; five times."""
     for _ in range(ROLLING_STEPS):
         new = backend(labels=labels, env=DRAIN)
-        wait_until(
-            lambda new=new: load.result.backends[new.name] > 0,  # type: ignore[misc]
-            timeout=15,
-            message=f"load to reach {new.name}",
-        )
+        wait_reached(load, new)
         old = replicas.pop(0)
         old.container.stop(timeout=5)
         replicas.append(new)
@@ -89,14 +106,7 @@ def measure_rolling_update(
     wait_routed(daemon, host, {r.name for r in replicas})
     if mode == "dynamic":
         wait_settled(daemon, filled={host})  # the first fallback list, before the load
-    with Load(
-        daemon.url,
-        host,
-        clients=CLIENTS,
-        max_seconds=LOAD_SECONDS,
-        max_requests=LOAD_REQUESTS,
-        retry_stale=mode == "static",
-    ) as load:
+    with bounded_load(daemon, host, retry_stale=mode == "static") as load:
         load.wait_successes(300)
         rolling_update(daemon, backend, labels, host, load, replicas)
     result = load.result
@@ -153,13 +163,7 @@ def test_restarting_labelsync_under_load_drops_no_request(
     wait_routed(daemon, unique_host, {r.name for r in replicas})
     wait_settled(daemon, filled={unique_host})  # the first fallback list, before the load
     shapes = daemon.shapes()
-    with Load(
-        daemon.url,
-        unique_host,
-        clients=CLIENTS,
-        max_seconds=LOAD_SECONDS,
-        max_requests=LOAD_REQUESTS,
-    ) as load:
+    with bounded_load(daemon, unique_host) as load:
         load.wait_successes(300)
         for _ in range(RESTARTS):
             logged = len(daemon.logs())
@@ -244,13 +248,7 @@ def test_health_checked_rolling_update_on_a_small_network_drops_no_request(
     wait_settled(daemon, filled={unique_host})
     freed: dict[str, str] = {}  # address -> the stopped replica that had it
     reused: list[str] = []  # "new (address, was old's)"
-    with Load(
-        daemon.url,
-        unique_host,
-        clients=CLIENTS,
-        max_seconds=LOAD_SECONDS,
-        max_requests=LOAD_REQUESTS,
-    ) as load:
+    with bounded_load(daemon, unique_host) as load:
         load.wait_successes(300)
         for _ in range(SMALL_ROLL_STEPS):
             # Started, not yet listening (`START_DELAY`): nothing waits for it to serve.
@@ -264,11 +262,7 @@ def test_health_checked_rolling_update_on_a_small_network_drops_no_request(
             # The new replica serves before the next step stops another one: else two
             # replicas still booting could leave one of three serving. Within 15 s, well
             # inside the 30 s check interval: a new member is checked again quickly.
-            wait_until(
-                lambda new=new: load.result.backends[new.name] > 0,  # type: ignore[misc]
-                timeout=15,
-                message=f"load to reach {new.name} ({new.ip})",
-            )
+            wait_reached(load, new)
             load.wait_successes(100)
     result = load.result
     record_property("small_roll_failed", result.failed)
@@ -423,23 +417,13 @@ def test_a_lone_replica_replaced_while_its_successor_boots_drops_no_request(
     slow = {"START_DELAY": "1", "STOP_DELAY": "2"}
     current = backend(labels=labels, env=slow)
     wait_routed(daemon, unique_host, {current.name})
-    with Load(
-        daemon.url,
-        unique_host,
-        clients=CLIENTS,
-        max_seconds=LOAD_SECONDS,
-        max_requests=LOAD_REQUESTS,
-    ) as load:
+    with bounded_load(daemon, unique_host) as load:
         load.wait_successes(200)
         for _ in range(3):
             new = backend(labels=labels, env=slow, wait_listening=False)
             current.container.stop(timeout=10)  # returns once it drained and exited
             current = new
-            wait_until(
-                lambda new=new: load.result.backends[new.name] > 0,  # type: ignore[misc]
-                timeout=15,
-                message=f"load to reach {new.name}",
-            )
+            wait_reached(load, new)
             load.wait_successes(200)
     result = load.result
     assert result.failed == 0, result.summary()
