@@ -58,7 +58,7 @@ clean-test-containers:
 	@ids="$$(docker ps -aq --filter label=io.labelsync.test-id)"; \
 	if [ -n "$$ids" ]; then docker rm -f $$ids >/dev/null; fi
 
-# Benchmarks against real dockerd and the bundled Caddy (README, "Performance"): one table
+# Benchmarks against real dockerd and the bundled Caddy (docs/performance.md): one table
 # on stdout, every figure in bench/results/. `bench` runs the quick sizes (a few minutes
 # per scenario on 2 cores), `bench-full` the documented full sizes.
 .PHONY: bench bench-full

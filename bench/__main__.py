@@ -1,5 +1,8 @@
 """`python -m bench [--quick | --full] [--only SCENARIO ...]`: run, print one table, save.
 
+`python -m bench --docs [--check]` runs nothing: it rewrites (or checks) the tables of
+docs/performance.md from the newest saved result of each scenario.
+
 Results go to `bench/results/<date>-<commit>.json` (`-quick` before `.json` for quick
 runs, then the scenario names for `--only` runs): every figure, raw samples included,
 and the machine it ran on. labelsync's own
@@ -22,13 +25,23 @@ from typing import Any
 
 from loguru import logger
 
-from . import burst, busy_pools, change_cost, cold_start, reaction, resolver_latency, zero_drop
+from . import (
+    burst,
+    busy_pools,
+    change_cost,
+    cold_start,
+    deploy,
+    reaction,
+    resolver_latency,
+    zero_drop,
+)
 from .machine import REPO, machine
-from .report import render_table, rows_for
+from .report import newest_runs, render_table, rows_for, saved_runs, update_page
 from .rig import clear_labelsync_environment, sweep_bench_containers
 from .sizes import FULL, QUICK, Sizes
 
 RESULTS = Path(__file__).resolve().parent / "results"
+DOCS_PAGE = REPO / "docs" / "performance.md"
 LOGS = REPO / ".test-logs"
 SCENARIOS = (
     "resolver",
@@ -38,8 +51,9 @@ SCENARIOS = (
     "cold_start",
     "zero_drop",
     "busy_pools",
+    "deploy",
 )
-NEEDS_DOCKER = {"reaction", "burst", "zero_drop"}
+NEEDS_DOCKER = {"reaction", "burst", "zero_drop", "deploy"}
 
 _started = time.monotonic()
 
@@ -65,6 +79,8 @@ def _scenario(name: str, sizes: Sizes) -> Callable[[], Awaitable[dict[str, Any]]
         return lambda: zero_drop.run(
             sizes.load_clients, sizes.load_seconds, sizes.rolls, sizes.setting_changes, log
         )
+    if name == "deploy":
+        return lambda: deploy.run(deploy.RUNS[sizes.name], log)
     raise ValueError(name)
 
 
@@ -107,6 +123,32 @@ async def _main(sizes: Sizes, names: list[str]) -> dict[str, Any]:
     return results
 
 
+def docs(page: Path, results: Path, *, check: bool) -> int:
+    """`--docs [--check]`: the page's generated tables, rewritten (or checked) in place."""
+    shown = page.relative_to(REPO) if page.is_relative_to(REPO) else page
+    try:
+        update = update_page(page.read_text(), newest_runs(saved_runs(results)))
+    except (OSError, ValueError) as exc:
+        print(f"{shown}: {exc}", file=sys.stderr)
+        return 2
+    if update.kept:
+        print(
+            f"{shown}: no saved result holds {', '.join(update.kept)}: "
+            "kept as they are (not checked)",
+            file=sys.stderr,
+        )
+    if not update.changed:
+        print(f"{shown}: every table is up to date")
+        return 0
+    changed = ", ".join(update.changed)
+    if check:
+        print(f"{shown} is out of date ({changed}): run `python -m bench --docs`", file=sys.stderr)
+        return 1
+    page.write_text(update.text)
+    print(f"{shown}: rewrote {changed}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     size = parser.add_mutually_exclusive_group()
@@ -116,7 +158,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--table", type=Path, metavar="RESULT", help="print the table of a saved result only"
     )
+    parser.add_argument(
+        "--docs",
+        action="store_true",
+        help="rewrite the tables of docs/performance.md from the newest saved result of each "
+        "scenario (nothing is run)",
+    )
+    parser.add_argument(
+        "--check", action="store_true", help="with --docs: exit 1 when the page is out of date"
+    )
     args = parser.parse_args(argv)
+    if args.check and not args.docs:
+        parser.error("--check goes with --docs")
+    if args.docs:
+        return docs(DOCS_PAGE, RESULTS, check=args.check)
     if args.table is not None:
         print(render_table(rows_for(json.loads(args.table.read_text())["results"])))
         return 0

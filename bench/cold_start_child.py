@@ -17,12 +17,13 @@ import asyncio  # noqa: E402
 import json  # noqa: E402
 import resource  # noqa: E402
 import sys  # noqa: E402
+from collections.abc import AsyncIterator  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from loguru import logger  # noqa: E402
 
 from labelsync.caddy.admin import CaddyAdmin  # noqa: E402
-from labelsync.core.events import STREAM_UP  # noqa: E402
+from labelsync.core.events import STREAM_UP, DockerEvent  # noqa: E402
 from labelsync.core.model import ContainerInfo  # noqa: E402
 from labelsync.loop.reconcile import Reconciler  # noqa: E402
 from labelsync.membership.channel import DynamicMembership  # noqa: E402
@@ -64,7 +65,7 @@ class _Source:
     async def snapshot(self) -> list[ContainerInfo]:
         return list(self.containers)
 
-    async def events(self):  # type: ignore[no-untyped-def]
+    async def events(self) -> AsyncIterator[DockerEvent]:
         yield STREAM_UP
         await asyncio.Event().wait()
 

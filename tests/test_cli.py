@@ -100,7 +100,7 @@ def test_check_and_render_use_the_running_daemons_settings(tmp_path: Path) -> No
     import json
     import uuid
 
-    from labelsync.report.state_file import STATE_VERSION
+    from labelsync.report.snapshot_json import STATE_VERSION
     from labelsync.settings import Settings, effective_settings
 
     static = tmp_path / "static.toml"
@@ -174,7 +174,7 @@ def test_check_of_a_compose_file_reads_the_ports_of_local_images(
         "error: container 'elsewhere': labelsync.port: the compose file names no port and the "
         "image 'registry.invalid/never-pulled:1' was not inspected" in result.stdout
     )
-    assert "2 container(s), 1 pool(s)" in result.stdout
+    assert "2 container(s) with labelsync labels, 1 pool(s)" in result.stdout
 
 
 def test_render_into_a_reader_that_leaves_early_ends_quietly(tmp_path: Path) -> None:
@@ -226,3 +226,132 @@ def test_render_shows_what_the_dynamic_budget_makes_of_the_pools(
     proxies = [h for r in routes for h in r["handle"] if h["handler"] == "reverse_proxy"]
     assert len(proxies) == 3
     assert all(("dynamic_upstreams" in p) == dynamic for p in proxies), proxies
+
+
+# -- `check` in-process, with a listing of records (no Docker) --------------------------------
+
+
+def record(name: str, **labels: str) -> Any:
+    from labelsync.core.model import ContainerInfo
+
+    return ContainerInfo(
+        id=name * 4,
+        name=name,
+        created=1.0,
+        labels=labels,
+        networks={"bridge": "172.17.0.9"},
+        exposed_ports=(8080,),
+    )
+
+
+@pytest.fixture
+def checking(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """`labelsync check --env` over the records in the returned list, in this process."""
+    from labelsync.app import cli
+
+    listed: list[Any] = []
+    monkeypatch.setattr(cli, "_running_containers", lambda settings: list(listed))
+    monkeypatch.setenv("LABELSYNC_STATE_FILE", "/nonexistent/state.json")
+    monkeypatch.delenv("LABELSYNC_STATIC_FILE", raising=False)
+    monkeypatch.delenv("LABELSYNC_LABEL_PREFIX", raising=False)
+    return listed
+
+
+def check(capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    from labelsync.app.cli import main
+
+    code = main(["check", "--env"])
+    return code, capsys.readouterr().out
+
+
+def test_check_counts_only_the_containers_that_carry_labels_under_the_prefix(
+    checking: list[Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    checking.extend(
+        [
+            record("web-1", **{"labelsync.host": "web.test"}),
+            record("web-2", **{"labelsync.host": "web.test"}),
+            record("off", **{"labelsync.host": "off.test", "labelsync.enable": "false"}),
+            record("postgres", **{"com.docker.compose.service": "db"}),
+            record("redis"),
+            record("other-proxy", **{"traefik.enable": "true", "labelsyncx.host": "x.test"}),
+        ]
+    )
+    code, out = check(capsys)
+    assert code == 0, out
+    assert out.splitlines()[-1] == (
+        "3 container(s) with labelsync labels, 1 pool(s), 2 member(s): 0 error(s), 0 warning(s)"
+    )
+
+
+def test_check_counts_by_the_configured_prefix(
+    checking: list[Any], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LABELSYNC_LABEL_PREFIX", "edge")
+    checking.extend(
+        [record("a", **{"edge.host": "a.test"}), record("b", **{"labelsync.host": "b"})]
+    )
+    code, out = check(capsys)
+    assert code == 0, out
+    assert out.splitlines()[-1].startswith("1 container(s) with edge labels, 1 pool(s)")
+
+
+def test_check_fails_on_a_static_file_with_a_toml_syntax_error(
+    checking: list[Any],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    static = tmp_path / "static.toml"
+    static.write_text('[routes.site]\nhost = "site.test"\nupstreams = ["h:1" "h:2"]\n')
+    monkeypatch.setenv("LABELSYNC_STATIC_FILE", str(static))
+    code, out = check(capsys)
+    assert code == 1, out
+    assert out.splitlines() == [
+        f"error: static file {static}: not valid TOML: Unclosed array (at line 3, column 20); "
+        "not applied: a running labelsync keeps serving the last good version it read",
+        "0 container(s) with labelsync labels, 0 static route(s), 0 pool(s), 0 member(s): "
+        "1 error(s), 0 warning(s)",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("make", "reason"),
+    [
+        (lambda path: path.mkdir(), "cannot be read: Is a directory"),
+        (lambda path: path.write_bytes(b"\xff\xfe[routes]\n"), "not UTF-8 text"),
+    ],
+)
+def test_check_fails_on_a_static_file_it_cannot_read(
+    checking: list[Any],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    make: Any,
+    reason: str,
+) -> None:
+    static = tmp_path / "static.toml"
+    make(static)
+    monkeypatch.setenv("LABELSYNC_STATIC_FILE", str(static))
+    code, out = check(capsys)
+    assert code == 1, out
+    assert out.startswith(f"error: static file {static}: {reason}")
+    assert out.splitlines()[-1].endswith(": 1 error(s), 0 warning(s)")
+
+
+def test_check_of_a_good_static_file_counts_its_routes(
+    checking: list[Any],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    static = tmp_path / "static.toml"
+    static.write_text('[routes.a]\nhost = "a.test"\nupstreams = ["h:1", "h:2"]\n')
+    monkeypatch.setenv("LABELSYNC_STATIC_FILE", str(static))
+    checking.append(record("web", **{"labelsync.host": "web.test"}))
+    code, out = check(capsys)
+    assert code == 0, out
+    assert out.splitlines()[-1] == (
+        "1 container(s) with labelsync labels, 1 static route(s), 2 pool(s), 3 member(s): "
+        "0 error(s), 0 warning(s)"
+    )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from labelsync.loop.coalesce import (
     BURST_LONGEST,
     BURST_QUIET,
@@ -179,8 +181,11 @@ def test_settings_longer_than_the_burst_windows_win() -> None:
 
 def _route(
     route_id: str, dials: list[str], *, dynamic: bool = True, policy: str = "random"
-) -> dict:
-    handler: dict = {"handler": "reverse_proxy", "upstreams": [{"dial": d} for d in dials]}
+) -> dict[str, Any]:
+    handler: dict[str, Any] = {
+        "handler": "reverse_proxy",
+        "upstreams": [{"dial": d} for d in dials],
+    }
     handler["load_balancing"] = {"selection_policy": {"policy": policy}}
     if dynamic:
         handler["dynamic_upstreams"] = {"source": "srv", "name": "x.pool.labelsync.internal."}

@@ -172,3 +172,42 @@ async def test_with_caddy_unreachable_the_page_still_shows_the_daemons_view() ->
     assert [p["hosts"] for p in report["pools"]] == [["app.test"]]
     assert report["containers"][0]["status"] == "routed"
     assert report["notes"][0].startswith("Caddy could not be read")
+
+
+async def test_api_status_lists_a_stale_static_file_as_a_warning(tmp_path: Any) -> None:
+    """The daemon's /api/status: a static file it cannot parse is a warning (with the
+    file, the reason and since when) besides its problem, and the page draws warnings."""
+    from labelsync.app.status import live_report
+    from labelsync.core.model import DesiredState
+    from labelsync.core.pools import build_desired
+    from labelsync.loop.reconcile import SyncState
+    from labelsync.sources.static import StaticFile
+    from tests.support.snapshots import snapshot_of
+
+    path = tmp_path / "static.toml"
+    path.write_text('[routes.a]\nhost = "a.test"\nupstreams = ["10.9.9.9:80"]\n')
+    static = StaticFile(path)
+    static.reload()
+    path.write_text("[routes.a\n")
+    static.reload()
+    built = build_desired(static.containers)
+    state = SyncState(docker_up=True, caddy_up=True, last_apply_ok=True)
+    state.desired = DesiredState(built.pools, static.merge_problems(built.problems))
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        endpoint = f"http://127.0.0.1:{closed.getsockname()[1]}"
+    snapshot = snapshot_of([state])
+    dashboard = Dashboard(lambda: live_report(Settings(), snapshot, endpoint))
+    assert await dashboard.start("127.0.0.1:0")
+    try:
+        async with client() as http:
+            report = (await http.get(f"http://127.0.0.1:{dashboard.bound_port}/api/status")).json()
+    finally:
+        await dashboard.aclose()
+    (warning,) = report["warnings"]
+    assert warning.startswith(f"static file {path}: not valid TOML: ")
+    assert "(at line 1, column 10); stale since " in warning
+    assert warning.endswith("Z: keeping the last good version (its routes still serve)")
+    assert [p["text"] for p in report["other_problems"]] == [warning]
+    assert [p["hosts"] for p in report["pools"]] == [["a.test"]]  # the last good route
+    assert b"data.warnings" in load_assets()["/dashboard.js"][0]

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from labelsync.core.events import DockerEvent
 from labelsync.core.model import ContainerInfo
 from labelsync.errors import DockerUnavailable
-from labelsync.sources.docker import DockerEvent, DockerSource, container_from_summary
+from labelsync.sources.docker import DockerSource, container_from_summary
 from tests.support.containers import ContainerHandle
 from tests.support.docker_relay import DockerRelay
 from tests.support.waiting import eventually, wait_until

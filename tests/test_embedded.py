@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import socket
 import stat
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+from loguru import logger
 
 from labelsync.caddy.admin import CaddyAdmin
-from labelsync.caddy.embedded import EmbeddedCaddy, default_runtime_dir
+from labelsync.caddy.embedded import EmbeddedCaddy, bundled_caddy, default_runtime_dir
 from labelsync.caddy.operations import AddRoute
 from labelsync.caddy.render import render_server
 from labelsync.errors import CaddyUnavailable
@@ -178,26 +180,250 @@ async def test_a_child_that_never_answers_is_killed(
     assert caddy.pid is None
 
 
-async def test_start_stops_a_child_left_by_an_earlier_run(
+HELLO_ROUTE = {
+    "@id": "labelsync-hello",
+    "match": [{"host": ["hello.test"]}],
+    "handle": [{"handler": "static_response", "body": "hello"}],
+}
+
+
+def admin_request_lines(text: str) -> list[str]:
+    """Caddy's log lines for admin API requests (logger `admin.api`, "received request")."""
+    found = []
+    for line in text.splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if entry.get("logger") == "admin.api" and entry.get("msg") == "received request":
+            found.append(line)
+    return found
+
+
+@pytest.fixture
+def errors_logged() -> Iterator[list[str]]:
+    """The messages logged at ERROR while the test runs."""
+    messages: list[str] = []
+    sink = logger.add(lambda m: messages.append(m.record["message"]), level="ERROR")
+    yield messages
+    logger.remove(sink)
+
+
+async def test_start_adopts_a_healthy_child_left_by_an_earlier_run(
     make_caddy: Callable[..., EmbeddedCaddy],
 ) -> None:
-    """A labelsync killed with -9 leaves its Caddy running; the next start ends it."""
+    """A labelsync killed with -9 leaves its Caddy running: the next start in the same
+    runtime directory adopts it (same pid, routes still served, nothing restarted), and
+    stop() ends it as it would its own child."""
     port = free_port()
     earlier = make_caddy(listen=[f"127.0.0.1:{port}"])
     await earlier.start()
     orphan = earlier.pid
     assert orphan is not None
+    admin = CaddyAdmin(earlier.admin_endpoint)
+    try:
+        server, etag = await admin.server("labelsync")
+        assert server is not None
+        await admin.apply("labelsync", [], [AddRoute(0, HELLO_ROUTE)], etag)
+        before = (await admin.get("/config/"))[1]
+    finally:
+        await admin.aclose()
+
+    later = make_caddy(listen=[f"127.0.0.1:{port}"])
+    await later.start()
+
+    assert later.pid == orphan
+    assert later.adopted
+    assert await get_text(f"http://127.0.0.1:{port}/", "hello.test") == (200, "hello")
+    admin = CaddyAdmin(later.admin_endpoint)
+    try:
+        assert (await admin.get("/config/"))[1] == before, "adopting wrote to Caddy"
+    finally:
+        await admin.aclose()
+
+    await later.stop()
+    assert not alive(orphan)
+    assert not later.pid_path.exists()
+
+
+async def test_an_adopted_caddy_that_dies_is_restarted_as_a_child(
+    make_caddy: Callable[..., EmbeddedCaddy], errors_logged: list[str]
+) -> None:
+    """supervise() watches an adopted Caddy (not its child) as it does a child: when it
+    dies, the ERROR says so and a fresh child takes over (on_restart restores routes)."""
+    port = free_port()
+    earlier = make_caddy(listen=[f"127.0.0.1:{port}"])
+    await earlier.start()
+    orphan = earlier.pid
+    assert orphan is not None
+    restarted = asyncio.Event()
+    later = make_caddy(listen=[f"127.0.0.1:{port}"], on_restart=restarted.set)
+    await later.start()
+    assert later.adopted
+    supervisor = asyncio.create_task(later.supervise())
+
+    os.kill(orphan, signal.SIGKILL)
+    await asyncio.wait_for(restarted.wait(), timeout=20)
+
+    assert later.pid not in (None, orphan)
+    assert not later.adopted
+    assert later.restarts == 1
+    assert any(f"(pid {orphan}) exited" in m for m in errors_logged), errors_logged
+    await later.stop()
+    await asyncio.wait_for(supervisor, timeout=10)
+
+
+async def test_a_leftover_that_does_not_answer_is_replaced(
+    make_caddy: Callable[..., EmbeddedCaddy],
+) -> None:
+    """A leftover Caddy that is alive but does not answer its admin API (frozen here) is
+    stopped, and a fresh child takes its place."""
+    port = free_port()
+    earlier = make_caddy(listen=[f"127.0.0.1:{port}"])
+    await earlier.start()
+    orphan = earlier.pid
+    assert orphan is not None
+    os.kill(orphan, signal.SIGSTOP)
 
     later = make_caddy(listen=[f"127.0.0.1:{port}"])
     await later.start()
 
     assert not alive(orphan)
     assert later.pid not in (None, orphan)
+    assert not later.adopted
     admin = CaddyAdmin(later.admin_endpoint)
     try:
         assert await admin.ping()
     finally:
         await admin.aclose()
+
+
+async def test_a_leftover_with_other_settings_is_replaced(
+    make_caddy: Callable[..., EmbeddedCaddy],
+) -> None:
+    """A leftover that answers but was started for other settings (another listen
+    address) is not adopted: it is stopped and a child with this run's config starts."""
+    earlier = make_caddy(listen=[f"127.0.0.1:{free_port()}"])
+    await earlier.start()
+    orphan = earlier.pid
+    assert orphan is not None
+
+    port = free_port()
+    later = make_caddy(listen=[f"127.0.0.1:{port}"])
+    await later.start()
+
+    assert not alive(orphan)
+    assert later.pid not in (None, orphan)
+    assert await eventually(lambda: get_text(f"http://127.0.0.1:{port}/", "any.test"))
+
+
+async def test_admin_requests_stay_out_of_caddys_log(
+    make_caddy: Callable[..., EmbeddedCaddy],
+) -> None:
+    """labelsync polls the admin API (a route probe every 0.5 s): Caddy logs every admin
+    request at INFO (logger `admin.api`), which buried the bundled Caddy's log. After
+    labelsync's own kinds of writes and a few seconds of polling, caddy.log holds no
+    request line, the setting is still in Caddy's config, and Caddy's other lines are
+    there."""
+    caddy = make_caddy()
+    await caddy.start()
+    admin = CaddyAdmin(caddy.admin_endpoint)
+    try:
+        server, etag = await admin.server("labelsync")
+        assert server is not None
+        await admin.apply("labelsync", [], [AddRoute(0, HELLO_ROUTE)], etag)
+        await admin.ensure_server("other", {"listen": [f"127.0.0.1:{free_port()}"]})
+        for _ in range(30):  # 3 s of polling, as the route watch does
+            assert await admin.has_id("labelsync-hello")
+            await asyncio.sleep(0.1)
+        logging_now, _ = await admin.get("/config/logging")
+    finally:
+        await admin.aclose()
+    await caddy.stop()
+
+    text = caddy.log_path.read_text()
+    assert admin_request_lines(text) == []
+    assert "admin endpoint started" in text
+    assert logging_now == caddy.base_config()["logging"]
+
+
+async def test_the_exit_error_shows_the_cause(
+    make_caddy: Callable[..., EmbeddedCaddy], errors_logged: list[str]
+) -> None:
+    """Caddy stopped from outside (SIGTERM) after a while of admin polling: the ERROR
+    names the cause line (`exiting ... SIGTERM`) and no admin request line."""
+    restarted = asyncio.Event()
+    caddy = make_caddy(on_restart=restarted.set)
+    await caddy.start()
+    supervisor = asyncio.create_task(caddy.supervise())
+    admin = CaddyAdmin(caddy.admin_endpoint)
+    try:
+        for _ in range(20):
+            assert await admin.ping()
+            await asyncio.sleep(0.05)
+    finally:
+        await admin.aclose()
+    pid = caddy.pid
+    assert pid is not None
+
+    os.kill(pid, signal.SIGTERM)
+    await asyncio.wait_for(restarted.wait(), timeout=20)
+    await caddy.stop()
+    await asyncio.wait_for(supervisor, timeout=10)
+
+    exits = [m for m in errors_logged if f"(pid {pid}) exited" in m]
+    assert len(exits) == 1, errors_logged
+    assert '"signal":"SIGTERM"' in exits[0]
+    assert "received request" not in exits[0]
+
+
+PANICKY_CADDY = """#!/bin/sh
+# The real Caddy until {trigger} appears (once); then a death the way a Go panic looks.
+"{real}" "$@" &
+child=$!
+trap 'kill $child; wait $child; exit 0' TERM
+while [ ! -e "{trigger}" ]; do sleep 0.05; done
+rm -f "{trigger}"
+kill -9 $child
+wait $child
+echo 'panic: runtime error: invalid memory address or nil pointer dereference' >&2
+echo '[signal SIGSEGV: segmentation violation code=0x1 addr=0x0 pc=0x5d1e2a]' >&2
+echo >&2
+i=0
+while [ $i -lt 40 ]; do
+  echo "goroutine $i [running]:" >&2
+  echo "github.com/caddyserver/caddy/v2.(*App).run(0xc000123456)" >&2
+  echo "	/go/src/caddy/app.go:$i +0x1d" >&2
+  i=$((i + 1))
+done
+exit 2
+"""
+
+
+async def test_the_exit_error_shows_a_panic_above_its_goroutine_dump(
+    make_caddy: Callable[..., EmbeddedCaddy], errors_logged: list[str], tmp_path: Path
+) -> None:
+    """A Go panic prints its cause first and then a long goroutine dump: the ERROR shows
+    the panic line, not only the last lines of the dump."""
+    trigger = tmp_path / "panic-now"
+    panicky = tmp_path / "panicky-caddy"
+    panicky.write_text(PANICKY_CADDY.format(real=bundled_caddy(), trigger=trigger))
+    panicky.chmod(0o755)
+    restarted = asyncio.Event()
+    caddy = make_caddy(binary=panicky, on_restart=restarted.set)
+    await caddy.start()
+    supervisor = asyncio.create_task(caddy.supervise())
+    pid = caddy.pid
+
+    trigger.touch()
+    await asyncio.wait_for(restarted.wait(), timeout=20)
+    await caddy.stop()
+    await asyncio.wait_for(supervisor, timeout=10)
+
+    exits = [m for m in errors_logged if f"(pid {pid}) exited" in m]
+    assert len(exits) == 1, errors_logged
+    assert "exited with code 2" in exits[0]
+    assert "panic: runtime error: invalid memory address" in exits[0]
 
 
 async def test_default_runtime_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

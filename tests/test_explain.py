@@ -20,10 +20,10 @@ from labelsync.core.explain import (
     ContainerVerdict,
     declared_routes,
     explain_all,
-    judge_container,
+    judge_verdict,
     verdict_json,
 )
-from labelsync.core.model import ContainerInfo
+from labelsync.core.model import ContainerInfo, HealthStatus
 from labelsync.core.pools import build_desired
 from labelsync.loop.reconcile import SyncState
 from labelsync.report.snapshot import Snapshot
@@ -156,12 +156,12 @@ def test_containers_without_labels_under_the_prefix_are_left_out() -> None:
 
 
 def test_an_unhealthy_member_turns_its_route_unhealthy_with_the_reason() -> None:
-    verdict = verdict_json(explain(container("web"))["web"])
+    verdict = explain(container("web"))["web"]
 
-    def health_of(pool: str, address: str) -> tuple[str, str | None]:
-        return "unhealthy", "active check failing: status 503, expected 200"
+    def health_of(pool: str, address: str) -> tuple[HealthStatus, str | None]:
+        return HealthStatus.UNHEALTHY, "active check failing: status 503, expected 200"
 
-    judged = judge_container(verdict, health_of)
+    judged = verdict_json(judge_verdict(verdict, health_of))
     assert judged["status"] == UNHEALTHY
     (reason,) = judged["routes"][0]["reasons"]
     assert (

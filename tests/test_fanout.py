@@ -5,18 +5,27 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
-from labelsync.core.events import DockerEvent
+from labelsync.core.events import DockerEvent, EventKind
 from labelsync.core.model import ContainerInfo, Problem
 from labelsync.errors import DockerUnavailable
 from labelsync.loop.fanout import SharedSource, SharedStatic
 from labelsync.loop.reconcile import Reconciler
 from labelsync.settings import Settings
 from tests.support.memory_caddy import MemoryCaddy
+
+T = TypeVar("T")
+
+
+def closable(stream: AsyncIterator[T]) -> AsyncGenerator[T, None]:
+    """A subscription as what it is, an async generator: closing it unsubscribes."""
+    assert isinstance(stream, AsyncGenerator)
+    return stream
 
 
 class CountingSource:
@@ -44,7 +53,7 @@ class CountingSource:
         self.streams_opened += 1
         self.streams_open += 1
         try:
-            yield DockerEvent("stream-up", "", None, 0)
+            yield DockerEvent(EventKind.STREAM_UP, "", None, 0)
             while True:
                 yield await self.queue.get()
         finally:
@@ -66,7 +75,7 @@ def container(name: str, host: str) -> ContainerInfo:
 
 
 def event(action: str, container_id: str) -> DockerEvent:
-    return DockerEvent("container", action, container_id, time.time_ns())
+    return DockerEvent(EventKind.CONTAINER, action, container_id, time.time_ns())
 
 
 @pytest.fixture
@@ -96,7 +105,7 @@ async def test_concurrent_snapshots_share_one_listing() -> None:
 async def test_an_event_makes_the_next_snapshot_list_again() -> None:
     inner = CountingSource()
     shared = SharedSource(inner)
-    stream = shared.events()
+    stream = closable(shared.events())
     assert (await anext(stream)).kind == "stream-up"
     await shared.snapshot()
     inner.containers.append(container("b", "b.test"))
@@ -143,7 +152,7 @@ async def test_a_cancelled_caller_does_not_cancel_the_listing_for_others() -> No
 async def test_one_event_stream_reaches_every_subscriber_and_closes_with_the_last() -> None:
     inner = CountingSource()
     shared = SharedSource(inner)
-    first, second = shared.events(), shared.events()
+    first, second = closable(shared.events()), closable(shared.events())
     assert (await anext(first)).kind == "stream-up"
     assert (await anext(second)).kind == "stream-up"  # replayed: it came before
     inner.queue.put_nowait(event("die", "id-x"))
@@ -209,13 +218,14 @@ class Watched:
     async def changes(self) -> AsyncIterator[None]:
         self.watches += 1
         while True:
-            yield await self.queue.get()
+            await self.queue.get()
+            yield
 
 
 async def test_the_static_file_is_watched_once_and_each_change_reaches_everyone() -> None:
     watched = Watched()
     static = SharedStatic(watched)
-    first, second = static.changes(), static.changes()
+    first, second = closable(static.changes()), closable(static.changes())
     pending = [asyncio.ensure_future(anext(first)), asyncio.ensure_future(anext(second))]
     await asyncio.sleep(0)
     watched.queue.put_nowait(None)

@@ -8,10 +8,10 @@ import time
 
 import pytest
 
+from labelsync.core.events import DockerEvent, EventKind
 from labelsync.core.model import DesiredState
 from labelsync.loop.reconcile import Reconciler
 from labelsync.settings import Settings
-from labelsync.sources.docker import DockerEvent
 from tests.support.caddy import free_port
 from tests.support.memory_caddy import MemoryCaddy
 from tests.test_reconcile import ListedContainers, container, running
@@ -57,7 +57,9 @@ async def test_a_start_is_published_before_the_debounce_ends() -> None:
             new = container("new", "joins.test", ip="127.0.0.3")
             listing.containers.append(new)
             started = time.monotonic()
-            listing.queue.put_nowait(DockerEvent("container", "start", new.id, time.time_ns()))
+            listing.queue.put_nowait(
+                DockerEvent(EventKind.CONTAINER, "start", new.id, time.time_ns())
+            )
             for _ in range(100):
                 if "new" in channel.members():
                     break

@@ -11,11 +11,13 @@ from labelsync.core.labels import KEYS, parse_container
 from labelsync.core.model import (
     ActiveHealth,
     ContainerInfo,
+    Origin,
     PassiveHealth,
     PoolSettings,
     Problem,
     Route,
     Severity,
+    Track,
 )
 
 
@@ -92,8 +94,8 @@ def test_default_route_with_every_default() -> None:
         address="172.18.0.2:80",
         weight=1,
         order=None,
-        track="stable",
-        origin="container",
+        track=Track.STABLE,
+        origin=Origin.CONTAINER,
     )
 
 

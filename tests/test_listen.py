@@ -1,5 +1,5 @@
 """Where Caddy listens: the listen plan, and the bundled Caddy serving each documented
-combination with the curl the README shows."""
+combination with the curl docs/operations.md shows ("HTTPS and the listen ports")."""
 
 from __future__ import annotations
 

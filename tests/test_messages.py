@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from labelsync.caddy.operations import DeleteRoute
+from labelsync.caddy.operations import DeleteRoute, Operation
 from labelsync.core.changes import describe_changes
 from labelsync.core.labels import parse_container
 from labelsync.core.model import ContainerInfo, DesiredState
@@ -45,7 +45,7 @@ def test_a_pool_added_without_members_says_so() -> None:
 def test_a_route_removed_at_start_up_is_named() -> None:
     desired = build_desired([container()])
     (pool,) = desired.pools
-    operations = [DeleteRoute("labelsync-gone-0123abcd")]
+    operations: list[Operation] = [DeleteRoute("labelsync-gone-0123abcd")]
     assert _stale_removals(None, operations) == [
         "route labelsync-gone-0123abcd removed (in Caddy, but nothing labelled gives it now)"
     ]

@@ -13,15 +13,16 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from labelsync.caddy.admin import CaddyAdmin
+from labelsync.core.events import DockerEvent, EventKind
 from labelsync.core.model import ContainerInfo
 from labelsync.core.names import parse_listen
+from labelsync.core.outcomes import SyncResult
 from labelsync.core.pools import build_desired
 from labelsync.errors import ConfigError
 from labelsync.loop.reconcile import SyncState
 from labelsync.report.metrics import Metrics
 from labelsync.report.snapshot import LiveView
 from labelsync.settings import Settings
-from labelsync.sources.docker import DockerEvent
 from tests.support.caddy import CaddyProcess, free_port
 from tests.support.snapshots import FakeLoop
 
@@ -116,11 +117,11 @@ async def test_families_from_the_loop_and_from_caddy(
         return [{"address": "10-0-0-6.ip4.labelsync.internal.:8080", "num_requests": 2, "fails": 3}]
 
     metrics.readers[0].upstreams = upstreams  # type: ignore[method-assign]
-    metrics.on_event(DockerEvent("container", "health_status: healthy", "1" * 64, 1))
-    metrics.on_event(DockerEvent("container", "start", "1" * 64, 1))
-    metrics.on_sync("applied", 0.02, 0.08)
-    metrics.on_sync("unchanged", 0.01, None)
-    metrics.on_sync("docker_unavailable", 0.001, None)
+    metrics.on_event(DockerEvent(EventKind.CONTAINER, "health_status: healthy", "1" * 64, 1))
+    metrics.on_event(DockerEvent(EventKind.CONTAINER, "start", "1" * 64, 1))
+    metrics.on_sync(SyncResult.APPLIED, 0.02, 0.08)
+    metrics.on_sync(SyncResult.UNCHANGED, 0.01, None)
+    metrics.on_sync(SyncResult.DOCKER_UNAVAILABLE, 0.001, None)
     found = await scrape(base)
 
     assert (
@@ -156,7 +157,7 @@ async def test_each_daemon_has_its_own_registry(
     second = metrics_for([fake_reconciler(caddy.admin_url)])
     await first.start("127.0.0.1:0")
     await second.start("127.0.0.1:0")
-    first.on_sync("applied", 0.01, 0.05)
+    first.on_sync(SyncResult.APPLIED, 0.01, 0.05)
     first_found = await scrape(serve(first))
     second_found = await scrape(serve(second))
     assert value(first_found, "labelsync_applies", "_total", result="applied") == 1

@@ -23,7 +23,14 @@ import pytest
 from loguru import logger
 
 from labelsync.caddy.admin import CaddyAdmin
-from labelsync.core.events import DockerEvent
+from labelsync.caddy.operations import (
+    DeleteRoute,
+    Operation,
+    ReplaceRoute,
+    ReplaceUpstreams,
+    describe_operations,
+)
+from labelsync.core.events import DockerEvent, EventKind
 from labelsync.core.labels import KEYS
 from labelsync.core.model import ContainerInfo
 from labelsync.core.outcomes import SyncResult
@@ -51,7 +58,7 @@ class ListedContainers:
         return list(self.containers)
 
     async def events(self) -> AsyncIterator[DockerEvent]:
-        yield DockerEvent("stream-up", "", None, 0)
+        yield DockerEvent(EventKind.STREAM_UP, "", None, 0)
         while True:
             yield await self.queue.get()
 
@@ -180,21 +187,43 @@ async def test_a_stack_listed_as_created_is_written_twice_and_a_leave_at_once(
     stack = [replace(c, state="created", networks={}) for c in started]  # no address yet
     listing.containers.extend(stack)
     async with running(reconciler):
-        writes = memory.writes  # the two pools, no members yet
+        writes = memory.writes  # nothing: no pool has a started member yet
         for i, created in enumerate(stack):
             listing.containers[i] = started[i]
-            listing.queue.put_nowait(DockerEvent("container", "start", created.id, 0))
+            listing.queue.put_nowait(DockerEvent(EventKind.CONTAINER, "start", created.id, 0))
             await asyncio.sleep(0.6)  # Docker's pace: longer than the burst's quiet
             if i == 2:  # a container of no pool leaving changes nothing
-                listing.queue.put_nowait(DockerEvent("container", "die", "id-stranger", 0))
+                listing.queue.put_nowait(DockerEvent(EventKind.CONTAINER, "die", "id-stranger", 0))
         assert sorted(len(dials(route)) for route in owned(memory, settings)) == [3, 3]
         assert memory.writes - writes == 2
         writes = memory.writes
         listing.containers[0] = replace(listing.containers[0], state="exited")
-        listing.queue.put_nowait(DockerEvent("container", "die", stack[0].id, 0))
+        listing.queue.put_nowait(DockerEvent(EventKind.CONTAINER, "die", stack[0].id, 0))
         await settle(0.3)
         assert memory.writes - writes == 1
         assert sorted(len(dials(route)) for route in owned(memory, settings)) == [2, 3]
+
+
+async def test_a_route_that_can_never_be_valid_writes_nothing(
+    memory: MemoryCaddy,
+    settings: Settings,
+    listing: ListedContainers,
+    reconciler: Reconciler,
+    errors_logged: list[str],
+) -> None:
+    """`docker run` of a container that exposes no port and sets no `port` label: created,
+    its route's port is unknown (Docker lists ports of running containers only); started,
+    the route is invalid. Neither costs Caddy a reload."""
+    assert await reconciler.sync_once() == SyncResult.UNCHANGED
+    writes = memory.writes
+    portless = replace(container("portless", "portless.test"), exposed_ports=())
+    listing.containers.append(replace(portless, state="created", networks={}))
+    assert await reconciler.sync_once() == SyncResult.UNCHANGED
+    listing.containers[-1] = portless
+    assert await reconciler.sync_once() == SyncResult.UNCHANGED
+    assert memory.writes == writes
+    assert owned(memory, settings) == []
+    assert any("exposes no port" in message for message in errors_logged), errors_logged
 
 
 async def test_a_member_turning_unhealthy_inside_a_burst_is_written_out_at_once(
@@ -205,11 +234,11 @@ async def test_a_member_turning_unhealthy_inside_a_burst_is_written_out_at_once(
         for i in range(3):  # three writes close together: a burst
             hc = container(f"hc-{i}", "hc.test", ip=f"127.0.0.{10 + i}")
             listing.containers.append(replace(hc, health="healthy"))
-            listing.queue.put_nowait(DockerEvent("container", "start", f"id-hc-{i}", 0))
+            listing.queue.put_nowait(DockerEvent(EventKind.CONTAINER, "start", f"id-hc-{i}", 0))
             await settle(0.2)
         writes = memory.writes
         listing.containers[0] = replace(listing.containers[0], health="unhealthy")
-        event = DockerEvent("container", "health_status: unhealthy", "id-hc-0", 0)
+        event = DockerEvent(EventKind.CONTAINER, "health_status: unhealthy", "id-hc-0", 0)
         listing.queue.put_nowait(event)
         await settle(0.3)  # shorter than a burst's quiet
         assert memory.writes - writes == 1
@@ -312,10 +341,14 @@ async def test_kill_withdraws_a_member_before_the_listing_says_so(
     listing.containers += [first, second]
     async with running(reconciler):
         assert len(dials(owned(memory, settings)[0])) == 2
-        listing.queue.put_nowait(DockerEvent("container", "kill", second.id, time.time_ns()))
+        listing.queue.put_nowait(
+            DockerEvent(EventKind.CONTAINER, "kill", second.id, time.time_ns())
+        )
         await settle()
         assert dials(owned(memory, settings)[0]) == ["127.0.0.2:8080"]
-        listing.queue.put_nowait(DockerEvent("container", "start", second.id, time.time_ns()))
+        listing.queue.put_nowait(
+            DockerEvent(EventKind.CONTAINER, "start", second.id, time.time_ns())
+        )
         await settle()
         assert len(dials(owned(memory, settings)[0])) == 2
 
@@ -368,8 +401,35 @@ async def test_drift_in_caddy_is_restored(
     memory.edit("DELETE", f"/id/{route_id}")
     assert await reconciler.sync_once() == SyncResult.UNCHANGED  # not noticed without a read
     reconciler.verify_next()
-    assert await reconciler.sync_once() == SyncResult.APPLIED
+    applied: list[str] = []
+    sink = logger.add(lambda m: applied.append(m.record["message"]), filter=_applied_lines)
+    try:
+        assert await reconciler.sync_once() == SyncResult.APPLIED
+    finally:
+        logger.remove(sink)
     assert [r["@id"] for r in owned(memory, settings)] == [route_id]
+    # The log line says what was written, not a blanket "restored routes".
+    assert len(applied) == 1, applied
+    assert applied[0].startswith(f"applied: route {route_id} added (1 admin operation(s))")
+
+
+def _applied_lines(message: Any) -> bool:
+    return str(message["message"]).startswith("applied: ")
+
+
+def test_each_write_no_pool_change_explains_is_named() -> None:
+    operations: list[Operation] = [
+        ReplaceUpstreams("web", [{"dial": "10.0.0.2:80"}]),
+        ReplaceUpstreams("api", [{"dial": "10.0.0.3:80"}, {"dial": "10.0.0.4:80"}]),
+        ReplaceRoute("docs", {"@id": "docs"}),
+        DeleteRoute("gone"),
+    ]
+    assert describe_operations(operations, fallback=frozenset({"web"})) == [
+        "route web fallback member list written (1 member(s))",
+        "route api member list written (2 member(s))",
+        "route docs replaced",
+        "route gone removed",
+    ]
 
 
 async def test_drift_is_also_caught_before_any_write(
@@ -525,7 +585,7 @@ class Interfering(httpx.AsyncBaseTransport):
 
     def __init__(self) -> None:
         self.inner = httpx.AsyncHTTPTransport()
-        self.before_write: Callable[[], None] | None = None
+        self.before_write: Callable[[], object] | None = None
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         if request.method != "GET" and self.before_write is not None:

@@ -14,7 +14,8 @@ from dnslib import EDNS0, QTYPE, RCODE, DNSRecord
 
 from labelsync.core.model import Member, Pool, PoolSettings, PoolShape
 from labelsync.core.names import member_target
-from labelsync.membership.resolver import EDNS_UDP_SIZE, Resolver
+from labelsync.membership.answers import EDNS_UDP_SIZE
+from labelsync.membership.resolver import Resolver
 from labelsync.membership.srv_records import SrvAnswer, srv_answers
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")

@@ -17,6 +17,7 @@ import pytest
 from labelsync.loop.reconcile import SyncState
 from labelsync.report.observability import status_line
 from labelsync.report.sdnotify import SystemdNotifier, socket_address, watchdog_interval
+from tests.support.requirements import systemd_analyze
 from tests.support.snapshots import snapshot_of
 
 REPO = Path(__file__).resolve().parents[1]
@@ -118,20 +119,10 @@ def test_socket_address_forms() -> None:
 # -- the unit ----------------------------------------------------------------------------------
 
 
-def _systemd_analyze() -> str:
-    found = shutil.which("systemd-analyze")
-    if found is None:
-        reason = "systemd-analyze is not installed (Debian: apt-get install systemd)"
-        if os.environ.get("CI"):
-            pytest.fail(f"{reason}; CI is set: scripts/ensure-docker.sh installs it", pytrace=False)
-        pytest.skip(reason)
-    return found
-
-
 def test_unit_file_passes_systemd_analyze_verify(tmp_path: Path) -> None:
     """The shipped unit, with ExecStart pointed at this checkout's labelsync (verify checks
     that the binary exists), loads without a single warning."""
-    analyze = _systemd_analyze()
+    analyze = systemd_analyze()
     executable = Path(shutil.which("labelsync") or REPO / ".venv" / "bin" / "labelsync")
     assert executable.exists(), "the labelsync entry point is not installed"
     text = UNIT.read_text()

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from labelsync.core.model import Member, Pool, PoolSettings, PoolShape
+from labelsync.core.model import Member, Pool, PoolSettings, PoolShape, Track
 from labelsync.core.names import member_address_of, member_target, target_ip
 from labelsync.membership.srv_records import (
     MAX_WEIGHTED_RECORDS,
@@ -31,7 +31,7 @@ def make_pool(
     return Pool(shape=shape, members=members)
 
 
-def member(address: str, weight: int = 1, track: str = "stable") -> Member:
+def member(address: str, weight: int = 1, track: Track = Track.STABLE) -> Member:
     return Member(
         address=address, container_id=address, container_name=address, weight=weight, track=track
     )
@@ -146,7 +146,7 @@ def test_split_of_ten_percent_repeats_the_stable_member_nine_times() -> None:
     # pools.split_weights gives 1 stable + 1 canary at 10%: weights 9 and 1.
     pool = make_pool(
         member("10.0.0.1:80", weight=9),
-        member("10.0.0.2:80", weight=1, track="canary"),
+        member("10.0.0.2:80", weight=1, track=Track.CANARY),
         policy="weighted_round_robin",
         split=10,
     )
@@ -173,7 +173,7 @@ def test_repeated_records_are_interleaved() -> None:
 def test_a_one_percent_split_still_fits_the_record_bound() -> None:
     pool = make_pool(
         member("10.0.0.1:80", weight=99),
-        member("10.0.0.2:80", weight=1, track="canary"),
+        member("10.0.0.2:80", weight=1, track=Track.CANARY),
         policy="weighted_round_robin",
         split=1,
     )
@@ -206,7 +206,7 @@ def test_all_weights_zero_count_the_same() -> None:
 
 
 def test_unhealthy_canary_leaves_all_traffic_to_stable() -> None:
-    canary = member("10.0.0.2:80", weight=1, track="canary")
+    canary = member("10.0.0.2:80", weight=1, track=Track.CANARY)
     pool = make_pool(
         member("10.0.0.1:80", weight=9), canary, policy="weighted_round_robin", split=10
     )

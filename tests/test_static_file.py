@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import datetime
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
+
+import pytest
 
 from labelsync.core.model import Severity
 from labelsync.core.pools import build_desired
@@ -71,18 +76,90 @@ def test_a_route_without_upstreams_is_an_error() -> None:
     assert problem.key == "upstreams"
 
 
-def test_a_broken_file_keeps_the_last_good_version(tmp_path: Path) -> None:
+def test_a_broken_file_keeps_the_last_good_version_and_says_so(tmp_path: Path) -> None:
+    """Kept, not hidden: one ERROR about the whole file, with the path, tomllib's line and
+    column, that the last good routes still serve, and since when; gone once fixed."""
     path = tmp_path / "static.toml"
     path.write_text(FAILOVER)
-    static = StaticFile(path)
+    static = StaticFile(path, clock=lambda: FAILED_AT)
     assert static.reload()
     good = static.containers
     path.write_text("[routes.ollama\nhost = ")
-    assert not static.reload()
+    assert static.reload()  # what it yields changed: its problems
     assert static.containers == good
+    (problem,) = static.problems
+    assert problem.severity is Severity.ERROR
+    assert problem.line == 1
+    assert str(problem) == (
+        f"static file {path}: not valid TOML: Expected ']' at the end of a table declaration "
+        "(at line 1, column 15); stale since 2026-03-01T12:30:05Z: keeping the last good "
+        "version (its routes still serve)"
+    )
+    assert static.merge_problems(()) == (problem,)
+    assert not static.reload()  # the same failure again: nothing new
     path.write_text(FAILOVER.replace("192.168.1.6", "192.168.1.7"))
     assert static.reload()
     assert static.containers != good
+    assert static.problems == ()
+
+
+FAILED_AT = datetime.datetime(2026, 3, 1, 12, 30, 5, tzinfo=datetime.UTC)
+
+
+@pytest.mark.parametrize(
+    ("make", "reason"),
+    [
+        (lambda path: path.write_bytes(b'host = "\xff"\n'), "not UTF-8 text: 'utf-8' codec"),
+        (lambda path: path.mkdir(), "cannot be read: Is a directory"),
+        (lambda path: path.write_text("routes = 3\n"), "routes: must be a table"),
+    ],
+)
+def test_a_file_never_read_whole_says_nothing_of_it_serves(
+    tmp_path: Path, make: Callable[[Path], object], reason: str
+) -> None:
+    path = tmp_path / "static.toml"
+    make(path)
+    static = StaticFile(path, clock=lambda: FAILED_AT)
+    assert static.reload()
+    assert static.containers == ()
+    (problem,) = static.problems
+    assert str(problem).startswith(f"static file {path}: {reason}")
+    assert str(problem).endswith(
+        "; not applied since 2026-03-01T12:30:05Z: none of its routes serve until it is fixed"
+    )
+
+
+def test_read_once_by_the_cli_it_says_what_a_running_daemon_does(tmp_path: Path) -> None:
+    path = tmp_path / "static.toml"
+    path.write_text("[routes.a]\nhost = = 1\n")
+    static = StaticFile(path, one_shot=True)
+    static.reload()
+    (problem,) = static.problems
+    assert str(problem) == (
+        f"static file {path}: not valid TOML: Invalid value (at line 2, column 8); not "
+        "applied: a running labelsync keeps serving the last good version it read"
+    )
+
+
+async def test_the_watch_wakes_the_loop_when_the_file_breaks_and_when_it_is_fixed(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "static.toml"
+    path.write_text(FAILOVER)
+    static = StaticFile(path)
+    static.reload()
+    changes = static.changes()
+    waiting = asyncio.ensure_future(anext(changes))
+    await asyncio.sleep(0.3)  # the watch is set up
+    path.write_text("[routes.ollama\nhost = ")
+    await asyncio.wait_for(waiting, timeout=10)
+    assert "stale since" in str(static.problems[0])
+    waiting = asyncio.ensure_future(anext(changes))
+    await asyncio.sleep(0.1)
+    path.write_text(FAILOVER)
+    await asyncio.wait_for(waiting, timeout=10)
+    assert static.problems == ()
+    await changes.aclose()  # type: ignore[attr-defined]  # an async generator
 
 
 LEGACY = """

@@ -27,7 +27,7 @@ from labelsync.report.state_file import (
 )
 from labelsync.report.status_report import build_report, render_table, report_json
 from labelsync.settings import Settings
-from tests.support.caddy import free_port
+from tests.support.caddy import CaddyProcess, free_port
 from tests.support.snapshots import snapshot_of
 
 POOL_ID = "labelsync-app-test-0123abcd"
@@ -342,6 +342,7 @@ def test_json_is_stable() -> None:
         "notes",
         "containers",
         "other_problems",
+        "warnings",
     ]
     assert list(body["pools"][0]["members"][0]) == [
         "container",
@@ -563,3 +564,103 @@ def test_a_pool_outside_the_dynamic_budget_says_so() -> None:
     assert members["web-1"]["health"] == "healthy"
     assert members["web-2"]["health"] == "unhealthy"
     assert "status 503, expected 200" in members["web-2"]["reason"]
+
+
+# -- label problems in the table; the exit code without a daemon --------------------------
+
+
+def labelled(name: str, ip: str, created: float, **labels: str) -> ContainerInfo:
+    return ContainerInfo(
+        id=name * 4,
+        name=name,
+        created=created,
+        labels={f"labelsync.{key}": value for key, value in labels.items()},
+        networks={"bridge": ip},
+        exposed_ports=(8080,),
+    )
+
+
+def test_the_table_lists_every_label_problem_and_conflict_of_the_json() -> None:
+    containers = (
+        labelled("web-1", "10.0.0.5", 1.0, host="app.test", **{"lb.policy": "round_robin"}),
+        labelled("web-2", "10.0.0.6", 2.0, host="app.test", **{"lb.policy": "first"}),
+        labelled("web-3", "10.0.0.7", 3.0, host="app.test", **{"lb.policy": "first"}),
+        labelled("api-1", "10.0.0.8", 4.0, host="api.test", **{"lb.policy": "rond_robin"}),
+        labelled("typo-1", "10.0.0.9", 5.0, host="typo.test", **{"lb.polcy": "first"}),
+    )
+    state = SyncState(docker_up=True, caddy_up=True, last_apply_ok=True)
+    state.desired, state.containers = build_desired(containers), containers
+    report = build_report(
+        caddy_admin="a",
+        caddy_server="s",
+        routes=None,
+        upstreams=[],
+        caddy_health=None,
+        snapshot=snap(json.loads(json.dumps(snapshot_of([state]).to_json()))),
+    )
+    body = report_json(report)
+    in_json = [p for c in body["containers"] for p in c["problems"]] + body["other_problems"]
+    texts = {p["text"] for p in in_json}
+    assert any("disagree" in t for t in texts)  # the pool conflict, web-2 and web-3
+    assert any("rond_robin" in t for t in texts)  # the bad value, api-1 not routed
+    assert any("lb.polcy" in t for t in texts)  # the unknown key, typo-1 routed
+    table = render_table(report)
+    assert "problems (1 error(s), 2 warning(s)):" in table
+    for problem in in_json:
+        assert f"  {problem['severity']}: {problem['text']}\n" in table
+
+
+def daemon_state(caddy: CaddyProcess, **overrides: Any) -> dict[str, Any]:
+    return dynamic_state(caddy_admin=[caddy.admin_url], pools=[], **overrides)
+
+
+async def test_status_exits_2_when_no_daemon_runs_after_showing_caddys_view(
+    tmp_path: Path, caddy: CaddyProcess, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "state.json"
+    settings = Settings(caddy_admin=caddy.admin_url, state_file=path)
+    for as_json in (False, True):
+        out = io.StringIO()
+        assert await run_status(settings, as_json=as_json, out=out) == 2
+        assert "labelsync is not running" in out.getvalue()  # Caddy's view, with the note
+        assert as_json is False or json.loads(out.getvalue())["daemon"] is None
+        error = capsys.readouterr().err
+        assert error.count("\n") == 1
+        assert error.startswith(
+            f"labelsync: status: no labelsync daemon is running (no state file of a live one "
+            f"at {path}): above is Caddy's view only"
+        )
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    write_state_file(path, daemon_state(caddy, pid=int(dead.stdout)))
+    assert await run_status(settings, as_json=False, out=io.StringIO()) == 2
+    error = capsys.readouterr().err
+    assert f"{path} is from labelsync pid {int(dead.stdout)}, which is not running" in error
+
+    write_state_file(path, daemon_state(caddy))  # this process: a daemon that runs
+    out = io.StringIO()
+    assert await run_status(settings, as_json=False, out=out) == 0
+    assert f"labelsync pid {os.getpid()}" in out.getvalue()
+    assert capsys.readouterr().err == ""
+
+
+def test_status_without_daemon_or_caddy_says_both_in_one_line(tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "LABELSYNC_CADDY_ADMIN": f"http://127.0.0.1:{free_port()}",
+        "LABELSYNC_STATE_FILE": str(tmp_path / "none.json"),
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "labelsync.app.cli", "status"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 2
+    (line,) = done.stderr.splitlines()
+    assert line.startswith("labelsync: status: no labelsync daemon is running (no state file")
+    assert str(tmp_path / "none.json") in line
+    assert "and Caddy's admin API did not answer (tried http://127.0.0.1:" in line

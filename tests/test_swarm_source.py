@@ -12,10 +12,11 @@ import docker.errors
 import pytest
 import requests
 
+from labelsync.core.events import DockerEvent, EventKind
 from labelsync.core.model import ContainerInfo
 from labelsync.core.pools import build_desired
 from labelsync.errors import DockerUnavailable
-from labelsync.sources.docker import DockerEvent, event_from_message
+from labelsync.sources.docker import event_from_message
 from labelsync.sources.swarm import (
     SwarmReader,
     fingerprint,
@@ -253,7 +254,7 @@ def test_service_events_are_passed_on() -> None:
         "timeNano": 1795392214865386603,
     }
     assert event_from_message(message) == DockerEvent(
-        "service", "update", None, 1795392214865386603
+        EventKind.SERVICE, "update", None, 1795392214865386603
     )
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from labelsync import __version__
-from labelsync.core.model import ContainerInfo, Problem, Severity
+from labelsync.core.model import ContainerInfo, Problem, ProblemCause, Severity
 from labelsync.errors import CaddyError, ConfigError, DockerUnavailable
 from labelsync.report.logs import setup_logging
 from labelsync.settings import Settings, load_settings
@@ -46,8 +46,8 @@ def _static_file(settings: Settings) -> StaticFile | None:
 
     if not settings.static_file.exists():
         raise ConfigError(f"static file {settings.static_file} does not exist")
-    static = StaticFile(settings.static_file, settings.label_prefix)
-    static.reload()
+    static = StaticFile(settings.static_file, settings.label_prefix, one_shot=True)
+    static.reload()  # a file it cannot use is an ERROR among its problems
     return static
 
 
@@ -124,7 +124,7 @@ def cmd_render(settings: Settings, args: argparse.Namespace) -> int:
 def _not_inspected(problem: Problem, uninspected: dict[str, str], prefix: str) -> Problem:
     """ "exposes no port" for a compose service whose image could not be looked up."""
     image = uninspected.get(problem.container)
-    if image is None or problem.key != f"{prefix}.port" or "exposes no port" not in problem.message:
+    if image is None or problem.cause is not ProblemCause.NO_PORT:
         return problem
     message = (
         f"the compose file names no port and the image {image!r} was not inspected (this "
@@ -135,6 +135,7 @@ def _not_inspected(problem: Problem, uninspected: dict[str, str], prefix: str) -
 
 
 def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
+    from labelsync.core.explain import carries_labels
     from labelsync.loop.build import build_from_settings
     from labelsync.sources.compose import compose_containers
 
@@ -157,6 +158,8 @@ def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
             docker.close()
     else:
         containers = [c for c in _running_containers(settings) if c.is_serving]
+    prefix = settings.label_prefix
+    containers = [c for c in containers if carries_labels(c, prefix)]  # what is checked
     static_file = None if args.compose else _static_file(settings)
     static, _ = _with_static(static_file, ())
     desired = build_from_settings(settings, [*containers, *static])
@@ -166,8 +169,11 @@ def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
         print(f"{problem.severity.value}: {problem}")
     errors = sum(1 for p in problems if p.severity is Severity.ERROR)
     routes = sum(len(p.members) for p in desired.pools)
+    checked = f"{len(containers)} container(s) with {prefix} labels"
+    if static_file is not None:
+        checked += f", {len(static_file.route_names)} static route(s)"
     print(
-        f"{len(containers)} container(s), {len(desired.pools)} pool(s), {routes} member(s): "
+        f"{checked}, {len(desired.pools)} pool(s), {routes} member(s): "
         f"{errors} error(s), {len(problems) - errors} warning(s)"
     )
     return EXIT_INVALID if errors else EXIT_OK

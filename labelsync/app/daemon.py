@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import fcntl
 import os
 import signal
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from loguru import logger
 
@@ -37,6 +39,9 @@ from labelsync.settings import AUTO_CADDY_ADMINS, Settings, load_settings
 from labelsync.sources.docker import DockerSource
 from labelsync.sources.static import StaticFile
 
+if TYPE_CHECKING:
+    from labelsync.caddy.embedded import EmbeddedCaddy
+
 LIVE_SETTINGS = (
     "log_level",
     "log_format",
@@ -48,12 +53,36 @@ LIVE_SETTINGS = (
 )
 
 
+@dataclasses.dataclass
+class CaddyEndpoints:
+    """The admin endpoints labelsync writes to, and the bundled Caddy when one of them is."""
+
+    endpoints: list[str]
+    bundled: EmbeddedCaddy | None = None
+    bundled_pid: int | None = None  # the bundled Caddy's pid when it was stopped
+
+    def stopped_message(self) -> str:
+        """The last line of a clean stop: what became of each Caddy."""
+        if self.bundled is None:
+            return "labelsync stopped; Caddy keeps its config"
+        pid = f" (pid {self.bundled_pid})" if self.bundled_pid is not None else ""
+        listen = ", ".join(self.bundled.listen)
+        gone = f": nothing answers on {listen} any more" if listen else ""
+        message = f"labelsync stopped; the bundled Caddy{pid} was stopped with it{gone}"
+        others = [e for e in self.endpoints if e != self.bundled.admin_endpoint]
+        if others:
+            message += f"; the Caddy at {', '.join(others)} keeps its config"
+        return message
+
+
 @contextlib.asynccontextmanager
 async def caddy_endpoints(
     settings: Settings, on_restart: Callable[[], None]
-) -> AsyncIterator[list[str]]:
+) -> AsyncIterator[CaddyEndpoints]:
     """The admin endpoints to write to; starts (and finally stops) the bundled Caddy.
 
+    The bundled Caddy is adopted, not restarted, when an earlier labelsync killed in
+    the same runtime directory left it running and healthy (see embedded.py).
     `on_restart` runs when the bundled Caddy came back from a crash with an empty
     config, so that the routes are restored at once rather than at the next resync.
     """
@@ -61,7 +90,7 @@ async def caddy_endpoints(
     if wanted == ["auto"]:
         wanted = await _auto_endpoints()
     if "embedded" not in wanted:
-        yield wanted
+        yield CaddyEndpoints(wanted)
         return
     from labelsync.caddy.embedded import EmbeddedCaddy, default_runtime_dir
     from labelsync.caddy.listen import listen_plan
@@ -84,12 +113,16 @@ async def caddy_endpoints(
         f"a route for app.localhost answers at {embedded.plan.try_url('app.localhost')}"
     )
     supervisor = asyncio.create_task(embedded.supervise())
+    caddies = CaddyEndpoints(
+        [embedded.admin_endpoint if e == "embedded" else e for e in wanted], embedded
+    )
     try:
-        yield [embedded.admin_endpoint if e == "embedded" else e for e in wanted]
+        yield caddies
     finally:
         supervisor.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await supervisor
+        caddies.bundled_pid = embedded.pid
         await embedded.stop()
 
 
@@ -166,7 +199,7 @@ def _reachability_check(
     """
     if membership is None:
         return None
-    from labelsync.loop.reachability import check_after_first_sync
+    from labelsync.app.reachability import check_after_first_sync, log_first_lookup
 
     def serves(pool: Pool) -> bool:
         """A member passed its check, or has none to pass: a probe will not fail there."""
@@ -178,10 +211,13 @@ def _reachability_check(
         return False
 
     async def check_each() -> None:
+        confirmed = True
         for reconciler, admin in zip(reconcilers, admins, strict=True):
-            await check_after_first_sync(
+            confirmed &= await check_after_first_sync(
                 reconciler.state, admin, membership.resolver, settings, serves
             )
+        if not confirmed:
+            await log_first_lookup(membership.resolver, settings)
 
     return asyncio.create_task(check_each())
 
@@ -253,7 +289,7 @@ async def _leave_fallbacks(reconcilers: list[Reconciler]) -> None:
 
 
 async def _start_dashboard(settings: Settings, view: LiveView, endpoint: str) -> Dashboard | None:
-    """The web dashboard on LABELSYNC_DASHBOARD_LISTEN (README, "The dashboard"): an
+    """The web dashboard on LABELSYNC_DASHBOARD_LISTEN (docs/operations.md, "The dashboard"): an
     address the operator set must bind; the default one may be taken (a warning)."""
     if settings.dashboard_listen is None:
         return None
@@ -270,7 +306,6 @@ async def run_daemon(settings: Settings) -> int:
     """Run until SIGTERM/SIGINT; the exit code."""
     # Taken (and unset) before the bundled Caddy starts: it would report to systemd too.
     notifier = SystemdNotifier.from_environment()
-    loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     static = (
         SharedStatic(StaticFile(settings.static_file, settings.label_prefix))
@@ -278,18 +313,7 @@ async def run_daemon(settings: Settings) -> int:
         else None
     )
     reconcilers: list[Reconciler] = []
-    live = settings
-
-    def reload() -> None:
-        nonlocal live
-        notifier.reloading()
-        live = _reload_settings(live, reconcilers, static)
-        if all(r.state.synced.is_set() for r in reconcilers):
-            notifier.ready()  # else READY=1 comes after the first sync, as at any start
-
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    loop.add_signal_handler(signal.SIGINT, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, reload)
+    _handle_signals(settings, stop, reconcilers, static, notifier)
 
     def restore_routes() -> None:
         for reconciler in reconcilers:
@@ -299,40 +323,80 @@ async def run_daemon(settings: Settings) -> int:
     # us before anything else is started.
     async with (
         _membership(settings) as membership,
-        caddy_endpoints(settings, restore_routes) as endpoints,
+        caddy_endpoints(settings, restore_routes) as caddies,
     ):
-        admins = [CaddyAdmin(endpoint) for endpoint in endpoints]
-        source = SharedSource(DockerSource(settings.docker_host, swarm=settings.swarm))
-        for admin in admins:
-            reconcilers.append(
-                Reconciler(settings, source, admin, static=static, membership=membership)
-            )
-        _budget_follows_health(reconcilers, membership)
-        logger.info(
-            f"labelsync running: Caddy {', '.join(endpoints)}, Docker {source.endpoint}, "
-            f"upstreams {settings.upstreams}"
+        crashed = await _serve(
+            settings, caddies.endpoints, membership, static, reconcilers, notifier, stop
         )
-        observability = _observability(settings, reconcilers, membership, notifier)
-        dashboard = await _start_dashboard(settings, observability.view, endpoints[0])
-        await observability.start()
-        tasks = [asyncio.create_task(r.run()) for r in reconcilers]
-        stopper = asyncio.create_task(stop.wait())
-        check = _reachability_check(reconcilers, admins, membership, settings)
-        done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
-        extras = [stopper] if check is None else [stopper, check]
-        for task in [*tasks, *extras]:
-            task.cancel()
-        await asyncio.gather(*tasks, *extras, return_exceptions=True)
-        crashed = [t.exception() for t in done if t is not stopper and not t.cancelled()]
-        await _leave_fallbacks(reconcilers)
-        if dashboard is not None:
-            await dashboard.aclose()
-        await observability.aclose()
-        for admin in admins:
-            await admin.aclose()
-        source.close()
-    if crashed and crashed[0] is not None:
-        logger.opt(exception=crashed[0]).error("labelsync stopped on an unexpected error")
+    if crashed is not None:
+        logger.opt(exception=crashed).error("labelsync stopped on an unexpected error")
         return 1
-    logger.info("labelsync stopped; Caddy keeps its config")
+    logger.info(caddies.stopped_message())
     return 0
+
+
+def _handle_signals(
+    settings: Settings,
+    stop: asyncio.Event,
+    reconcilers: list[Reconciler],
+    static: SharedStatic | None,
+    notifier: SystemdNotifier,
+) -> None:
+    """SIGTERM and SIGINT stop; SIGHUP reloads the settings (see `_reload_settings`)."""
+    live = settings
+
+    def reload() -> None:
+        nonlocal live
+        notifier.reloading()
+        live = _reload_settings(live, reconcilers, static)
+        if all(r.state.synced.is_set() for r in reconcilers):
+            notifier.ready()  # else READY=1 comes after the first sync, as at any start
+
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, reload)
+
+
+async def _serve(
+    settings: Settings,
+    endpoints: list[str],
+    membership: MembershipChannel | None,
+    static: SharedStatic | None,
+    reconcilers: list[Reconciler],
+    notifier: SystemdNotifier,
+    stop: asyncio.Event,
+) -> BaseException | None:
+    """One reconciler per Caddy, with reporting around them, until `stop` is set or a
+    reconciler crashes (its exception, returned); everything closed on the way out."""
+    admins = [CaddyAdmin(endpoint) for endpoint in endpoints]
+    source = SharedSource(DockerSource(settings.docker_host, swarm=settings.swarm))
+    for admin in admins:
+        reconcilers.append(
+            Reconciler(settings, source, admin, static=static, membership=membership)
+        )
+    _budget_follows_health(reconcilers, membership)
+    logger.info(
+        f"labelsync running: Caddy {', '.join(endpoints)}, Docker {source.endpoint}, "
+        f"upstreams {settings.upstreams}"
+    )
+    observability = _observability(settings, reconcilers, membership, notifier)
+    dashboard = await _start_dashboard(settings, observability.view, endpoints[0])
+    await observability.start()
+    tasks = [asyncio.create_task(r.run()) for r in reconcilers]
+    stopper = asyncio.create_task(stop.wait())
+    check = _reachability_check(reconcilers, admins, membership, settings)
+    done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
+    extras = [stopper] if check is None else [stopper, check]
+    for task in [*tasks, *extras]:
+        task.cancel()
+    await asyncio.gather(*tasks, *extras, return_exceptions=True)
+    crashed = [t.exception() for t in done if t is not stopper and not t.cancelled()]
+    await _leave_fallbacks(reconcilers)
+    if dashboard is not None:
+        await dashboard.aclose()
+    await observability.aclose()
+    for admin in admins:
+        await admin.aclose()
+    source.close()
+    return crashed[0] if crashed else None

@@ -31,7 +31,11 @@ EXIT_ROUTED, EXIT_NOT_ROUTED, EXIT_UNAVAILABLE = 0, 1, 2
 
 
 class NotFound(Exception):
-    """No container, or several, match what was asked for (the message says which)."""
+    """No container, or several (`ambiguous`), match what was asked for."""
+
+    def __init__(self, message: str, *, ambiguous: bool = False) -> None:
+        super().__init__(message)
+        self.ambiguous = ambiguous
 
 
 def pick(query: str, candidates: Sequence[JSON]) -> JSON:
@@ -50,7 +54,7 @@ def pick(query: str, candidates: Sequence[JSON]) -> JSON:
             return found[0]
         if len(found) > 1:
             names = ", ".join(sorted(f"{c['name']} ({c['id'][:12]})" for c in found)[:10])
-            raise NotFound(f"{query!r} matches several containers: {names}")
+            raise NotFound(f"{query!r} matches several containers: {names}", ambiguous=True)
     raise NotFound(f"no container is named {query!r} or has an id starting with it")
 
 
@@ -152,7 +156,7 @@ async def run_explain(
 
 def _unlabelled(settings: Settings, query: str, error: NotFound) -> int:
     """No labelled container matches: a container without labels is 'not routed' (1)."""
-    if "several" not in str(error):
+    if not error.ambiguous:
         try:
             listed = _list_docker(settings)
         except DockerUnavailable:

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TextIO
 
 from labelsync.caddy.admin import CaddyAdmin, answers
+from labelsync.core.endpoints import unix_endpoint
 from labelsync.core.model import JSON
 from labelsync.errors import CaddyError, CaddyUnavailable
 from labelsync.report.snapshot import Snapshot
@@ -76,19 +77,12 @@ async def find_admin(settings: Settings, state: Snapshot | None) -> str:
     elif daemon_endpoints:
         candidates = [daemon_endpoints[0]]
     else:
-        sockets = [f"unix://{path}" for path in _embedded_sockets()]
+        sockets = [unix_endpoint(str(path)) for path in _embedded_sockets()]
         candidates = sockets if wanted[:1] == ["embedded"] else [*AUTO_CADDY_ADMINS, *sockets]
     for endpoint in candidates:
         if await answers(endpoint, timeout=2.0):
             return endpoint
     raise CaddyUnavailable(f"Caddy's admin API did not answer (tried {', '.join(candidates)})")
-
-
-async def gather_status(settings: Settings) -> StatusReport:
-    """Read the state file and Caddy; CaddyError when Caddy cannot be read."""
-    state, notes = live_state(settings)
-    endpoint = await find_admin(settings, state)
-    return await gather_report(settings, state, endpoint, notes)
 
 
 async def gather_report(
@@ -126,18 +120,35 @@ def _colour_wanted(stream: TextIO) -> bool:
     return stream.isatty() and not os.environ.get("NO_COLOR") and os.environ.get("TERM") != "dumb"
 
 
+def _no_daemon(settings: Settings, skipped: list[str]) -> str:
+    """Why no daemon answers, naming where its state file was looked for."""
+    looked = ", ".join(str(path) for path in state_file_candidates(settings))
+    found = f"; {'; '.join(skipped)}" if skipped else ""
+    return f"no labelsync daemon is running (no state file of a live one at {looked}{found})"
+
+
 async def run_status(settings: Settings, *, as_json: bool, out: TextIO | None = None) -> int:
-    """Print the status table (or JSON); the exit code (2 when Caddy cannot be read)."""
+    """Print the status table (or JSON); the exit code: 0 with a running daemon, 2 when
+    none runs (after Caddy's view, when Caddy answers) or Caddy cannot be read, with one
+    line on stderr naming what was tried."""
     stream = out or sys.stdout
+    state, skipped = live_state(settings)
+    no_daemon = _no_daemon(settings, skipped) if state is None else None
     try:
-        report = await gather_status(settings)
+        endpoint = await find_admin(settings, state)
+        report = await gather_report(settings, state, endpoint, list(skipped))
     except CaddyError as exc:
-        print(f"labelsync: status: {exc}", file=sys.stderr)
+        reason = str(exc) if no_daemon is None else f"{no_daemon}, and {exc}"
+        print(f"labelsync: status: {reason}", file=sys.stderr)
         return 2
     if as_json:
         stream.write(json.dumps(report_json(report), indent=2) + "\n")
     else:
         stream.write(render_table(report, colour=_colour_wanted(stream)))
+    if no_daemon is not None:
+        stream.flush()
+        print(f"labelsync: status: {no_daemon}: above is Caddy's view only", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -42,6 +42,14 @@ from labelsync.caddy.operations import (
     ReplaceUpstreams,
     apply_operations,
 )
+from labelsync.core.endpoints import (
+    caddy_unix_address,
+    has_relative_path,
+    is_unix,
+    join_host_port,
+    unix_socket_path,
+    with_url_scheme,
+)
 from labelsync.core.model import JSON
 from labelsync.errors import (
     CaddyBusy,
@@ -272,12 +280,12 @@ def _id_path(route_id: str) -> str:
 
 def _base_url(endpoint: str) -> str:
     """The URL requests are addressed to; ConfigError for an endpoint we cannot use."""
-    if endpoint.startswith("unix://"):
-        if not endpoint.removeprefix("unix://").startswith("/"):
-            raise ConfigError(f"unix admin endpoint needs an absolute path: {endpoint!r}")
+    if has_relative_path(endpoint):
+        raise ConfigError(f"unix admin endpoint needs an absolute path: {endpoint!r}")
+    if is_unix(endpoint):
         # Caddy accepts any Host over a unix socket; the name only has to be valid.
         return "http://localhost"
-    url = endpoint if "://" in endpoint else f"http://{endpoint}"
+    url = with_url_scheme(endpoint)
     parsed = httpx.URL(url)
     if parsed.scheme not in ("http", "https") or not parsed.host:
         raise ConfigError(f"admin endpoint must be http://host:port or unix:///path: {endpoint!r}")
@@ -285,19 +293,17 @@ def _base_url(endpoint: str) -> str:
 
 
 def _transport(endpoint: str) -> httpx.AsyncHTTPTransport:
-    """The connection an endpoint string implies: a unix socket, or TCP."""
-    if endpoint.startswith("unix://"):
-        return httpx.AsyncHTTPTransport(uds=endpoint.removeprefix("unix://"))
-    return httpx.AsyncHTTPTransport()
+    """The connection an endpoint string implies: a unix socket, or TCP (no socket path)."""
+    return httpx.AsyncHTTPTransport(uds=unix_socket_path(endpoint))
 
 
 def _caddy_listen_address(endpoint: str) -> str:
     """Our endpoint in the form Caddy's `admin.listen` takes."""
-    if endpoint.startswith("unix://"):
-        return "unix/" + endpoint.removeprefix("unix://")
-    url = httpx.URL(endpoint if "://" in endpoint else f"http://{endpoint}")
-    host = f"[{url.host}]" if ":" in url.host else url.host
-    return f"{host}:{url.port or 80}"
+    socket_path = unix_socket_path(endpoint)
+    if socket_path is not None:
+        return caddy_unix_address(socket_path)
+    url = httpx.URL(with_url_scheme(endpoint))
+    return join_host_port(url.host, url.port or 80)
 
 
 def _is_missing_parent(response: httpx.Response) -> bool:

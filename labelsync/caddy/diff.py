@@ -25,6 +25,7 @@ from labelsync.caddy.operations import (
 )
 from labelsync.core.model import JSON
 from labelsync.core.names import OWNED_PREFIX
+from labelsync.core.route_shape import is_dynamic, split_static_members, static_members
 
 
 def owned_routes(routes: list[JSON], prefix: str = OWNED_PREFIX) -> list[JSON]:
@@ -129,24 +130,20 @@ def refresh_fallbacks(
     for route in current:
         route_id = _owned_id(route, owned_prefix)
         target = wanted.get(route_id) if route_id else None
-        if route_id is None or target is None or not _is_dynamic(target):
+        if route_id is None or target is None or not is_dynamic(target):
             continue
-        same_rest = _split_upstreams(route)[1] == _split_upstreams(target)[1]
-        if same_rest and not _fallback_serves(route, target):
+        _, held_rest = split_static_members(route)
+        _, wanted_rest = split_static_members(target)
+        if held_rest == wanted_rest and not _fallback_serves(route, target):
             operations.append(_replacement(route, target))
     return operations
 
 
 def _fallback_serves(current: JSON, desired: JSON) -> bool:
-    held = _split_upstreams(current)[0] or []
-    wanted = _split_upstreams(desired)[0] or []
+    held = static_members(current) or []
+    wanted = static_members(desired) or []
     dials = {upstream.get("dial") for upstream in wanted}
     return all(upstream.get("dial") in dials for upstream in held) and (bool(held) or not wanted)
-
-
-def _is_dynamic(route: JSON) -> bool:
-    handle = route.get("handle") or [{}]
-    return isinstance(handle[0], dict) and "dynamic_upstreams" in handle[0]
 
 
 def _same_shape(current: JSON, desired: JSON) -> bool:
@@ -160,12 +157,10 @@ def _same_shape(current: JSON, desired: JSON) -> bool:
     """
     if current is desired or current == desired:
         return True
-    if not (_is_dynamic(current) and _is_dynamic(desired)):
+    if not (is_dynamic(current) and is_dynamic(desired)):
         return False
-    (held, current_rest), (wanted, desired_rest) = (
-        _split_upstreams(current),
-        _split_upstreams(desired),
-    )
+    held, current_rest = split_static_members(current)
+    wanted, desired_rest = split_static_members(desired)
     return current_rest == desired_rest and (bool(held) or not wanted)
 
 
@@ -231,30 +226,17 @@ def _longest_increasing(
 
 
 def _replacement(old: JSON, new: JSON) -> Operation:
-    """ReplaceUpstreams when the static member list is all that changed."""
+    """ReplaceUpstreams when the static member list is all that changed.
+
+    PATCH can only replace a key that exists, so a route without that list on either
+    side needs a whole-route replacement.
+    """
     route_id = str(new["@id"])
-    old_upstreams, old_rest = _split_upstreams(old)
-    new_upstreams, new_rest = _split_upstreams(new)
+    old_upstreams, old_rest = split_static_members(old)
+    new_upstreams, new_rest = split_static_members(new)
     if old_upstreams is not None and new_upstreams is not None and old_rest == new_rest:
         return ReplaceUpstreams(route_id, new_upstreams)
     return ReplaceRoute(route_id, new)
-
-
-def _split_upstreams(route: JSON) -> tuple[list[JSON] | None, JSON]:
-    """(handle[0].upstreams, the route without it); None when there is no such list.
-
-    PATCH can only replace a key that exists, so a route without `upstreams` on
-    either side needs a whole-route replacement.
-    """
-    handle = route.get("handle")
-    if not isinstance(handle, list) or not handle or not isinstance(handle[0], dict):
-        return None, route
-    handler = handle[0]
-    upstreams = handler.get("upstreams")
-    if not isinstance(upstreams, list):
-        return None, route
-    rest_handler = {key: value for key, value in handler.items() if key != "upstreams"}
-    return upstreams, {**route, "handle": [rest_handler, *handle[1:]]}
 
 
 def _insert_index(layout: list[str | None], desired: list[JSON], position: int) -> int:

@@ -6,8 +6,20 @@ used), and labelsync's server with no routes. After a crash the routes come back
 labelsync's desired state (the `on_restart` hook, or the next resync), never from a
 snapshot of whatever the dead child held.
 
-Caddy's output goes to `caddy.log` in the runtime directory and to loguru at DEBUG; the
-last lines are kept for the error raised or logged when the child fails.
+A Caddy left running by a labelsync that was killed (its pid in `caddy.pid` in the
+same runtime directory) is adopted rather than replaced when it is the bundled binary,
+answers on the admin socket and runs this run's base config (routes aside): it keeps
+serving, and the first sync finds its routes in place. One that fails any of these is
+stopped and a fresh child started, as after a crash.
+
+Caddy writes its output straight into `caddy.log` in the runtime directory, so that a
+Caddy outliving its labelsync keeps a log (its stdout is no pipe to a dead process);
+labelsync follows the file to copy it to loguru at DEBUG, to keep the lines that say
+why Caddy failed for the error raised or logged then, and to rotate it past 10 MiB.
+The base config leaves out the admin API's request lines (logger `admin.api`: one line
+per request, and labelsync probes a route every 0.5 s); labelsync only ever writes
+below `apps.http.servers`, so every write keeps that setting, and only this Caddy, never
+an external one, gets it.
 """
 
 from __future__ import annotations
@@ -18,25 +30,45 @@ import contextlib
 import inspect
 import json
 import os
+import shutil
 import signal
 import tempfile
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from loguru import logger
 
 from labelsync.caddy.admin import CaddyAdmin
 from labelsync.caddy.listen import ListenPlan, plan_listen, whole_config
-from labelsync.errors import CaddyUnavailable, ConfigError
+from labelsync.core.defaults import CADDY_SERVER
+from labelsync.core.endpoints import caddy_unix_address, unix_endpoint
+from labelsync.errors import CaddyError, CaddyUnavailable, ConfigError
 
 RESTART_BACKOFF = (0.5, 10.0)  # seconds: first delay, cap
 STOP_GRACE = 3.0  # seconds between SIGTERM and SIGKILL
 READY_POLL = 0.05  # seconds between admin probes while starting
-TAIL_LINES = 20  # output lines kept for error messages
-LOG_ROTATE_BYTES = 10 * 1024 * 1024  # caddy.log is moved to caddy.log.1 past this size
-MAX_LINE = 4 * 1024 * 1024  # Caddy logs whole configs in some errors
+LOG_POLL = 0.2  # seconds between reads of caddy.log for new lines
+TAIL_LINES = 6  # Caddy's last output lines, shown when it fails
+CAUSE_LINES = 8  # its last warnings, errors and panic lines, shown first
+SHOWN_CHARS = 2000  # of one line in an error message (Caddy logs whole configs in some)
+LOG_ROTATE_BYTES = 10 * 1024 * 1024  # caddy.log is copied to caddy.log.1 past this size
 UNIX_PATH_MAX = 107  # sun_path holds 108 bytes with the terminating NUL
+# Caddy logs each admin API request at INFO under this logger (/metrics at DEBUG).
+ADMIN_REQUEST_LOGGER = "admin.api"
+# Lines of Caddy's that say why it stopped: zap levels, and what Go and Caddy's command
+# line print on a crash or a failed start.
+CAUSE_LEVELS = frozenset({"warn", "error", "dpanic", "panic", "fatal"})
+CAUSE_PREFIXES = ("panic:", "fatal error:", "Error:", "[signal ")
+# Warnings the bundled Caddy logs at every start, causing nothing: the admin socket is in
+# a 0700 directory; a plain-HTTP listener has no HTTP/2 or HTTP/3.
+ROUTINE_WARNINGS = frozenset(
+    {
+        "admin endpoint on open interface; host checking disabled",
+        "HTTP/2 skipped because it requires TLS",
+        "HTTP/3 skipped because it requires TLS",
+    }
+)
 
 
 def default_runtime_dir() -> Path:
@@ -81,6 +113,8 @@ class EmbeddedCaddy:
     goes into the host's trust store only with `install_trust`. An empty `listen` leaves
     the base config with the admin API only. `on_restart` is called (and awaited
     when it returns an awaitable) each time `supervise` brought a crashed child back.
+    `start` adopts a healthy Caddy left by an earlier run (`adopted` is then true); it is
+    watched, restarted and stopped like a child.
     """
 
     def __init__(
@@ -89,7 +123,7 @@ class EmbeddedCaddy:
         runtime_dir: Path,
         listen: list[str],
         binary: Path | None = None,
-        server_name: str = "labelsync",
+        server_name: str = CADDY_SERVER,
         auto_https: str = "on",
         http_port: int | None = None,
         https_port: int | None = None,
@@ -111,27 +145,42 @@ class EmbeddedCaddy:
         self.socket_path = runtime_dir / "admin.sock"
         if len(os.fsencode(self.socket_path)) > UNIX_PATH_MAX:
             raise ConfigError(f"runtime directory path too long for a unix socket: {runtime_dir}")
-        self.admin_endpoint = f"unix://{self.socket_path}"
+        self.admin_endpoint = unix_endpoint(str(self.socket_path))
         self.config_path = runtime_dir / "caddy.json"
         self.log_path = runtime_dir / "caddy.log"
         self.pid_path = runtime_dir / "caddy.pid"
         self.restarts = 0
         self._process: asyncio.subprocess.Process | None = None
+        self._adopted: int | None = None  # the pid of a Caddy an earlier run started
         self._output_task: asyncio.Task[None] | None = None
-        self._tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
+        self._output = CaddyOutput()
         self._started_at = 0.0
         self._stopping = False
 
     @property
     def pid(self) -> int | None:
-        """The running child's pid, None when there is none."""
+        """The running Caddy's pid, None when there is none."""
         process = self._process
-        return process.pid if process and process.returncode is None else None
+        if process is not None:
+            return process.pid if process.returncode is None else None
+        if self._adopted is not None and _running(self._adopted):
+            return self._adopted
+        return None
+
+    @property
+    def adopted(self) -> bool:
+        """True while the Caddy is one an earlier run left (not started by this one)."""
+        return self._adopted is not None and self._process is None
 
     def base_config(self) -> dict[str, Any]:
         """The config every child starts from."""
         config: dict[str, Any] = {
-            "admin": {"listen": f"unix/{self.socket_path}", "config": {"persist": False}}
+            "admin": {
+                "listen": caddy_unix_address(str(self.socket_path)),
+                "config": {"persist": False},
+            },
+            # No line per admin request: labelsync's own polling would bury the rest.
+            "logging": {"logs": {"default": {"exclude": [ADMIN_REQUEST_LOGGER]}}},
         }
         if self.listen:
             whole = whole_config(self.plan, self.server_name, [], install_trust=self.install_trust)
@@ -142,7 +191,8 @@ class EmbeddedCaddy:
         return config
 
     async def start(self) -> None:
-        """Write the base config, spawn `caddy run`, and return once its admin API answers.
+        """Adopt a healthy Caddy left by an earlier run, else write the base config,
+        spawn `caddy run`, and return once its admin API answers.
 
         Raises CaddyUnavailable, with the end of Caddy's output, when it exits or does not
         answer within `start_timeout`.
@@ -151,7 +201,19 @@ class EmbeddedCaddy:
             return
         self._stopping = False
         self._prepare_runtime_dir()
-        await self._stop_orphan()
+        leftover = self._leftover_pid()
+        if leftover is not None:
+            refusal = await self._adoption_refusal(leftover)
+            if refusal is None:
+                self._write_private(self.config_path, json.dumps(self.base_config(), indent=2))
+                self._adopt(leftover)
+                return
+            logger.warning(
+                "stopping the bundled Caddy left running by an earlier labelsync (pid {}): {}",
+                leftover,
+                refusal,
+            )
+            await _terminate_pid(leftover)
         self._write_private(self.config_path, json.dumps(self.base_config(), indent=2))
         await self._launch()
 
@@ -161,14 +223,19 @@ class EmbeddedCaddy:
         Delays grow from 0.5s to 10s across quick successive crashes and start over once a
         child has stayed up longer than the cap.
         """
-        if self._process is None:
+        if self._process is None and self._adopted is None:
             raise RuntimeError("supervise() before start()")
         loop = asyncio.get_running_loop()
         delay = RESTART_BACKOFF[0]
         while True:
-            process = self._process
-            assert process is not None
-            code = await process.wait()
+            process, pid = self._process, self._adopted
+            if process is not None:
+                code: int | None = await process.wait()
+                pid = process.pid
+            else:
+                assert pid is not None
+                await _wait_gone(pid)
+                code = None
             if self._stopping:
                 return
             await self._drain_output()
@@ -176,13 +243,13 @@ class EmbeddedCaddy:
             if uptime > RESTART_BACKOFF[1]:
                 delay = RESTART_BACKOFF[0]
             logger.error(
-                "embedded Caddy (pid {}) exited with code {} after {:.1f}s; "
-                "restarting in {}s. Last output:\n{}",
-                process.pid,
-                code,
+                "embedded Caddy (pid {}) {} after {:.1f}s; restarting in {}s (its log: {}). {}",
+                pid,
+                _exit_phrase(code),
                 uptime,
                 delay,
-                self._tail_text(),
+                self.log_path,
+                self._output.report(),
             )
             await asyncio.sleep(delay)
             delay = min(delay * 2, RESTART_BACKOFF[1])
@@ -203,12 +270,14 @@ class EmbeddedCaddy:
                     await result
 
     async def stop(self) -> None:
-        """SIGTERM the child, SIGKILL it after 3s, and wait for it."""
+        """SIGTERM Caddy (a child or an adopted one), SIGKILL it after 3s, and wait for it."""
         self._stopping = True
-        process = self._process
+        process, adopted = self._process, self._adopted
         if process is not None:
             await _terminate(process)
-            await self._drain_output()
+        elif adopted is not None:
+            await _terminate_pid(adopted)
+        await self._drain_output()
         with contextlib.suppress(FileNotFoundError):
             self.pid_path.unlink()
 
@@ -219,26 +288,48 @@ class EmbeddedCaddy:
         # orphan; Caddy creates a fresh one.
         with contextlib.suppress(FileNotFoundError):
             self.socket_path.unlink()
-        self._tail.clear()
-        process = await asyncio.create_subprocess_exec(
-            str(binary),
-            "run",
-            "--config",
-            str(self.config_path),
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-            # Its own session: a Ctrl-C meant for labelsync must not kill Caddy behind
-            # the supervisor's back; stop() ends it.
-            start_new_session=True,
-            limit=MAX_LINE,
-        )
-        self._process = process
+        self._output.clear()
+        self._rotate_log(limit=LOG_ROTATE_BYTES)
+        # Caddy writes into the file itself: its log outlives this labelsync.
+        log_fd = os.open(self.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            offset = os.fstat(log_fd).st_size
+            process = await asyncio.create_subprocess_exec(
+                str(binary),
+                "run",
+                "--config",
+                str(self.config_path),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=log_fd,
+                stderr=asyncio.subprocess.STDOUT,
+                # Its own session: a Ctrl-C meant for labelsync must not kill Caddy behind
+                # the supervisor's back; stop() ends it.
+                start_new_session=True,
+            )
+        finally:
+            os.close(log_fd)
+        self._process, self._adopted = process, None
         self._started_at = asyncio.get_running_loop().time()
         self._write_private(self.pid_path, f"{process.pid}\n")
-        self._output_task = asyncio.create_task(self._pump_output(process))
+        self._follow_output(offset, lambda: process.returncode is not None)
         logger.debug("embedded Caddy started: pid {}, config {}", process.pid, self.config_path)
         await self._wait_until_ready(process)
+
+    def _adopt(self, pid: int) -> None:
+        self._process, self._adopted = None, pid
+        self._started_at = asyncio.get_running_loop().time()
+        self._output.clear()
+        try:
+            offset = self.log_path.stat().st_size
+        except FileNotFoundError:
+            offset = 0
+        self._follow_output(offset, lambda: not _running(pid))
+        logger.info(
+            "adopted the bundled Caddy (pid {}) that an earlier labelsync left running in {}: "
+            "it answers and runs this run's config, so it keeps serving",
+            pid,
+            self.runtime_dir,
+        )
 
     async def _wait_until_ready(self, process: asyncio.subprocess.Process) -> None:
         loop = asyncio.get_running_loop()
@@ -249,8 +340,8 @@ class EmbeddedCaddy:
                 if process.returncode is not None:
                     await self._drain_output()
                     raise CaddyUnavailable(
-                        f"embedded Caddy exited with code {process.returncode} while starting "
-                        f"(log {self.log_path}):\n{self._tail_text()}"
+                        f"embedded Caddy {_exit_phrase(process.returncode)} while starting "
+                        f"(log {self.log_path}). {self._output.report()}"
                     )
                 if await admin.ping():
                     return
@@ -261,72 +352,115 @@ class EmbeddedCaddy:
         await self._drain_output()
         raise CaddyUnavailable(
             f"embedded Caddy did not answer on {self.socket_path} within "
-            f"{self.start_timeout}s (log {self.log_path}):\n{self._tail_text()}"
+            f"{self.start_timeout}s (log {self.log_path}). {self._output.report()}"
         )
 
-    async def _pump_output(self, process: asyncio.subprocess.Process) -> None:
-        """Copy the child's output to caddy.log, loguru (DEBUG) and the tail buffer."""
-        assert process.stdout is not None
-        log_file = self._open_log()
-        written = log_file.tell()
+    def _follow_output(self, offset: int, exited: Callable[[], bool]) -> None:
+        self._output_task = asyncio.create_task(self._follow_log(offset, exited))
+
+    async def _follow_log(self, offset: int, exited: Callable[[], bool]) -> None:
+        """Copy what Caddy appends to caddy.log to loguru (DEBUG) and the kept lines,
+        from `offset` until Caddy has `exited` and everything it wrote was read; rotate
+        the file past LOG_ROTATE_BYTES."""
+        # Created when missing (say, removed under an adopted Caddy): nothing to read then.
+        fd = os.open(self.log_path, os.O_RDONLY | os.O_CREAT, 0o600)
+        file = os.fdopen(fd, "rb")
+        file.seek(offset)
+        partial = b""
         try:
             while True:
-                try:
-                    raw = await process.stdout.readline()
-                except ValueError:  # longer than MAX_LINE; readline has dropped it
-                    raw = b"(an output line longer than MAX_LINE was dropped)\n"
-                if not raw:
+                gone = exited()  # checked first: all it wrote is in the file by then
+                chunk = file.read(1024 * 1024)
+                if chunk:
+                    *lines, partial = (partial + chunk).split(b"\n")
+                    self._take(lines)
+                    await asyncio.sleep(0)  # a flood of output must not hold the loop
+                    continue
+                if gone:
+                    self._take([partial] if partial else [])
                     return
-                line = raw.decode(errors="replace").rstrip("\n")
-                self._tail.append(line)
-                logger.debug("caddy: {}", line)
-                log_file.write(line + "\n")
-                log_file.flush()
-                written += len(line) + 1
-                if written > LOG_ROTATE_BYTES:
-                    log_file.close()
-                    self.log_path.replace(self.log_path.with_name(self.log_path.name + ".1"))
-                    log_file = self._open_log()
-                    written = 0
+                if os.fstat(file.fileno()).st_size < file.tell():  # truncated elsewhere
+                    file.seek(0)
+                    partial = b""
+                if self._rotate_log(limit=LOG_ROTATE_BYTES, copy=True):
+                    file.seek(0)
+                    partial = b""
+                await asyncio.sleep(LOG_POLL)
         finally:
-            log_file.close()
+            file.close()
+
+    def _take(self, lines: Iterable[bytes]) -> None:
+        for raw in lines:
+            line = raw.decode(errors="replace")
+            self._output.add(line)
+            logger.debug("caddy: {}", line)
 
     async def _drain_output(self) -> None:
-        """Wait for the output copier to reach the end of the child's output."""
+        """Wait for the log follower to read all that Caddy wrote before it exited."""
         if self._output_task is not None:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(STOP_GRACE):
                     await asyncio.shield(self._output_task)
 
-    async def _stop_orphan(self) -> None:
-        """End a child left running by a labelsync that was killed (its pid file names it)."""
+    def _leftover_pid(self) -> int | None:
+        """The Caddy a killed labelsync left running (its pid file names it), if any."""
         try:
             pid = int(self.pid_path.read_text().strip())
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
         except (OSError, ValueError):
-            return
-        # The pid may have been reused: only a Caddy running our config file is ours.
-        if os.fsencode(self.config_path) not in cmdline.split(b"\0"):
-            return
-        logger.warning("stopping embedded Caddy left over from an earlier run (pid {})", pid)
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + STOP_GRACE
-            while loop.time() < deadline and Path(f"/proc/{pid}").exists():
-                await asyncio.sleep(READY_POLL)
-            if Path(f"/proc/{pid}").exists():
-                os.kill(pid, signal.SIGKILL)
+            return None
+        # The pid may have been reused: only a process running our config file is ours.
+        if os.fsencode(self.config_path) not in cmdline.split(b"\0") or not _running(pid):
+            return None
+        return pid
+
+    async def _adoption_refusal(self, pid: int) -> str | None:
+        """Why the leftover Caddy `pid` must be replaced; None when it can be adopted."""
+        binary = self.binary or bundled_caddy()
+        try:
+            running, bundled = os.stat(f"/proc/{pid}/exe"), os.stat(binary)
+        except OSError as exc:
+            return f"its binary cannot be checked ({exc})"
+        if (running.st_dev, running.st_ino) != (bundled.st_dev, bundled.st_ino):
+            return f"it runs another binary than {binary} (an upgrade?)"
+        admin = CaddyAdmin(self.admin_endpoint, timeout=1.0)
+        try:
+            config, _ = await admin.get("/config/")
+        except CaddyError as exc:
+            return f"its admin API does not answer on {self.socket_path} ({exc})"
+        finally:
+            await admin.aclose()
+        if not isinstance(config, dict):
+            return "its admin API answers with no config"
+        if _without_routes(config, self.server_name) != _without_routes(
+            self.base_config(), self.server_name
+        ):
+            return "it was started with other settings (listen addresses, ports, HTTPS, trust)"
+        return None
 
     def _prepare_runtime_dir(self) -> None:
         self.runtime_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.runtime_dir.chmod(0o700)  # mkdir's mode is masked by the umask
 
-    def _open_log(self) -> IO[str]:
-        return open(self.log_path, "a", encoding="utf-8")  # closed by _pump_output
+    def _rotate_log(self, *, limit: int, copy: bool = False) -> bool:
+        """Move caddy.log to caddy.log.1 once it is larger than `limit`; True when done.
 
-    def _tail_text(self) -> str:
-        return "\n".join(self._tail) or "(no output)"
+        `copy` copies and truncates instead (Caddy keeps writing into the same file: its
+        descriptor appends, so it goes on at the start); else the file is renamed, for
+        when no Caddy writes to it.
+        """
+        try:
+            if self.log_path.stat().st_size <= limit:
+                return False
+            rotated = self.log_path.with_name(self.log_path.name + ".1")
+            if copy:
+                shutil.copyfile(self.log_path, rotated)
+                os.truncate(self.log_path, 0)
+            else:
+                self.log_path.replace(rotated)
+        except OSError:
+            return False
+        return True
 
     @staticmethod
     def _write_private(path: Path, text: str) -> None:
@@ -336,6 +470,136 @@ class EmbeddedCaddy:
         with os.fdopen(fd, "w", encoding="utf-8") as file:
             file.write(text)
         partial.replace(path)
+
+
+class CaddyOutput:
+    """The lines of Caddy's output an error message shows: its last warnings, errors and
+    panic lines (what says why it stopped), and its last few lines."""
+
+    def __init__(self) -> None:
+        self._tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
+        self._causes: collections.deque[str] = collections.deque(maxlen=CAUSE_LINES)
+
+    def clear(self) -> None:
+        self._tail.clear()
+        self._causes.clear()
+
+    def add(self, line: str) -> None:
+        if len(line) > SHOWN_CHARS:
+            line = line[:SHOWN_CHARS] + f"... ({len(line) - SHOWN_CHARS} more characters)"
+        self._tail.append(line)
+        if is_cause(line):
+            self._causes.append(line)
+
+    def report(self) -> str:
+        """`Its warnings and errors:` lines, then `Its last lines:` those not shown yet."""
+        if not self._tail:
+            return "It wrote nothing."
+        parts = []
+        if self._causes:
+            parts.append("Its last warnings and errors:\n" + "\n".join(self._causes))
+        rest = [line for line in self._tail if line not in self._causes]
+        if rest:
+            parts.append("Its last lines:\n" + "\n".join(rest))
+        return "\n".join(parts)
+
+
+def is_cause(line: str) -> bool:
+    """Does this line of Caddy's output say why it stopped (or failed to start)?
+
+    Its JSON log lines at WARN and above (but the routine warnings of every start), and
+    the plain lines Go and Caddy's command line print on a panic or a failed start.
+    """
+    text = line.strip()
+    if text.startswith("{"):
+        try:
+            entry = json.loads(text)
+        except ValueError:
+            return False
+        if not isinstance(entry, dict):
+            return False
+        level = str(entry.get("level", "")).lower()
+        return level in CAUSE_LEVELS and entry.get("msg") not in ROUTINE_WARNINGS
+    return text.startswith(CAUSE_PREFIXES)
+
+
+def _exit_phrase(code: int | None) -> str:
+    if code is None:  # an adopted Caddy is not our child: its exit status is not ours
+        return "exited (exit status unknown: an earlier labelsync started it)"
+    if code < 0:
+        with contextlib.suppress(ValueError):
+            return f"was killed by {signal.Signals(-code).name}"
+    return f"exited with code {code}"
+
+
+def _without_routes(config: dict[str, Any], server_name: str) -> dict[str, Any]:
+    """`config` without labelsync's routes: what an adopted Caddy must hold as it is."""
+    copy = json.loads(json.dumps(config))
+    server = copy.get("apps", {}).get("http", {}).get("servers", {}).get(server_name)
+    if isinstance(server, dict):
+        server.pop("routes", None)
+    return dict(copy)
+
+
+def _running(pid: int) -> bool:
+    """True while `pid` exists and is no zombie (a killed process waiting to be reaped)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
+
+
+async def _wait_gone(pid: int) -> None:
+    """Return once `pid`, which need not be our child, has exited."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    except OSError:  # no pidfd (Linux before 5.3): poll
+        while _running(pid):
+            await asyncio.sleep(READY_POLL)
+        return
+    loop = asyncio.get_running_loop()
+    gone: asyncio.Future[None] = loop.create_future()
+
+    def exited() -> None:
+        if not gone.done():
+            gone.set_result(None)
+
+    loop.add_reader(pidfd, exited)
+    try:
+        # A zombie stays until its parent reaps it: no longer running is gone enough.
+        while _running(pid):
+            if gone.done():
+                await asyncio.sleep(READY_POLL)
+                continue
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(1.0):
+                    await asyncio.shield(gone)
+    finally:
+        loop.remove_reader(pidfd)
+        os.close(pidfd)
+
+
+async def _terminate_pid(pid: int) -> None:
+    """SIGTERM `pid` (not our child), SIGKILL it after STOP_GRACE; return once it is gone."""
+    try:
+        os.kill(pid, signal.SIGTERM)
+        os.kill(pid, signal.SIGCONT)  # a stopped process acts on SIGTERM only once resumed
+    except ProcessLookupError:
+        return
+    try:
+        async with asyncio.timeout(STOP_GRACE):
+            await _wait_gone(pid)
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        try:
+            async with asyncio.timeout(STOP_GRACE):
+                await _wait_gone(pid)
+        except TimeoutError:
+            logger.warning("embedded Caddy (pid {}) still runs after SIGKILL", pid)
 
 
 async def _terminate(process: asyncio.subprocess.Process) -> None:

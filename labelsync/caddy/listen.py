@@ -122,7 +122,7 @@ class ListenPlan:
         return text
 
     def try_url(self, host: str) -> str:
-        """The URL a curl for `host` should use (the README shows the same)."""
+        """The URL a curl for `host` should use (docs/operations.md shows the same)."""
         if self.tls:
             suffix = "" if self.https_port == DEFAULT_HTTPS_PORT else f":{self.https_port}"
             return f"https://{host}{suffix}/"

@@ -12,6 +12,7 @@ import copy
 from dataclasses import dataclass
 
 from labelsync.core.model import JSON
+from labelsync.core.route_shape import with_static_members
 
 
 @dataclass(frozen=True)
@@ -75,11 +76,26 @@ def apply_operations(routes: list[JSON], operations: list[Operation]) -> list[JS
                 result[_position(result, route_id)] = copy.deepcopy(route)
             case ReplaceUpstreams(route_id=route_id, upstreams=upstreams):
                 position = _position(result, route_id)
-                route = dict(result[position])
-                handle = list(route["handle"])
-                handle[0] = {**handle[0], "upstreams": copy.deepcopy(upstreams)}
-                route["handle"] = handle
-                result[position] = route
+                result[position] = with_static_members(result[position], copy.deepcopy(upstreams))
             case DeleteRoute(route_id=route_id):
                 del result[_position(result, route_id)]
     return result
+
+
+def describe_operations(operations: list[Operation], fallback: frozenset[str]) -> list[str]:
+    """What `operations` wrote, one phrase each, for writes no pool change explains (a
+    deferred fallback list, a route put back or repaired). `fallback`: the ids of routes
+    whose member list is only the fallback of dynamic upstreams."""
+    phrases: list[str] = []
+    for op in operations:
+        match op:
+            case AddRoute():
+                phrases.append(f"route {op.route_id} added")
+            case ReplaceRoute(route_id=route_id):
+                phrases.append(f"route {route_id} replaced")
+            case ReplaceUpstreams(route_id=route_id, upstreams=upstreams):
+                which = "fallback member list" if route_id in fallback else "member list"
+                phrases.append(f"route {route_id} {which} written ({len(upstreams)} member(s))")
+            case DeleteRoute(route_id=route_id):
+                phrases.append(f"route {route_id} removed")
+    return phrases

@@ -18,9 +18,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import Literal, NamedTuple
 
+from labelsync.core import defaults
 from labelsync.core.durations import normalize_duration
+from labelsync.core.endpoints import caddy_unix_address, unix_socket_path
 from labelsync.core.model import (
     DEFAULT_COOKIE_NAME,
     JSON,
@@ -31,6 +33,7 @@ from labelsync.core.model import (
     PoolSettings,
 )
 from labelsync.core.names import WEIGHTED_POLICY, is_weighted, pool_dns_name
+from labelsync.core.route_shape import DYNAMIC_MEMBERS, STATIC_MEMBERS
 
 # Dynamic mode, a pool that retries and sets no `lb.try_interval`: the pause before a
 # retry. Caddy looks the pool up afresh for a retry, but a member killed a moment ago can
@@ -43,12 +46,12 @@ DYNAMIC_TRY_INTERVAL = "50ms"
 class RenderOptions:
     """How pools are written into Caddy's JSON (from the settings of the same names)."""
 
-    upstreams: Literal["dynamic", "static"] = "dynamic"
-    resolver: str = "127.0.0.1:8053"
+    upstreams: Literal["dynamic", "static"] = defaults.UPSTREAMS
+    resolver: str = defaults.RESOLVER_LISTEN
     """host:port at which Caddy reaches labelsync's resolver (dynamic mode)."""
-    resolver_refresh: str = "150ms"
+    resolver_refresh: str = defaults.RESOLVER_REFRESH
     """How often Caddy re-reads a pool's members (dynamic mode)."""
-    stream_close_delay: str = "10m"
+    stream_close_delay: str = defaults.STREAM_CLOSE_DELAY
     """How long upgraded connections (websockets) outlive a Caddy reload."""
     dial_timeout: str | None = None
     """Dial timeout of pools that set none (`timeout.dial`); None: Caddy's default (3s)."""
@@ -93,6 +96,15 @@ def render_route(pool: Pool, options: RenderOptions) -> JSON:
     }
 
 
+class _Rendered(NamedTuple):
+    """A pool's route as last rendered, and what it was rendered from."""
+
+    pool: Pool
+    base: RenderOptions  # the options but `json_pools`
+    in_json: bool  # the pool was in `json_pools`
+    route: JSON
+
+
 class RenderMemo:
     """The route each pool rendered to last time, to reuse while the pool is the same.
 
@@ -103,8 +115,20 @@ class RenderMemo:
     """
 
     def __init__(self) -> None:
-        self._routes: dict[str, tuple[Pool, RenderOptions, bool, JSON]] = {}
+        self._routes: dict[str, _Rendered] = {}
         self.base: RenderOptions | None = None  # the options of the last render_routes
+
+    def routes(self, pools: Sequence[Pool], options: RenderOptions) -> list[JSON]:
+        """`render_route` of each pool, reusing the routes of pools rendered before and
+        unchanged since; forgets the pools not among `pools`."""
+        base = replace(options, json_pools=frozenset())
+        if self.base == base:
+            base = self.base  # the same object: each pool's entry then compares by identity
+        self.base = base
+        routes = [self.route(pool, options, base) for pool in pools]
+        if len(self._routes) > len(routes):
+            self.forget_others({pool.id for pool in pools})
+        return routes
 
     def route(self, pool: Pool, options: RenderOptions, base: RenderOptions | None = None) -> JSON:
         """`render_route(pool, options)`; `base` is `options` without `json_pools` (what
@@ -114,13 +138,13 @@ class RenderMemo:
         entry = self._routes.get(pool.id)
         if (
             entry is not None
-            and entry[2] == in_json
-            and (entry[1] is base or entry[1] == base)
-            and (entry[0] is pool or entry[0] == pool)
+            and entry.in_json == in_json
+            and (entry.base is base or entry.base == base)
+            and (entry.pool is pool or entry.pool == pool)
         ):
-            return entry[3]
+            return entry.route
         route = render_route(pool, options)
-        self._routes[pool.id] = (pool, base, in_json, route)
+        self._routes[pool.id] = _Rendered(pool, base, in_json, route)
         return route
 
     def forget_others(self, pool_ids: set[str]) -> None:
@@ -137,14 +161,7 @@ def render_routes(
     """
     if memo is None:
         return [render_route(pool, options) for pool in desired.pools]
-    base = replace(options, json_pools=frozenset())
-    if memo.base == base:
-        base = memo.base  # the same object: each pool's entry then compares by identity
-    memo.base = base
-    routes = [memo.route(pool, options, base) for pool in desired.pools]
-    if len(memo._routes) > len(routes):
-        memo.forget_others({pool.id for pool in desired.pools})
-    return routes
+    return memo.routes(desired.pools, options)
 
 
 def render_server(listen: Sequence[str], auto_https: str, routes: list[JSON]) -> JSON:
@@ -166,9 +183,9 @@ def render_config(
     desired: DesiredState,
     options: RenderOptions,
     *,
-    server_name: str = "labelsync",
-    listen: Sequence[str] = (":80", ":443"),
-    auto_https: str = "on",
+    server_name: str = defaults.CADDY_SERVER,
+    listen: Sequence[str] = defaults.LISTEN,
+    auto_https: str = defaults.AUTO_HTTPS,
 ) -> JSON:
     """A whole Caddy config holding only labelsync's server (`labelsync render`)."""
     server = render_server(listen, auto_https, render_routes(desired, options))
@@ -183,7 +200,7 @@ def _reverse_proxy(pool: Pool, options: RenderOptions) -> JSON:
     dynamic = checks_by_labelsync and pool.id not in options.json_pools
     handler: JSON = {"handler": "reverse_proxy"}
     if dynamic:
-        handler["dynamic_upstreams"] = {
+        handler[DYNAMIC_MEMBERS] = {
             "source": "srv",
             "name": pool_dns_name(pool.id),
             "refresh": normalize_duration(options.resolver_refresh),
@@ -194,9 +211,9 @@ def _reverse_proxy(pool: Pool, options: RenderOptions) -> JSON:
         # keep serving without labelsync. `diff` never writes for this list alone.
         # No `grace_period`: with one, Caddy answers a failed lookup with the member
         # *names* of its last answer, which only labelsync's resolver can resolve.
-        handler["upstreams"] = [{"dial": member.address} for member in pool.members]
+        handler[STATIC_MEMBERS] = [{"dial": member.address} for member in pool.members]
     elif pool.members:
-        handler["upstreams"] = [{"dial": member.address} for member in pool.members]
+        handler[STATIC_MEMBERS] = [{"dial": member.address} for member in pool.members]
     handler["load_balancing"] = _load_balancing(pool, dynamic=dynamic)
     health_checks: JSON = {}
     if settings.active is not None and not checks_by_labelsync:
@@ -215,8 +232,9 @@ def _reverse_proxy(pool: Pool, options: RenderOptions) -> JSON:
 def caddy_resolver_address(address: str) -> str:
     """The resolver address as Caddy's `resolver.addresses` takes it: `udp/host:port`, or
     `unix//path` for `unix:///path` (Caddy dials a unix stream socket there)."""
-    if address.startswith("unix://"):
-        return "unix/" + address.removeprefix("unix://")
+    socket_path = unix_socket_path(address)
+    if socket_path is not None:
+        return caddy_unix_address(socket_path)
     return f"udp/{address}"
 
 
@@ -301,7 +319,8 @@ def _transport(settings: PoolSettings, options: RenderOptions, *, dynamic: bool)
         transport["dial_timeout"] = normalize_duration(settings.timeout_dial)
     elif options.dial_timeout:
         # Caddy's 3 s default is what a request waits when a member vanished from its
-        # network (killed: no RST, no ARP answer) before the retry; see the README.
+        # network (killed: no RST, no ARP answer) before the retry; see docs/deployments.md,
+        # "A killed replica stalls no request".
         transport["dial_timeout"] = normalize_duration(options.dial_timeout)
     if settings.timeout_response_header:
         transport["response_header_timeout"] = normalize_duration(settings.timeout_response_header)

@@ -16,7 +16,7 @@ The label problems are the ones the build reported (`DesiredState.problems`: tho
 running containers, as the log has them); the routes come from the loop's parse memo in
 the daemon (`routes_of`), so nothing is parsed twice. The daemon's snapshot holds these
 verdicts; the status report adds the pool member's
-health (labelsync's active check, Caddy's passive count) with `judge_route`, so a route
+health (labelsync's active check, Caddy's passive count) with `judge_verdict`, so a route
 that is in its pool but failing its checks reads `unhealthy` with why.
 
 Unknown keys and keys without effect (WARNINGs) never drop a route, but a container
@@ -26,22 +26,42 @@ whose labels declare no route at all (a typo in `host`) is explained by them.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
 
+from labelsync.core import defaults
 from labelsync.core import label_values as v
-from labelsync.core.labels import HEADER_KEY, KEYS, ROUTE_KEY, parse_container
+from labelsync.core.labels import ROUTE_KEY, is_known_key, parse_container
 from labelsync.core.model import (
     JSON,
     ContainerInfo,
     DesiredState,
+    HealthStatus,
+    Origin,
     Problem,
     Route,
     Severity,
 )
 from labelsync.core.names import pool_id
 
-ROUTED, UNHEALTHY, NOT_ROUTED = "routed", "unhealthy", "not routed"
-REFUSED = "refused by Caddy"  # the pool's route is quarantined (loop/quarantine.py)
+
+class VerdictStatus(StrEnum):
+    """Whether a route serves; summed up over its routes, whether a container does."""
+
+    ROUTED = "routed"
+    UNHEALTHY = "unhealthy"  # in its pool, but the member fails its checks
+    NOT_ROUTED = "not routed"
+    REFUSED = "refused by Caddy"  # a route's pool is quarantined (loop/quarantine.py)
+    PARTLY_ROUTED = "partly routed"  # a container some of whose routes serve
+
+
+# The members by the short names the callers use.
+ROUTED, UNHEALTHY, NOT_ROUTED = (
+    VerdictStatus.ROUTED,
+    VerdictStatus.UNHEALTHY,
+    VerdictStatus.NOT_ROUTED,
+)
+REFUSED = VerdictStatus.REFUSED
 
 RoutesOf = Callable[[ContainerInfo], Sequence[Route]]  # a container's parsed routes
 
@@ -55,7 +75,7 @@ class Reason:
 @dataclass(frozen=True)
 class RouteVerdict:
     route: str  # "" for the default route, else the name of `route.<name>`
-    status: str  # routed | unhealthy | not routed
+    status: VerdictStatus  # not PARTLY_ROUTED
     pool: str | None = None  # the pool id, when the route parsed
     hosts: tuple[str, ...] = ()
     path: str | None = None
@@ -74,11 +94,11 @@ class ContainerVerdict:
     reasons: tuple[Reason, ...] = field(default=())  # when no route is declared at all
 
     @property
-    def status(self) -> str:
+    def status(self) -> VerdictStatus:
         return summary_status([r.status for r in self.routes])
 
 
-def summary_status(statuses: Sequence[str]) -> str:
+def summary_status(statuses: Sequence[VerdictStatus]) -> VerdictStatus:
     """routed when every declared route serves; not routed when none does (or none is
     declared), unhealthy when every route is in its pool but failing its checks; else
     `partly routed`."""
@@ -90,7 +110,7 @@ def summary_status(statuses: Sequence[str]) -> str:
         return NOT_ROUTED
     if all(s == UNHEALTHY for s in statuses):
         return UNHEALTHY
-    return "partly routed"
+    return VerdictStatus.PARTLY_ROUTED
 
 
 def carries_labels(container: ContainerInfo, prefix: str) -> bool:
@@ -109,7 +129,7 @@ def declared_routes(labels: Mapping[str, str], prefix: str) -> list[str]:
         if not key.startswith(ROUTE_KEY):
             continue
         name, _, rel = key[len(ROUTE_KEY) :].partition(".")
-        if name and (rel in KEYS or (rel.startswith(HEADER_KEY) and len(rel) > len(HEADER_KEY))):
+        if name and is_known_key(rel):
             names.add(name)
             if rel == "host":
                 own_host.add(name)
@@ -188,7 +208,7 @@ def explain_container(
     container: ContainerInfo,
     desired: DesiredState | None,
     *,
-    prefix: str = "labelsync",
+    prefix: str = defaults.LABEL_PREFIX,
     default_network: str | None = None,
     routes_of: RoutesOf | None = None,
     problems: Sequence[Problem] | None = None,
@@ -201,85 +221,115 @@ def explain_container(
     the container's label problems (default: those of `desired` that name it);
     `refused` maps the pools whose route Caddy refused (quarantined) to Caddy's reason.
     """
-    running = container.state in ("running", "paused")
     if routes_of is not None:
         routes = list(routes_of(container))
     else:
         routes, _ = parse_container(
-            container, prefix=prefix, default_network=default_network, shape_only=not running
+            container,
+            prefix=prefix,
+            default_network=default_network,
+            shape_only=not container.is_up,
         )
     if problems is None:
         found = desired.problems if desired is not None else ()
         problems = [p for p in found if p.container == container.name]
     problems = tuple(problems)
-    errors = [p for p in problems if p.severity is Severity.ERROR]
+    facts = _Facts(
+        container,
+        desired,
+        prefix,
+        errors=tuple(p for p in problems if p.severity is Severity.ERROR),
+        state_reason=_fix_for_state(container),
+        refused=refused or {},
+    )
     parsed = {r.route_name: r for r in routes}
-    state_reason = _fix_for_state(container)
-    verdicts = []
-    for name in declared_routes(container.labels, prefix):
-        reasons: list[Reason] = []
-        route = parsed.get(name)
-        switched_off = _enable_reason(container, name, prefix)
-        if switched_off is not None:
-            reasons.append(switched_off)
-        elif state_reason is not None:
-            reasons.append(state_reason)
-        if switched_off is None:
-            if route is None or not running:
-                concern = [p for p in errors if _problem_concerns(p, name, prefix)]
-                reasons += [_problem_reason(p) for p in concern]
-            if route is None and not reasons:
-                reasons.append(Reason("the route did not parse (see the label problems)"))
-        if route is None:
-            hosts = _declared_hosts(container.labels, name, prefix)
-            verdicts.append(RouteVerdict(name, NOT_ROUTED, hosts=hosts, reasons=tuple(reasons)))
-            continue
-        identifier = pool_id(route.hosts, route.path)
-        pool = desired.pool(identifier) if desired is not None else None
-        member = pool is not None and any(
-            m.container_id == container.id and m.address == route.address for m in pool.members
-        )
-        refusal = (refused or {}).get(identifier)
-        if refusal is not None:
-            reasons.append(
-                Reason(
-                    f"Caddy refused this pool's route: {refusal}",
-                    "change the label Caddy's reason names; until the labels change, Caddy "
-                    "keeps the route it had (or none)",
-                )
-            )
-        if not member and not reasons:
-            reasons.append(
-                Reason("not a member of its pool: leaving (a kill or stop event came first)")
-                if desired is not None
-                else Reason("labelsync has not synced yet")
-            )
-        verdicts.append(
-            RouteVerdict(
-                name,
-                REFUSED if refusal is not None else (ROUTED if member else NOT_ROUTED),
-                pool=identifier,
-                hosts=route.hosts,
-                path=route.path,
-                address=route.address or None,
-                reasons=tuple(reasons),
-            )
-        )
-    container_reasons: tuple[Reason, ...] = ()
-    if not verdicts:
-        host_key = f"{prefix}.host"
-        container_reasons = tuple(
-            [Reason(f"no route: {host_key} is not set", f"set {host_key}")]
-            + [_problem_reason(p) for p in problems if p.key and p.key != host_key]
-        )
+    verdicts = tuple(
+        _route_verdict(facts, name, parsed.get(name))
+        for name in declared_routes(container.labels, prefix)
+    )
     return ContainerVerdict(
         id=container.id,
         name=container.name,
         state=container.state,
         docker_health=container.health,
-        routes=tuple(verdicts),
+        routes=verdicts,
         problems=problems,
-        reasons=container_reasons,
+        reasons=() if verdicts else _no_route_reasons(problems, prefix),
+    )
+
+
+@dataclass(frozen=True)
+class _Facts:
+    """What the verdicts on the routes of one container are drawn from."""
+
+    container: ContainerInfo
+    desired: DesiredState | None
+    prefix: str
+    errors: tuple[Problem, ...]  # the container's label problems that drop routes
+    state_reason: Reason | None  # why the container does not serve, if it does not
+    refused: Mapping[str, str]  # pool id -> Caddy's reason, for the quarantined pools
+
+
+def _route_verdict(facts: _Facts, name: str, route: Route | None) -> RouteVerdict:
+    """The verdict on one declared route; `route` is None when it did not parse."""
+    reasons = _reasons_against(facts, name, route)
+    if route is None:
+        hosts = _declared_hosts(facts.container.labels, name, facts.prefix)
+        return RouteVerdict(name, NOT_ROUTED, hosts=hosts, reasons=tuple(reasons))
+    identifier = pool_id(route.hosts, route.path)
+    pool = facts.desired.pool(identifier) if facts.desired is not None else None
+    member = pool is not None and any(
+        m.container_id == facts.container.id and m.address == route.address for m in pool.members
+    )
+    refusal = facts.refused.get(identifier)
+    if refusal is not None:
+        reasons.append(
+            Reason(
+                f"Caddy refused this pool's route: {refusal}",
+                "change the label Caddy's reason names; until the labels change, Caddy "
+                "keeps the route it had (or none)",
+            )
+        )
+    if not member and not reasons:
+        reasons.append(
+            Reason("not a member of its pool: leaving (a kill or stop event came first)")
+            if facts.desired is not None
+            else Reason("labelsync has not synced yet")
+        )
+    return RouteVerdict(
+        name,
+        REFUSED if refusal is not None else (ROUTED if member else NOT_ROUTED),
+        pool=identifier,
+        hosts=route.hosts,
+        path=route.path,
+        address=route.address or None,
+        reasons=tuple(reasons),
+    )
+
+
+def _reasons_against(facts: _Facts, name: str, route: Route | None) -> list[Reason]:
+    """Why a declared route does not serve, before its pool is looked at: switched off;
+    else the container's state, and the label errors that concern the route when it did
+    not parse (or its container is not up, and so was not built)."""
+    switched_off = _enable_reason(facts.container, name, facts.prefix)
+    if switched_off is not None:
+        return [switched_off]
+    reasons = [facts.state_reason] if facts.state_reason is not None else []
+    if route is None or not facts.container.is_up:
+        concern = [p for p in facts.errors if _problem_concerns(p, name, facts.prefix)]
+        reasons += [_problem_reason(p) for p in concern]
+    if route is None and not reasons:
+        reasons.append(Reason("the route did not parse (see the label problems)"))
+    return reasons
+
+
+def _no_route_reasons(problems: Sequence[Problem], prefix: str) -> tuple[Reason, ...]:
+    """Why labels declare no route: no `host`, and whatever else is wrong with them (a
+    typo in `host` is an unknown key)."""
+    host_key = f"{prefix}.host"
+    return (
+        Reason(f"no route: {host_key} is not set", f"set {host_key}"),
+        *(_problem_reason(p) for p in problems if p.key and p.key != host_key),
     )
 
 
@@ -287,7 +337,7 @@ def explain_all(
     containers: Iterable[ContainerInfo],
     desired: DesiredState | None,
     *,
-    prefix: str = "labelsync",
+    prefix: str = defaults.LABEL_PREFIX,
     default_network: str | None = None,
     routes_of: RoutesOf | None = None,
     refused: Mapping[str, str] | None = None,
@@ -308,7 +358,7 @@ def explain_all(
                 refused=refused,
             )
             for c in containers
-            if carries_labels(c, prefix) and not c.id.startswith("static:")
+            if carries_labels(c, prefix) and c.origin is Origin.CONTAINER
         ),
         key=lambda verdict: (verdict.name, verdict.id),
     )
@@ -340,45 +390,53 @@ def verdict_json(verdict: ContainerVerdict) -> JSON:
         "docker_health": verdict.docker_health,
         "status": verdict.status,
         "reasons": [reason_json(r) for r in verdict.reasons],
-        "routes": [
-            {
-                "route": r.route or None,
-                "status": r.status,
-                "pool": r.pool,
-                "hosts": list(r.hosts),
-                "path": r.path,
-                "address": r.address,
-                "reasons": [reason_json(x) for x in r.reasons],
-            }
-            for r in verdict.routes
-        ],
+        "routes": [route_json(r) for r in verdict.routes],
         "problems": [problem_json(p) for p in verdict.problems],
     }
 
 
-def judge_route(route: JSON, health: str | None, reason: str | None) -> JSON:
-    """A routed route (verdict JSON) with its pool member's judged health on top: an
-    unhealthy member reads `unhealthy`, with why and what to look at."""
-    if route.get("status") != ROUTED or health != "unhealthy":
+def route_json(route: RouteVerdict) -> JSON:
+    return {
+        "route": route.route or None,
+        "status": route.status,
+        "pool": route.pool,
+        "hosts": list(route.hosts),
+        "path": route.path,
+        "address": route.address,
+        "reasons": [reason_json(x) for x in route.reasons],
+    }
+
+
+# (pool, address) -> the member's health, and why
+HealthOf = Callable[[str, str], tuple[HealthStatus, str | None]]
+
+
+def judge_route(
+    route: RouteVerdict, health: HealthStatus | None, reason: str | None
+) -> RouteVerdict:
+    """A route with its pool member's judged health on top: a routed route whose member
+    is unhealthy reads `unhealthy`, with why and what to look at."""
+    if route.status != ROUTED or health != HealthStatus.UNHEALTHY:
         return route
     why = f"in its pool, but unhealthy: {reason or 'no reason given'}"
     fix = "make the service pass its health check (labelsync.health.*), or fix the backend"
-    return {**route, "status": UNHEALTHY, "reasons": [{"why": why, "fix": fix}]}
+    return replace(route, status=UNHEALTHY, reasons=(Reason(why, fix),))
 
 
-HealthOf = Callable[[str, str], tuple[str, str | None]]
+def judge_verdict(verdict: ContainerVerdict, health_of: HealthOf) -> ContainerVerdict:
+    """`judge_route` for every routed route of a container; `health_of(pool, address)`
+    gives the member's (health, reason), (HealthStatus.UNKNOWN, None) when not found."""
+    return replace(verdict, routes=_judge_routes(verdict.routes, health_of))
 
 
-def judge_container(container: JSON, health_of: HealthOf) -> JSON:
-    """`judge_route` for every route of a container (verdict JSON); `health_of(pool,
-    address)` gives the member's (health, reason), ("unknown", None) when not found."""
-    routes = []
-    for route in container.get("routes") or []:
-        if route.get("status") == ROUTED and route.get("pool") and route.get("address"):
-            health, reason = health_of(str(route["pool"]), str(route["address"]))
+def _judge_routes(routes: Iterable[RouteVerdict], health_of: HealthOf) -> tuple[RouteVerdict, ...]:
+    judged = []
+    for route in routes:
+        if route.status == ROUTED and route.pool and route.address:
+            health, reason = health_of(route.pool, route.address)
             route = judge_route(route, health, reason)
-        routes.append(route)
-    return {**container, "routes": routes, "status": summary_status([r["status"] for r in routes])}
+        judged.append(route)
+    return tuple(judged)
 
 
 # -- read back (the state file is JSON; `status` runs in another process) ---------------------
@@ -398,6 +456,18 @@ def _reasons_from_json(items: Iterable[JSON]) -> tuple[Reason, ...]:
     return tuple(Reason(str(r["why"]), r.get("fix")) for r in items)
 
 
+def _route_from_json(payload: JSON) -> RouteVerdict:
+    return RouteVerdict(
+        route=str(payload.get("route") or ""),
+        status=VerdictStatus(payload["status"]),
+        pool=payload.get("pool"),
+        hosts=tuple(payload.get("hosts") or ()),
+        path=payload.get("path"),
+        address=payload.get("address"),
+        reasons=_reasons_from_json(payload.get("reasons") or ()),
+    )
+
+
 def verdict_from_json(payload: JSON) -> ContainerVerdict:
     """What `verdict_json` wrote, as the record again."""
     return ContainerVerdict(
@@ -405,18 +475,7 @@ def verdict_from_json(payload: JSON) -> ContainerVerdict:
         name=str(payload["name"]),
         state=str(payload.get("state") or ""),
         docker_health=payload.get("docker_health"),
-        routes=tuple(
-            RouteVerdict(
-                route=str(r.get("route") or ""),
-                status=str(r["status"]),
-                pool=r.get("pool"),
-                hosts=tuple(r.get("hosts") or ()),
-                path=r.get("path"),
-                address=r.get("address"),
-                reasons=_reasons_from_json(r.get("reasons") or ()),
-            )
-            for r in payload.get("routes") or ()
-        ),
+        routes=tuple(_route_from_json(r) for r in payload.get("routes") or ()),
         problems=tuple(problem_from_json(p) for p in payload.get("problems") or ()),
         reasons=_reasons_from_json(payload.get("reasons") or ()),
     )

@@ -18,7 +18,7 @@ from typing import Protocol, TypeVar
 import re2  # type: ignore[import-untyped]
 
 from labelsync.core.durations import normalize_duration, parse_duration
-from labelsync.core.model import RETRIES_AUTO
+from labelsync.core.model import RETRIES_AUTO, Track
 
 T = TypeVar("T", str, int)  # what a comma-separated list holds
 
@@ -37,7 +37,7 @@ POLICIES = (
     "random_choose",
 )
 SCHEMES = ("http", "https", "h2c")
-TRACKS = ("stable", "canary")
+TRACKS = tuple(track.value for track in Track)  # plain strings: `did_you_mean` repr()s one
 
 _TRUE = ("true", "1", "yes", "on")
 _FALSE = ("false", "0", "no", "off")

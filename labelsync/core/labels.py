@@ -12,6 +12,7 @@ import difflib
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from labelsync.core import defaults
 from labelsync.core import label_values as v
 from labelsync.core.model import (
     DEFAULT_COOKIE_NAME,
@@ -21,8 +22,10 @@ from labelsync.core.model import (
     PassiveHealth,
     PoolSettings,
     Problem,
+    ProblemCause,
     Route,
     Severity,
+    Track,
 )
 
 # Every key a route understands (relative to the prefix), and how its value is read.
@@ -101,7 +104,9 @@ def _read_label(key: str, full_key: str, raw: str) -> _Label:
         return _Label(key, full_key, raw, exc)
 
 
-def _is_known(key: str) -> bool:
+def is_known_key(key: str) -> bool:
+    """Whether a route understands `key` (relative to the prefix and route): one of
+    `KEYS`, or `health.headers.<Name>`."""
     return key in KEYS or (key.startswith(HEADER_KEY) and len(key) > len(HEADER_KEY))
 
 
@@ -120,14 +125,22 @@ class _Problems:
         self.container = container
         self.found: dict[Problem, None] = {}
 
-    def add(self, severity: Severity, key: str, value: str | None, message: str) -> None:
-        self.found.setdefault(Problem(severity, self.container, key, value, message))
+    def add(
+        self,
+        severity: Severity,
+        key: str,
+        value: str | None,
+        message: str,
+        cause: ProblemCause | None = None,
+    ) -> None:
+        problem = Problem(severity, self.container, key, value, message, cause=cause)
+        self.found.setdefault(problem)
 
 
 def parse_container(
     container: ContainerInfo,
     *,
-    prefix: str = "labelsync",
+    prefix: str = defaults.LABEL_PREFIX,
     default_network: str | None = None,
     shape_only: bool = False,
 ) -> tuple[list[Route], list[Problem]]:
@@ -152,7 +165,7 @@ def parse_container(
         route_name, rel = "", key
         if key.startswith(ROUTE_KEY):
             route_name, _, rel = key[len(ROUTE_KEY) :].partition(".")
-        if (key.startswith(ROUTE_KEY) and not route_name) or not _is_known(rel):
+        if (key.startswith(ROUTE_KEY) and not route_name) or not is_known_key(rel):
             nearest = _nearest_key(rel)
             where = f"{base}{ROUTE_KEY}{route_name}." if route_name else base
             hint = f"; did you mean {where + nearest!r}?" if nearest else ""
@@ -225,13 +238,15 @@ class _RouteBuilder:
         value = self.value(key)
         return value if isinstance(value, bool) else default
 
-    def error(self, key: str, value: str | None, message: str) -> None:
+    def error(
+        self, key: str, value: str | None, message: str, cause: ProblemCause | None = None
+    ) -> None:
         self.failed = True
-        self.problems.add(Severity.ERROR, key, value, message)
+        self.problems.add(Severity.ERROR, key, value, message, cause)
 
-    def missing(self, key: str, message: str) -> None:
+    def missing(self, key: str, message: str, cause: ProblemCause | None = None) -> None:
         """An error about a key that is not set: name the default-route label to set."""
-        self.error(f"{self.prefix}.{key}", None, message)
+        self.error(f"{self.prefix}.{key}", None, message, cause)
 
     def no_effect(self, key: str, reason: str) -> None:
         label = self.labels[key]
@@ -250,7 +265,7 @@ class _RouteBuilder:
         hosts = self.value("host")
         if self.failed or address is None or not isinstance(hosts, tuple):
             return None
-        track = self.text("track") or "stable"
+        track = Track(self.text("track") or Track.STABLE)
         order = self.value("order")
         return Route(
             container_id=self.container.id,
@@ -264,7 +279,7 @@ class _RouteBuilder:
             weight=self.number("weight", 1),
             order=order if isinstance(order, int) else None,
             track=track,
-            origin="static" if self.container.id.startswith("static:") else "container",
+            origin=self.container.origin,
         )
 
     def _report_bad_values(self) -> None:
@@ -321,7 +336,11 @@ class _RouteBuilder:
         if len(exposed) == 1:
             return exposed[0]
         if not exposed:
-            self.missing("port", f"container exposes no port; set {self.prefix}.port")
+            self.missing(
+                "port",
+                f"container exposes no port; set {self.prefix}.port",
+                ProblemCause.NO_PORT,
+            )
         else:
             ports = ", ".join(str(p) for p in exposed)
             self.missing(

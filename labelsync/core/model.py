@@ -19,9 +19,20 @@ from typing import Any
 JSON = dict[str, Any]  # a Caddy config object, as the admin API reads and writes it
 
 
+# The ids of the static file's synthetic containers (`static:<file>:<route>:<index>`)
+# and the `Problem.container` of its problems (`static:<file>[<route>]`) start with this.
+STATIC_PREFIX = "static:"
+
+
 class Severity(StrEnum):
     ERROR = "error"
     WARNING = "warning"
+
+
+class ProblemCause(StrEnum):
+    """What a problem is, for code that treats one kind apart (never shown to users)."""
+
+    NO_PORT = "no_port"  # the container exposes no port and `port` is not set
 
 
 @dataclass(frozen=True)
@@ -34,6 +45,9 @@ class Problem:
     value: str | None
     message: str
     line: int | None = None  # static routes: the key's line in the file, when known
+    # Set on the problems some caller recognises (`check` rewords NO_PORT for a compose
+    # service whose image was not inspected); not part of equality, as the text says it.
+    cause: ProblemCause | None = field(default=None, compare=False)
 
     def __str__(self) -> str:
         where = f"container {self.container!r}"
@@ -52,7 +66,33 @@ class Problem:
         return f"{where}: {self.key}={self.value!r}: {self.message}"
 
 
-STATIC_PREFIX = "static:"
+class Track(StrEnum):
+    """A member's `track` label: canary members share `split` percent of the requests."""
+
+    STABLE = "stable"
+    CANARY = "canary"
+
+
+class Origin(StrEnum):
+    """Where a route (and so a pool member) comes from."""
+
+    CONTAINER = "container"
+    STATIC = "static"  # an upstream of the static file
+
+
+class Membership(StrEnum):
+    """How Caddy learns a pool's members."""
+
+    RESOLVER = "resolver"  # dynamic upstreams: SRV answers of labelsync's resolver
+    JSON = "json"  # in the route itself: static mode, or a quiet pool outside the budget
+
+
+class HealthStatus(StrEnum):
+    """A pool member's health as judged from every check that has a verdict on it."""
+
+    HEALTHY = "healthy"
+    UNHEALTHY = "unhealthy"
+    UNKNOWN = "unknown"  # no verdict yet, or no check configured
 
 
 @dataclass(frozen=True)
@@ -70,6 +110,17 @@ class ContainerInfo:
     compose_project: str | None = None
     compose_service: str | None = None
     host_network: bool = False
+
+    @property
+    def is_up(self) -> bool:
+        """Its processes exist (running or paused): it holds its address and may serve
+        again without a start."""
+        return self.state in ("running", "paused")
+
+    @property
+    def origin(self) -> Origin:
+        """A static-file upstream (its id starts with `STATIC_PREFIX`), or a container."""
+        return Origin.STATIC if self.id.startswith(STATIC_PREFIX) else Origin.CONTAINER
 
     @property
     def is_serving(self) -> bool:
@@ -141,8 +192,8 @@ class Route:
     address: str  # "host:port" this member is dialled at
     weight: int = 1
     order: int | None = None
-    track: str = "stable"  # stable | canary
-    origin: str = "container"  # "container" | "static"
+    track: Track = Track.STABLE
+    origin: Origin = Origin.CONTAINER
     # Running (or paused) containers define a pool's shape before stopped ones do;
     # only serving ones (running, healthy, not leaving) are members. A pool whose
     # members all stopped keeps its route, so a crash writes no Caddy config.
@@ -164,8 +215,8 @@ class Member:
     container_id: str
     container_name: str
     weight: int = 1  # effective weight, after split
-    track: str = "stable"
-    origin: str = "container"
+    track: Track = Track.STABLE
+    origin: Origin = Origin.CONTAINER
 
 
 @dataclass(frozen=True)
@@ -188,10 +239,11 @@ class Pool:
     # the old replica as its successor starts is served by the old one until the new
     # one answers.
     draining: tuple[Member, ...] = ()
-    # Dynamic mode: no member, and every container of the pool was created and never
-    # started. Its route is not written until a member starts (it would cost a second
-    # write for its fallback list), nor deleted while Caddy holds it (a `compose up`
-    # that recreates a service removes the old container before it starts the new one).
+    # No member, and every container of the pool was created and never started. Its
+    # route is not written until a member starts (it would cost a second write for its
+    # members or fallback list, and a route that is invalid once started, a missing port
+    # say, would cost two), nor deleted while Caddy holds it (a `compose up` that
+    # recreates a service removes the old container before it starts the new one).
     awaiting_start: bool = False
 
     @property

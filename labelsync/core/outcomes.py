@@ -1,6 +1,6 @@
 """What one sync of the loop came to; shared by the loop and everything that reports it.
 
-The values are the `result` label of `labelsync_applies_total` (README, metrics table).
+The values are the `result` label of `labelsync_applies_total` (docs/operations.md, metrics table).
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ import math
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, replace
 
+from labelsync.core import defaults
 from labelsync.core.labels import UNSET, parse_container, pool_key_values
 from labelsync.core.model import (
     RETRIES_AUTO,
@@ -27,6 +28,7 @@ from labelsync.core.model import (
     Problem,
     Route,
     Severity,
+    Track,
 )
 from labelsync.core.names import WEIGHTED_POLICY, pool_id
 
@@ -58,13 +60,13 @@ def split_weights(routes: list[Route], split: int) -> list[int] | None:
     divided by their gcd: 10% with 2 stable + 1 canary gives 9, 9, 2. None when there is
     nothing to split (split 0, no canary, no stable, or a side weighing 0).
     """
-    canary_total = sum(r.weight for r in routes if r.track == "canary")
-    stable_total = sum(r.weight for r in routes if r.track != "canary")
+    canary_total = sum(r.weight for r in routes if r.track == Track.CANARY)
+    stable_total = sum(r.weight for r in routes if r.track != Track.CANARY)
     if split <= 0 or canary_total == 0 or stable_total == 0:
         return None
     weights = [
         split * r.weight * stable_total
-        if r.track == "canary"
+        if r.track == Track.CANARY
         else (100 - split) * r.weight * canary_total
         for r in routes
     ]
@@ -76,7 +78,7 @@ def build_pools(
     routes: Iterable[Route],
     *,
     dynamic: bool,
-    prefix: str = "labelsync",
+    prefix: str = defaults.LABEL_PREFIX,
 ) -> tuple[tuple[Pool, ...], tuple[Problem, ...]]:
     """Group routes into pools, sorted as their Caddy routes must appear."""
     groups: dict[PoolKey, list[Route]] = {}
@@ -185,8 +187,34 @@ class ParseMemo:
         if context != self._context:
             self._forget_build()
             self._context = context
-        entries = self._entries
         held = frozenset(withdrawn)
+        changed = self._changed(by_id, held)
+        removed = self._entries.keys() - by_id.keys()
+        if not changed and not removed and self._result is not None:
+            return self._result
+        touched: set[PoolKey] = set()
+        for container_id in removed:
+            touched.update(self._withdraw(container_id))
+            self._parsed.pop(container_id, None)
+        prefix, default_network, dynamic = context
+        for container in changed:
+            touched.update(self._take_in(container, held, prefix, default_network))
+        self._rebuild(touched, dynamic, prefix)
+        pool_problems = [p for problems in self._pool_problems.values() for p in problems]
+        container_problems = [p for problems in self._problems.values() for p in problems]
+        self._result = DesiredState(
+            pools=tuple(self._pools),
+            problems=tuple(sorted({*container_problems, *pool_problems}, key=_problem_order)),
+        )
+        return self._result
+
+    def _changed(
+        self, by_id: dict[str, ContainerInfo], held: frozenset[str]
+    ) -> list[ContainerInfo]:
+        """The listed containers that differ from what the last build saw of them (new,
+        another record, or withdrawn or not unlike then). An equal record replaces the
+        one seen, so that it is compared by identity next time."""
+        entries = self._entries
         candidates = [
             c for cid, c in by_id.items() if (e := entries.get(cid)) is None or e.container is not c
         ]
@@ -204,40 +232,35 @@ class ParseMemo:
                 entry.container = container  # the same: compared by identity next time
                 continue
             changed.append(container)
-        removed = entries.keys() - by_id.keys()
-        if not changed and not removed and self._result is not None:
-            return self._result
-        touched: set[PoolKey] = set()
-        for container_id in removed:
-            touched.update(self._withdraw(container_id))
-            self._parsed.pop(container_id, None)
-        prefix, default_network, dynamic = context
-        for container in changed:
-            touched.update(self._withdraw(container.id))
-            flags = _RouteFlags.of(container, held)
-            running = flags.running
-            found, problems = self.parse(
-                container, prefix=prefix, default_network=default_network, shape_only=not running
-            )
-            grouped: dict[PoolKey, list[Route]] = {}
-            for route in found:
-                grouped.setdefault((route.hosts, route.path), []).append(flags.on(route))
-            for key, routes in grouped.items():
-                self._members.setdefault(key, {})[container.id] = routes
-                touched.add(key)
-            entries[container.id] = _Entry(
-                container, container.id in held, running, problems, tuple(grouped)
-            )
-            if running and problems:
-                self._problems[container.id] = problems
-        self._rebuild(touched, dynamic, prefix)
-        pool_problems = [p for problems in self._pool_problems.values() for p in problems]
-        container_problems = [p for problems in self._problems.values() for p in problems]
-        self._result = DesiredState(
-            pools=tuple(self._pools),
-            problems=tuple(sorted({*container_problems, *pool_problems}, key=_problem_order)),
+        return changed
+
+    def _take_in(
+        self,
+        container: ContainerInfo,
+        held: frozenset[str],
+        prefix: str,
+        default_network: str | None,
+    ) -> set[PoolKey]:
+        """Put a changed container's routes into their pools in place of its old ones;
+        the keys of the pools that were or are now its."""
+        touched = set(self._withdraw(container.id))
+        flags = _RouteFlags.of(container, held)
+        running = flags.running
+        found, problems = self.parse(
+            container, prefix=prefix, default_network=default_network, shape_only=not running
         )
-        return self._result
+        grouped: dict[PoolKey, list[Route]] = {}
+        for route in found:
+            grouped.setdefault((route.hosts, route.path), []).append(flags.on(route))
+        for key, routes in grouped.items():
+            self._members.setdefault(key, {})[container.id] = routes
+            touched.add(key)
+        self._entries[container.id] = _Entry(
+            container, container.id in held, running, problems, tuple(grouped)
+        )
+        if running and problems:
+            self._problems[container.id] = problems
+        return touched
 
     def _withdraw(self, container_id: str) -> tuple[PoolKey, ...]:
         """Take a container's routes out of its pools; the keys of those pools."""
@@ -312,7 +335,7 @@ class _RouteFlags:
         """`withdrawn`: the containers leaving (a kill or stop event came)."""
         leaving = container.id in withdrawn
         return cls(
-            running=container.state in ("running", "paused"),
+            running=container.is_up,
             serving=container.is_serving and not leaving,
             draining=container.is_serving and leaving,
             starting=container.state == "created",
@@ -331,7 +354,7 @@ class _RouteFlags:
 def build_desired(
     containers: Iterable[ContainerInfo],
     *,
-    prefix: str = "labelsync",
+    prefix: str = defaults.LABEL_PREFIX,
     default_network: str | None = None,
     dynamic: bool = True,
     withdrawn: Collection[str] = (),
@@ -430,7 +453,7 @@ def _build_pool(
     draining = tuple(
         _member(r) for r in sorted((r for r in unique if r.draining), key=_selection_order)
     )
-    awaiting = dynamic and not members and all(r.starting for r in unique)
+    awaiting = not members and all(r.starting for r in unique)
     return Pool(shape=shape, members=members, draining=draining, awaiting_start=awaiting)
 
 

@@ -57,6 +57,7 @@ from dataclasses import dataclass, field
 
 from labelsync.caddy.diff import owned_routes
 from labelsync.core.model import JSON
+from labelsync.core.route_shape import without_fallback
 
 BURST_WINDOW = 2.0  # seconds: writes this close together make a burst
 BURST_QUIET = 0.5  # seconds of quiet that end a burst's wait
@@ -152,16 +153,6 @@ class Coalescer:
         self.urgent = False
 
 
-def _without_fallback(route: JSON) -> JSON:
-    handle = route.get("handle")
-    if not isinstance(handle, list) or not handle or not isinstance(handle[0], dict):
-        return route
-    if "dynamic_upstreams" not in handle[0]:
-        return route  # static members are the route's members: never deferred
-    first = {key: value for key, value in handle[0].items() if key != "upstreams"}
-    return {**route, "handle": [first, *handle[1:]]}
-
-
 def only_fallbacks_differ(current: list[JSON], desired: list[JSON]) -> bool:
     """True when `desired` differs from `current` in dynamic routes' fallback lists only."""
     held = owned_routes(current)
@@ -171,7 +162,7 @@ def only_fallbacks_differ(current: list[JSON], desired: list[JSON]) -> bool:
     for old, new in zip(held, desired, strict=True):
         if old is new or old == new:
             continue  # unchanged routes are mostly the very objects (`adopt_equal`)
-        if _without_fallback(old) != _without_fallback(new):
+        if without_fallback(old) != without_fallback(new):
             return False
         differ = True
     return differ

@@ -21,7 +21,7 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
-from typing import Generic, TypeVar
+from typing import Generic, NamedTuple, TypeVar
 
 from labelsync.core.events import DockerEvent
 from labelsync.core.model import ContainerInfo, Problem
@@ -86,6 +86,14 @@ class Broadcast(Generic[T]):
                 await pump
 
 
+class _Listing(NamedTuple):
+    """A finished listing, and the event count and time it was started at."""
+
+    generation: int  # events read before it started: an event since makes it stale
+    started: float  # monotonic seconds
+    containers: Sequence[ContainerInfo]
+
+
 class SharedSource:
     """A `ContainerSource` for several reconcilers: one event stream, shared listings."""
 
@@ -97,7 +105,7 @@ class SharedSource:
         self._generation = 0  # events read so far
         self._pending: asyncio.Task[Sequence[ContainerInfo]] | None = None
         self._pending_generation = -1
-        self._last: tuple[int, float, Sequence[ContainerInfo]] | None = None
+        self._last: _Listing | None = None
 
     @property
     def endpoint(self) -> str:
@@ -112,8 +120,12 @@ class SharedSource:
         generation = self._generation
         last = self._last
         now = time.monotonic()
-        if last is not None and last[0] == generation and now - last[1] < self.shared_for:
-            return last[2]
+        if (
+            last is not None
+            and last.generation == generation
+            and now - last.started < self.shared_for
+        ):
+            return last.containers
         if self._pending is None or self._pending_generation != generation:
             self._pending = asyncio.create_task(self._list(generation), name="shared-listing")
             self._pending_generation = generation
@@ -124,7 +136,7 @@ class SharedSource:
         started = time.monotonic()
         self.listings += 1
         containers = await self.source.snapshot()
-        self._last = (generation, started, containers)
+        self._last = _Listing(generation, started, containers)
         return containers
 
     def _listed(self, task: asyncio.Task[Sequence[ContainerInfo]]) -> None:

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 from labelsync.caddy.diff import owned_routes
 from labelsync.core.model import JSON, ContainerInfo, DesiredState
+from labelsync.core.route_shape import without_static_members
 from labelsync.errors import CaddyRefused
 
 # Given Caddy's routes as they are now: the routes to write.
@@ -36,17 +37,8 @@ class Held:
     """One quarantined route: what was refused and why."""
 
     route_id: str
-    content: JSON  # the route without its member list (`_content`)
+    content: JSON  # the route without its member list (`without_static_members`)
     error: CaddyRefused
-
-
-def _content(route: JSON) -> JSON:
-    """The route without `handle[0].upstreams`: what its labels (not members) decide."""
-    handle = route.get("handle")
-    if not isinstance(handle, list) or not handle or not isinstance(handle[0], dict):
-        return route
-    first = {key: value for key, value in handle[0].items() if key != "upstreams"}
-    return {**route, "handle": [first, *handle[1:]]}
 
 
 def revert(current: list[JSON], desired: list[JSON], route_ids: Collection[str]) -> list[JSON]:
@@ -66,8 +58,8 @@ def revert(current: list[JSON], desired: list[JSON], route_ids: Collection[str])
 
 def suspects(current: list[JSON], target: list[JSON]) -> list[str]:
     """The routes of `target` that are new or changed against `current` (in order)."""
-    held = {str(route["@id"]): _content(route) for route in owned_routes(current)}
-    return [str(r["@id"]) for r in target if held.get(str(r["@id"])) != _content(r)]
+    held = {str(route["@id"]): without_static_members(route) for route in owned_routes(current)}
+    return [str(r["@id"]) for r in target if held.get(str(r["@id"])) != without_static_members(r)]
 
 
 async def isolate(
@@ -120,7 +112,7 @@ class Quarantine:
         return tuple(self._held.values())
 
     def hold(self, route: JSON, error: CaddyRefused) -> Held:
-        held = Held(str(route["@id"]), _content(route), error)
+        held = Held(str(route["@id"]), without_static_members(route), error)
         self._held[held.route_id] = held
         return held
 
@@ -132,7 +124,7 @@ class Quarantine:
         released = [
             route_id
             for route_id, held in self._held.items()
-            if route_id not in wanted or _content(wanted[route_id]) != held.content
+            if route_id not in wanted or without_static_members(wanted[route_id]) != held.content
         ]
         for route_id in released:
             del self._held[route_id]

@@ -37,7 +37,7 @@ from typing import Any
 
 from loguru import logger
 
-from labelsync.caddy.operations import DeleteRoute, Operation
+from labelsync.caddy.operations import DeleteRoute, Operation, describe_operations
 from labelsync.caddy.render import RenderMemo, render_routes
 from labelsync.core.changes import describe_changes
 from labelsync.core.events import DockerEvent, EventKind
@@ -207,9 +207,7 @@ class Reconciler:
                 # A sync that published meanwhile saw at least as much: leave it at that.
                 if self.membership is not None and published == self._publications:
                     self.state.containers = containers
-                    self._published = self._build(containers)
-                    self.membership.publish(self._published)
-                    self._publications += 1
+                    self._publish(self._build(containers), fresh=True)
                 if not self._join_again:
                     return
         finally:
@@ -219,8 +217,7 @@ class Reconciler:
         """Withdraw leaving containers from the resolver now, from the last snapshot."""
         if self.membership is None or not self.state.containers:
             return
-        self._published = self._build(self.state.containers)
-        self.membership.publish(self._published)
+        self._publish(self._build(self.state.containers), fresh=False)
 
     def routes_of(self, container: ContainerInfo, *, shape_only: bool = False) -> tuple[Route, ...]:
         """The routes `container`'s labels give (from the parse memo: no re-parse);
@@ -251,18 +248,9 @@ class Reconciler:
         """Snapshot, build, apply; what came of it (nothing changes unless it is ok)."""
         first_event, self._first_event = self._first_event, None
         listed_at = time.monotonic()
-        try:
-            containers = tuple(await self.docker.snapshot())
-        except DockerUnavailable as exc:
-            if self.state.docker_up or self.state.last_error != str(exc):
-                logger.warning(f"{exc}; Caddy stays as it is until Docker answers")
-            self.state.docker_up = False
-            self.state.last_error = str(exc)
+        containers = await self._list()
+        if containers is None:
             return SyncResult.DOCKER_UNAVAILABLE
-        self.state.docker_up = True
-        if self._leaving:
-            self._leaving &= {c.id for c in containers}
-        self.state.containers = containers
         desired = self._build(containers)
         self._coalescer.expect(
             (c.id for c in containers if _about_to_join(c) and self.routes_of(c, shape_only=True)),
@@ -271,9 +259,7 @@ class Reconciler:
         self._log_new_problems(desired.problems)
         rendered, json_pools = desired, frozenset[str]()
         if self.membership is not None:
-            self._published = desired
-            self.membership.publish(desired)
-            self._publications += 1
+            self._publish(desired, fresh=True)
             rendered, json_pools, next_change = self.membership.channels(desired, time.monotonic())
             self._schedule_budget_sync(next_change)
         options = render_options(self.settings, json_pools)
@@ -287,15 +273,59 @@ class Reconciler:
         except CaddyRefused as exc:
             return self._refused_write(routes, exc)
         except CaddyError as exc:  # temporary: the same write may succeed later
-            self.state.caddy_up = not isinstance(exc, CaddyUnavailable)
-            self.state.last_apply_ok = False
+            return self._failed_write(exc, first_event)
+        quarantined = self._applied(desired, json_pools, operations, first_event)
+        if quarantined:
+            return SyncResult.CADDY_REFUSED  # applied, but for the routes just quarantined
+        return SyncResult.APPLIED if operations else SyncResult.UNCHANGED
+
+    async def _list(self) -> tuple[ContainerInfo, ...] | None:
+        """Docker's containers now (kept in the state), or None while Docker is away."""
+        try:
+            containers = tuple(await self.docker.snapshot())
+        except DockerUnavailable as exc:
+            if self.state.docker_up or self.state.last_error != str(exc):
+                logger.warning(f"{exc}; Caddy stays as it is until Docker answers")
+            self.state.docker_up = False
             self.state.last_error = str(exc)
-            logger.error(f"applying to Caddy failed: {exc}; retrying in {self._caddy_backoff}s")
-            self._schedule_retry(first_event)
-            return SyncResult.CADDY_FAILED
+            return None
+        self.state.docker_up = True
+        if self._leaving:
+            self._leaving &= {c.id for c in containers}
+        self.state.containers = containers
+        return containers
+
+    def _publish(self, desired: DesiredState, *, fresh: bool) -> None:
+        """Hand `desired` to the resolver. `fresh`: built from a listing taken now, which
+        a join listing started earlier must not overwrite (`_publish_joins` counts them);
+        a leave is published from the last listing, so it is not counted."""
+        assert self.membership is not None
+        self._published = desired
+        self.membership.publish(desired)
+        if fresh:
+            self._publications += 1
+
+    def _failed_write(self, exc: CaddyError, first_event: float | None) -> SyncResult:
+        """A write that may succeed later: retried on backoff."""
+        self.state.caddy_up = not isinstance(exc, CaddyUnavailable)
+        self.state.last_apply_ok = False
+        self.state.last_error = str(exc)
+        logger.error(f"applying to Caddy failed: {exc}; retrying in {self._caddy_backoff}s")
+        self._schedule_retry(first_event)
+        return SyncResult.CADDY_FAILED
+
+    def _applied(
+        self,
+        desired: DesiredState,
+        json_pools: frozenset[str],
+        operations: list[Operation],
+        first_event: float | None,
+    ) -> bool:
+        """Record a write that went through (or had nothing to do) and log what it
+        wrote; True when routes were just quarantined."""
         self._caddy_backoff = CADDY_BACKOFF[0]
         self._refused_routes = None
-        quarantined = self._log_refusals(desired)
+        quarantined = self._log_refusals(desired) > 0
         self.state.refused = {
             h.route_id: h.error.body or str(h.error) for h in self._writer.quarantine.held
         }
@@ -304,7 +334,6 @@ class Reconciler:
         # sync itself succeeded (healthz stays green; Caddy serves everything else).
         self.state.last_apply_ok = True
         self.state.last_error = None
-        latency = time.time() - first_event if first_event is not None else None
         changes = describe_changes(self.state.desired, desired) + _stale_removals(
             self.state.desired, operations
         )
@@ -314,8 +343,9 @@ class Reconciler:
         self._written_members = frozenset(m.container_id for p in desired.pools for m in p.members)
         self.json_pools = json_pools
         if changes or operations:
+            latency = time.time() - first_event if first_event is not None else None
             took = f" in {latency * 1000:.0f} ms" if latency is not None else ""
-            what = "; ".join(changes) or "restored routes in Caddy"
+            what = "; ".join(changes or self._unexplained(operations, desired, json_pools))
             if len(self._writer.quarantine):
                 held = ", ".join(h.route_id for h in self._writer.quarantine.held)
                 what += f" (held back, refused by Caddy: {held})"
@@ -324,9 +354,16 @@ class Reconciler:
             )
             self.state.applies += 1
         self.state.synced.set()
-        if quarantined:
-            return SyncResult.CADDY_REFUSED  # applied, but for the routes just quarantined
-        return SyncResult.APPLIED if operations else SyncResult.UNCHANGED
+        return quarantined
+
+    def _unexplained(
+        self, operations: list[Operation], desired: DesiredState, json_pools: frozenset[str]
+    ) -> list[str]:
+        """Words for a write no pool change explains: the operations themselves."""
+        if self.membership is None:
+            return describe_operations(operations, frozenset())
+        dynamic = frozenset(pool.id for pool in desired.pools) - json_pools
+        return describe_operations(operations, dynamic)
 
     def _refused_write(self, routes: list[dict[str, Any]], exc: CaddyRefused) -> SyncResult:
         """Caddy refused a write of `routes`: what to do about it.

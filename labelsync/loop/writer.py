@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Collection
-from typing import Any
+from typing import Any, NamedTuple
 
 from loguru import logger
 
@@ -41,9 +41,44 @@ from labelsync.loop.quarantine import Held, MakeTarget, Quarantine, isolate, rev
 from labelsync.settings import Settings
 
 CONFLICT_RETRIES = 5
-_ServerRead = tuple[list[dict[str, Any]], str | None]  # the server's routes, its ETag
-# Caddy's routes as known, the routes to write over them, and the operations between.
-_Plan = tuple[list[dict[str, Any]], list[dict[str, Any]], list[Operation]]
+
+
+class _ServerRead(NamedTuple):
+    """The server as read (or as predicted after our write)."""
+
+    routes: list[dict[str, Any]]
+    etag: str | None
+
+
+class _Plan(NamedTuple):
+    """A write worked out already: Caddy's routes as known, the routes to write over
+    them, and the operations between."""
+
+    current: list[dict[str, Any]]
+    target: list[dict[str, Any]]
+    operations: list[Operation]
+
+
+class _Refusal(NamedTuple):
+    """Caddy refused a write: its error, the routes it held and the target it refused."""
+
+    error: CaddyRefused
+    current: list[dict[str, Any]]
+    target: list[dict[str, Any]]
+
+
+def _plan_write(make: MakeTarget, current: list[dict[str, Any]], planned: _Plan | None) -> _Plan:
+    """What to write over `current` (Caddy's routes): `planned` when it was worked out
+    from these very routes, else `make(current)` and the diff to it."""
+    if planned is not None and current is planned.current:
+        # The read after our last write found what it left: diffed already.
+        return planned
+    target = make(current)
+    # Routes Caddy holds equal to desired ones become those very objects: this diff,
+    # the next ones, and the adoption after the write compare them by identity (one
+    # deep comparison per read, not three).
+    current = adopt_equal(current, target)
+    return _Plan(current, target, diff_routes(current, target))
 
 
 class RouteWriter:
@@ -120,17 +155,17 @@ class RouteWriter:
             if not self._fill_due and only_fallbacks_differ(known, wanted):
                 self._fill_fallbacks_later()  # they serve nobody while labelsync runs
                 return []
-            planned = known, wanted, operations
+            planned = _Plan(known, wanted, operations)
         self._known_routes = None
         written: list[Operation] = []
         refusal = await self._write(hold_back, written, planned)
         if refusal is None:
             return written
-        error, current, target = refusal
-        suspected = suspects(current, target)
+        error = refusal.error
+        suspected = suspects(refusal.current, refusal.target)
         if len(suspected) > 1:
             refused = await isolate(
-                lambda make: self._write_refusal(make, written), target, suspected, error
+                lambda make: self._write_refusal(make, written), refusal.target, suspected, error
             )
         else:
             refused = dict.fromkeys(suspected, error)
@@ -142,7 +177,7 @@ class RouteWriter:
         # Whatever the refused write held besides the suspects (deletions, member lists).
         again = await self._write(hold_back, written)
         if again is not None:
-            raise again[0]
+            raise again.error
         return written
 
     def take_refusals(self) -> list[Held]:
@@ -181,14 +216,14 @@ class RouteWriter:
         self, make: MakeTarget, written: list[Operation]
     ) -> CaddyRefused | None:
         refusal = await self._write(make, written)
-        return None if refusal is None else refusal[0]
+        return None if refusal is None else refusal.error
 
     async def _write(
         self,
         make: MakeTarget,
         written: list[Operation],
         planned: _Plan | None = None,
-    ) -> tuple[CaddyRefused, list[dict[str, Any]], list[dict[str, Any]]] | None:
+    ) -> _Refusal | None:
         """Write `make(Caddy's routes)`, re-reading on a stale ETag; the operations sent go
         into `written`. None when done; Caddy's refusal with the routes it held and the
         target it refused. `planned`: (routes, `make` of them, their diff) computed
@@ -204,51 +239,56 @@ class RouteWriter:
                 read = await read_back if read_back is not None else None
             read_back = None
             fresh = read is None  # read now: check the prediction against it
-            if read is not None:
-                current, etag = read  # as good as reading now: If-Match tells if it is not
-            else:
-                server, etag = await self.caddy.server(name)
-                if server is None:
-                    await self._create_server(name)
+            if read is None:
+                read = await self._read_now(name)
+                if read is None:  # there was no server: created, read it again
                     continue
-                current = list(server.get("routes") or [])
-                self._note_server(server, etag)
-            if planned is not None and current is planned[0]:
-                # The read after our last write found what it left: diffed already.
-                _, target, operations = planned
-            else:
-                target = make(current)
-                # Routes Caddy holds equal to desired ones become those very objects:
-                # this diff, the next ones, and the adoption after the write compare
-                # them by identity (one deep comparison per read, not three).
-                current = adopt_equal(current, target)
-                operations = diff_routes(current, target)
+            # A read back or predicted is as good as reading now: If-Match tells if not.
+            plan = _plan_write(make, read.routes, planned)
             planned = None
             if fresh:
-                self._check_prediction(current, etag)
-            if not operations:
-                self._known_routes = current
+                self._check_prediction(plan.current, read.etag)
+            if not plan.operations:
+                self._known_routes = plan.current
                 return None
             try:
-                await self.caddy.apply(name, current, operations, etag)
+                await self.caddy.apply(name, plan.current, plan.operations, read.etag)
             except (CaddyConflict, CaddyNotFound) as exc:
                 # A stale ETag, or a route someone deleted meanwhile: read again, re-diff.
                 logger.info(f"Caddy's config changed while we wrote ({exc.status}); re-reading")
                 continue
             except CaddyRefused as exc:
-                self._known_routes = current
-                return exc, current, target
-            self._known_routes = adopt_equal(apply_operations(current, operations), target)
-            if self._predicting and self._etag_path is not None:
-                etag = self._etags.etag(self._etag_path, self._server_rest, self._known_routes)
-                self._predicted = self._known_routes, etag
-            else:
-                self._start_read_back(name, self._known_routes)
-            self._on_write()
-            self._fill_due = False
-            written.extend(operations)
+                self._known_routes = plan.current
+                return _Refusal(exc, plan.current, plan.target)
+            self._note_accepted(name, plan)
+            written.extend(plan.operations)
             return None
         raise CaddyConflict(f"config kept changing under us ({CONFLICT_RETRIES} tries)")
+
+    async def _read_now(self, name: str) -> _ServerRead | None:
+        """The server as Caddy holds it now; None when it did not exist (it is created
+        as the listen plan says)."""
+        server, etag = await self.caddy.server(name)
+        if server is None:
+            await self._create_server(name)
+            return None
+        routes = list(server.get("routes") or [])
+        self._note_server(server, etag)
+        return _ServerRead(routes, etag)
+
+    def _note_accepted(self, name: str, plan: _Plan) -> None:
+        """Caddy accepted `plan`: what it holds now, and its next ETag (predicted, or
+        read back outside the sync)."""
+        self._known_routes = adopt_equal(
+            apply_operations(plan.current, plan.operations), plan.target
+        )
+        if self._predicting and self._etag_path is not None:
+            etag = self._etags.etag(self._etag_path, self._server_rest, self._known_routes)
+            self._predicted = _ServerRead(self._known_routes, etag)
+        else:
+            self._start_read_back(name, self._known_routes)
+        self._on_write()
+        self._fill_due = False
 
     def _start_read_back(self, name: str, expected: list[dict[str, Any]]) -> None:
         """Read the server again now that the write is answered (a write's answer carries
@@ -280,7 +320,7 @@ class RouteWriter:
         ):
             routes = expected
         self._check_prediction(routes, etag)
-        return routes, etag
+        return _ServerRead(routes, etag)
 
     def _note_server(self, server: dict[str, Any], etag: str | None) -> None:
         """Keep what a prediction of the server's next ETag needs from a read of it."""

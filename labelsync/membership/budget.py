@@ -25,7 +25,8 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 
-DEFAULT_BUDGET = 90
+from labelsync.core.defaults import DYNAMIC_BUDGET
+
 # How long a pool keeps its place after its last membership change: long enough for a
 # rolling update's next replica (health checks, start-up) to come before it leaves.
 DEFAULT_HOLD_SECONDS = 60.0
@@ -35,7 +36,7 @@ DEFAULT_HOLD_SECONDS = 60.0
 class Budget:
     """Decides, sync after sync, which pools carry their members in Caddy's JSON."""
 
-    size: int = DEFAULT_BUDGET
+    size: int = DYNAMIC_BUDGET
     hold: float = DEFAULT_HOLD_SECONDS
     # pool id -> when its SRV answer last changed (only pools that may hold the budget)
     _changed: dict[str, float] = field(default_factory=dict)

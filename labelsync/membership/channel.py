@@ -13,11 +13,13 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import replace
+from typing import NamedTuple
 
 from loguru import logger
 
 from labelsync.core.durations import parse_duration
-from labelsync.core.model import DesiredState, Member, MemberHealth, Pool
+from labelsync.core.endpoints import is_unix
+from labelsync.core.model import DesiredState, HealthStatus, Member, MemberHealth, Pool
 from labelsync.core.names import pool_dns_name
 from labelsync.errors import ConfigError
 from labelsync.membership.budget import Budget
@@ -49,6 +51,23 @@ async def _drain(resolver: Resolver, settings: Settings) -> None:
     await asyncio.sleep(seconds)
 
 
+class _PoolAnswer(NamedTuple):
+    """What one pool was last published as: `republish` computes records again only for
+    pools that changed or whose members' health did."""
+
+    pool: Pool
+    verdicts: tuple[bool, ...]  # its members' health, in member order (with checks)
+    records: tuple[SrvAnswer, ...]
+    dns_name: str
+
+
+class _LiveView(NamedTuple):
+    """A pool outside the dynamic budget and the view of it Caddy's JSON carries."""
+
+    pool: Pool
+    view: Pool  # `pool` with the members the resolver would answer (`_live_view`)
+
+
 class DynamicMembership:
     """Publishes membership to the resolver; re-publishes when a health check flips."""
 
@@ -59,12 +78,10 @@ class DynamicMembership:
         self.checker = checker
         self.budget = budget or Budget()
         self._changed: set[str] = set()  # pools whose answer changed since `channels`
-        self._json_views: dict[str, tuple[Pool, Pool]] = {}  # pool id -> (pool, live view)
+        self._json_views: dict[str, _LiveView] = {}  # pool id -> its pool and live view
         self._desired: DesiredState | None = None
         self._all_down: set[str] = set()
-        # pool id -> (pool, its members' verdicts, its records, its DNS name): a publish
-        # computes records only for pools that changed or whose members' health did.
-        self._answers: dict[str, tuple[Pool, tuple[bool, ...], tuple[SrvAnswer, ...], str]] = {}
+        self._answers: dict[str, _PoolAnswer] = {}  # pool id -> as last published
         self._served: dict[str, tuple[SrvAnswer, ...]] = {}  # DNS name -> records, as given
         self._republished: tuple[Pool, ...] | None = None  # the pools of the last republish
         self._checked: dict[str, Pool] = {}  # the pools with active checks, as last given
@@ -85,7 +102,7 @@ class DynamicMembership:
         membership: DynamicMembership | None = None
 
         def on_change(pool_id: str, address: str, healthy: bool, reason: str) -> None:
-            state = "healthy" if healthy else f"unhealthy ({reason})"
+            state = HealthStatus.HEALTHY if healthy else f"{HealthStatus.UNHEALTHY} ({reason})"
             who = membership.describe(pool_id, address) if membership is not None else address
             logger.bind(pool=pool_id, member=address).info(f"member {who} is {state}")
             if membership is not None:
@@ -95,7 +112,7 @@ class DynamicMembership:
 
         checker = ActiveChecker(on_change=on_change)
         membership = cls(resolver, checker, Budget(size=settings.dynamic_budget))
-        how = "" if resolver.bound_address.startswith("unix://") else " (udp)"
+        how = "" if is_unix(resolver.bound_address) else " (udp)"
         logger.info(f"resolver answering on {resolver.bound_address}{how}")
         try:
             yield membership
@@ -190,15 +207,15 @@ class DynamicMembership:
             by_id = {p.shape.id: p for p in fresh}
             for pool_id in stale:
                 if pool_id not in by_id and pool_id in entries:  # gone
-                    name = entries.pop(pool_id)[3]
+                    name = entries.pop(pool_id).dns_name
                     del served[name]
                     changed.add(name)
             for pool in self._checked.values():
                 by_id.setdefault(pool.shape.id, pool)
             for pool_id in self._all_down:
                 entry = entries.get(pool_id)
-                if entry is not None and id(entry[0]) in shared:
-                    by_id.setdefault(pool_id, entry[0])
+                if entry is not None and id(entry.pool) in shared:
+                    by_id.setdefault(pool_id, entry.pool)
             work = by_id.values()
         for pool in work:
             pool_id = pool.shape.id
@@ -207,17 +224,21 @@ class DynamicMembership:
                 tuple(self.checker.is_healthy(pool_id, m) for m in pool.members) if checked else ()
             )
             entry = entries.get(pool_id)
-            if entry is None or entry[1] != verdicts or (entry[0] is not pool and entry[0] != pool):
+            if (
+                entry is None
+                or entry.verdicts != verdicts
+                or (entry.pool is not pool and entry.pool != pool)
+            ):
 
                 def healthy(member: Member, pool_id: str = pool_id) -> bool:
                     return self.checker.is_healthy(pool_id, member)
 
                 records = tuple(srv_answers(pool, healthy=healthy))
-                if entry is not None and entry[2] != records:
+                if entry is not None and entry.records != records:
                     self._changed.add(pool_id)
-                entry = (pool, verdicts, records, pool_dns_name(pool_id))
+                entry = _PoolAnswer(pool, verdicts, records, pool_dns_name(pool_id))
                 entries[pool_id] = entry
-            name, records = entry[3], entry[2]
+            name, records = entry.dns_name, entry.records
             if served.get(name) is not records:
                 served[name] = records
                 changed.add(name)
@@ -247,13 +268,13 @@ class DynamicMembership:
         if not json_pools:
             self._json_views.clear()
             return desired, json_pools, None
-        views: dict[str, tuple[Pool, Pool]] = {}
+        views: dict[str, _LiveView] = {}
         pools = []
         for pool in desired.pools:
             pool_id = pool.shape.id
             if pool_id in json_pools and pool.shape.settings.active is not None:
                 view = self._live_view(pool)
-                views[pool_id] = (pool, view)
+                views[pool_id] = _LiveView(pool, view)
                 pool = view
             pools.append(pool)
         self._json_views = views
@@ -267,8 +288,8 @@ class DynamicMembership:
             return pool  # no check: every member is live
         live = serving_members(pool, healthy=lambda m: self.checker.is_healthy(pool.id, m))
         cached = self._json_views.get(pool.id)
-        if cached is not None and cached[0] is pool and cached[1].members == live:
-            return cached[1]
+        if cached is not None and cached.pool is pool and cached.view.members == live:
+            return cached.view
         return pool if live == pool.members else replace(pool, members=live)
 
     def _log_budget(self, pools: int) -> None:

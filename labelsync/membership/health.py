@@ -174,8 +174,9 @@ class ActiveChecker:
                 )
             state.successes = state.failures = 0
             self._specs[key] = spec
+            pool_id, address, _ = key
             self._tasks[key] = asyncio.get_running_loop().create_task(
-                self._probe_forever(key, spec), name=f"health {key[0]} {key[1]}"
+                self._probe_forever(key, spec), name=f"health {pool_id} {address}"
             )
 
     def is_healthy(self, pool_id: str, member: Member) -> bool:
@@ -285,10 +286,11 @@ class ActiveChecker:
             if state.healthy and state.failures >= spec.fails:
                 state.healthy, flipped = False, True
         if flipped and self._on_change is not None:
+            pool_id, address, _ = key
             try:
-                self._on_change(key[0], key[1], state.healthy, state.reason)
+                self._on_change(pool_id, address, state.healthy, state.reason)
             except Exception:
-                logger.opt(exception=True).error(f"health: on_change failed for {key[1]}")
+                logger.opt(exception=True).error(f"health: on_change failed for {address}")
 
 
 async def _read_limited(response: httpx.Response) -> bytes:

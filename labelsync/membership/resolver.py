@@ -1,28 +1,18 @@
 """labelsync's built-in DNS resolver: pool membership, served live to Caddy.
 
 Caddy's `dynamic_upstreams` (source `srv`) asks for a pool's SRV name every `refresh`
-and dials each target through the transport resolver, both pointed here. It answers:
-
-- SRV for every pool name given to `update` (TTL 0: Caddy's own refresh is the cache);
-- A / AAAA for member target names (`10-0-0-5.3f2a9b1c0d4e.ip4.labelsync.internal.`),
-  read from the name itself, so a member is dialable the moment it is answered, and still while a
-  request that picked it just before it left is in flight;
-- A / AAAA for host-name targets that some pool answers (members given by host name),
-  looked up in the system resolver; never for any other name (no open resolver);
-- NXDOMAIN for other names in `labelsync.internal`, REFUSED outside it.
+and dials each target through the transport resolver, both pointed here. What it answers,
+and how answers are packed, replayed and cut to fit, is `answers.py`; this module serves
+them over UDP, TCP and a unix socket.
 
 It must always answer, and fast: Caddy holds one lock over all SRV upstreams while a
 lookup runs, so a query left unanswered stalls every dynamic pool for Go's resolver
 timeout (10 s measured). So the server runs on its own thread and event loop, where a
-busy main loop cannot delay it; `update` swaps an immutable snapshot. Each answer is
-packed once per snapshot and replayed: a repeated question (Caddy asks the same names
-every `refresh`) costs a dictionary look-up and a copy with the asker's ID and question
-bytes patched in (~33 µs round trip on loopback, `python -m bench --only resolver`,
-against ~134 µs through the DNS library); an `update` keeps the packed answers of the
-pools it does not change. Malformed packets
-are counted and dropped. UDP answers fit the client's buffer (1232 bytes for Go): a
-longer answer becomes a window of its records with TC set (see `_fit`). TCP is served
-on the same port for clients configured with `tcp/` addresses, and for `dig +tcp`.
+busy main loop cannot delay it; `update` swaps an immutable snapshot. A repeated
+question is answered from the packed answers of the snapshot (~33 µs round trip on
+loopback, `python -m bench --only resolver`, against ~134 µs through the DNS library).
+Malformed packets are counted and dropped. TCP is served on the same port for clients
+configured with `tcp/` addresses, and for `dig +tcp`.
 """
 
 from __future__ import annotations
@@ -31,105 +21,30 @@ import asyncio
 import concurrent.futures
 import contextlib
 import errno
-import ipaddress
+import functools
 import os
-import random
 import socket
 import threading
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, cast
 
-from dnslib import AAAA, EDNS0, QTYPE, RCODE, RR, SRV, A, DNSHeader, DNSRecord
+from dnslib import QTYPE, DNSRecord
 from loguru import logger
 
-from labelsync.core.names import in_zone, parse_listen, target_ip
+from labelsync.core import defaults, endpoints
+from labelsync.core.endpoints import has_relative_path, join_host_port, unix_endpoint
+from labelsync.core.names import parse_listen
+from labelsync.membership.answers import TCP_MESSAGE_LIMIT, Responder, normal_name, udp_limit
 from labelsync.membership.srv_records import SrvAnswer
 
-TTL = 0
-# The EDNS buffer size we announce and the most we send over UDP to anyone: Go asks
-# with 1232 (the DNS-flag-day size), and loopback needs no more.
-EDNS_UDP_SIZE = 1232
-CLASSIC_UDP_SIZE = 512
-TCP_MESSAGE_LIMIT = 65535
 TCP_IDLE_SECONDS = 10.0
 
-_IN = 1
-_ANY_CLASS = 255
 _EMPTY_RESULT_ERRNOS = {
     socket.EAI_NONAME,
     getattr(socket, "EAI_NODATA", socket.EAI_NONAME),
     getattr(socket, "EAI_ADDRFAMILY", socket.EAI_NONAME),
 }
-
-
-class _CompressedSRV(SRV):  # type: ignore[misc]
-    """SRV whose target may point into names already in the message.
-
-    RFC 2782 asks for uncompressed targets, but Go parses compressed ones (measured),
-    and compression is what lets about 27 distinct IPv4 members (17 IPv6) fit one
-    1232-byte answer: each target carries its own IP and container labels, only the zone
-    is shared. A larger answer is a window of the records with TC set (`_fit`).
-    """
-
-    def pack(self, buffer: object) -> None:
-        buffer.pack("!HHH", self.priority, self.weight, self.port)  # type: ignore[attr-defined]
-        buffer.encode_name(self.target)  # type: ignore[attr-defined]
-
-
-# Answers packed once and replayed; bounded, because names outside every pool (REFUSED,
-# NXDOMAIN) are cached too and anyone who reaches the port picks those names.
-PACKED_CACHE_LIMIT = 65536
-
-
-@dataclass(frozen=True)
-class _Packed:
-    """One answer as sent: its bytes with the asker's ID and question to patch in."""
-
-    wire: bytes
-    name: str  # the question's name, normalised: what `update` invalidates by
-    pool: bool  # a served pool's name (counted in `pool_queries`)
-
-
-@dataclass(frozen=True)
-class _Served:
-    """What the resolver answers, replaced whole by `update`.
-
-    `packed` holds the answers already sent for this snapshot, keyed by the request
-    without its ID and with its question name lower-cased (`_packed_key`): a repeated
-    question (Caddy asks the same few every `refresh`) is answered by copying bytes.
-    """
-
-    pools: Mapping[str, tuple[SrvAnswer, ...]] = field(default_factory=dict)
-    hostnames: frozenset[str] = frozenset()
-    packed: dict[bytes, _Packed] = field(default_factory=dict)
-
-
-def _question_end(data: bytes) -> int:
-    """Offset just past the question's name in a request; 0 when it is not plain labels
-    (a compression pointer or a packet cut short: the full parser deals with those)."""
-    size = len(data)
-    index = 12
-    while index < size:
-        length = data[index]
-        if length == 0:
-            return index + 1
-        if length > 63:
-            return 0
-        index += length + 1
-    return 0
-
-
-def _packed_key(data: bytes, name_end: int, *, tcp: bool) -> bytes:
-    # Everything that shapes the answer but the ID: the transport (UDP answers are cut
-    # to fit, TCP ones are not), flags (RD is echoed), counts, the name (lower-cased;
-    # label lengths are below 64, so only letters change), type, class and the
-    # additional section (EDNS: the client's buffer size).
-    return (b"t" if tcp else b"u") + data[2:12] + data[12:name_end].lower() + data[name_end:]
-
-
-def _normal(name: str) -> str:
-    return name.rstrip(".").lower()
 
 
 def _bind_address(listen: str) -> tuple[str, int]:
@@ -140,23 +55,53 @@ def _bind_address(listen: str) -> tuple[str, int]:
     return host or "0.0.0.0", port  # ":8053": every (IPv4) interface
 
 
-UNIX_PREFIX = "unix://"
-
-
 def unix_socket_path(address: str) -> str | None:
     """The socket path of a `unix:///path` resolver address; None for host:port.
 
     ValueError for a relative path."""
-    if not address.startswith(UNIX_PREFIX):
-        return None
-    path = address.removeprefix(UNIX_PREFIX)
-    if not path.startswith("/"):
+    if has_relative_path(address):
         raise ValueError(f"resolver unix socket needs an absolute path: {address!r}")
-    return path
+    return endpoints.unix_socket_path(address)
 
 
-def _format_address(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+@dataclass(frozen=True)
+class _Framing:
+    """How a stream socket carries DNS messages (`Resolver._serve_stream`)."""
+
+    read: Callable[[asyncio.StreamReader], Awaitable[bytes | None]]
+    """The next message; None when the client closed the stream."""
+    frame: Callable[[bytes], bytes]
+    """An answer as written to the stream."""
+    tcp: bool
+    """Answers sized as over TCP (else as over UDP: `udp_limit`)."""
+
+
+async def _read_length_prefixed(reader: asyncio.StreamReader) -> bytes | None:
+    # IncompleteReadError when the client closes the stream (RFC 1035 4.2.2 framing).
+    async with asyncio.timeout(TCP_IDLE_SECONDS):
+        length = await reader.readexactly(2)
+    async with asyncio.timeout(TCP_IDLE_SECONDS):
+        return await reader.readexactly(int.from_bytes(length, "big"))
+
+
+async def _read_raw(reader: asyncio.StreamReader) -> bytes | None:
+    async with asyncio.timeout(TCP_IDLE_SECONDS):
+        data = await reader.read(TCP_MESSAGE_LIMIT)
+    return data or None
+
+
+def _with_length(packed: bytes) -> bytes:
+    return len(packed).to_bytes(2, "big") + packed
+
+
+def _as_is(packed: bytes) -> bytes:
+    return packed
+
+
+# TCP: each message behind its two-byte length; answers whole.
+_TCP = _Framing(read=_read_length_prefixed, frame=_with_length, tcp=True)
+# The unix socket: raw messages, answers sized as over UDP (`_serve_unix_socket`).
+_UNIX = _Framing(read=_read_raw, frame=_as_is, tcp=False)
 
 
 class Resolver:
@@ -174,24 +119,19 @@ class Resolver:
     resolver did not answer).
     """
 
-    def __init__(self, listen: str = "127.0.0.1:8053", *, lookup_timeout: float = 2.0) -> None:
+    def __init__(
+        self, listen: str = defaults.RESOLVER_LISTEN, *, lookup_timeout: float = 2.0
+    ) -> None:
         self._unix_path = unix_socket_path(listen)
         self._listen = ("", 0) if self._unix_path else _bind_address(listen)
         self._lookup_timeout = lookup_timeout
-        self._served = _Served()
+        self._responder = Responder()
         self._bound: str | None = None
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping: asyncio.Event | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._warned_truncation: set[str] = set()
         self.tcp_enabled = False
-        self._refusing_pools = False
-        self.queries = 0
-        self.pool_queries = 0
-        self.malformed = 0
-        self.truncated = 0
-        self.lookup_failures = 0
 
     @property
     def bound_address(self) -> str:
@@ -200,9 +140,29 @@ class Resolver:
             raise RuntimeError("resolver not started")
         return self._bound
 
+    @property
+    def queries(self) -> int:
+        return self._responder.queries
+
+    @property
+    def pool_queries(self) -> int:
+        return self._responder.pool_queries
+
+    @property
+    def malformed(self) -> int:
+        return self._responder.malformed
+
+    @property
+    def truncated(self) -> int:
+        return self._responder.truncated
+
+    @property
+    def lookup_failures(self) -> int:
+        return self._responder.lookup_failures
+
     def answers(self) -> Mapping[str, tuple[SrvAnswer, ...]]:
         """The records served now, by pool DNS name (lower case, no trailing dot)."""
-        return self._served.pools
+        return self._responder.served.pools
 
     def update(
         self, pools: Mapping[str, Sequence[SrvAnswer]], *, changed: Iterable[str] | None = None
@@ -214,46 +174,7 @@ class Resolver:
         `changed`: the names whose answers may differ from the last update (added,
         changed, or gone from `pools`); every other name is taken as it was, unread.
         """
-        previous = self._served
-        old = previous.pools
-        served: dict[str, tuple[SrvAnswer, ...]]
-        if changed is not None:
-            served = dict(old)
-            touched: set[str] = set()
-            for name in changed:
-                normal = _normal(name)
-                given = pools.get(name)
-                if given is None:
-                    served.pop(normal, None)
-                else:
-                    served[normal] = tuple(given)
-                if old.get(normal) != served.get(normal):
-                    touched.add(normal)
-        else:
-            served = {_normal(name): tuple(records) for name, records in pools.items()}
-            touched = {name for name, records in served.items() if old.get(name) != records}
-            touched.update(old.keys() - served.keys())
-        hostnames = previous.hostnames
-        # Host-name targets only of the answers that changed: the others' are the same.
-        if any(
-            target_ip(record.target) is None
-            for name in touched
-            for record in (*old.get(name, ()), *served.get(name, ()))
-        ):
-            hostnames = frozenset(
-                _normal(record.target)
-                for records in served.values()
-                for record in records
-                if target_ip(record.target) is None
-            )
-        packed: dict[bytes, _Packed] = {}
-        if hostnames == previous.hostnames:
-            # A copy of the dict, taken while the resolver thread may add to it: a key
-            # added meanwhile is either copied or asked again, never wrong.
-            for key, entry in list(previous.packed.items()):
-                if entry.name not in touched:
-                    packed[key] = entry
-        self._served = _Served(pools=served, hostnames=hostnames, packed=packed)
+        self._responder.update(pools, changed=changed)
 
     def refuse_pools(self) -> None:
         """From now on answer pool (SRV) names REFUSED, member names as before; thread-safe.
@@ -263,10 +184,7 @@ class Resolver:
         up to its `refresh`) still resolve. Stopping at once instead leaves those names
         unresolvable: the requests that picked one fail, or wait out a timeout.
         """
-        self._refusing_pools = True
-        # A fresh snapshot: the packed answers kept so far include pool answers.
-        served = self._served
-        self._served = _Served(pools=served.pools, hostnames=served.hostnames)
+        self._responder.refuse_pools()
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -324,9 +242,7 @@ class Resolver:
             self._close_udp(udp)
             if tcp is not None:
                 tcp.close()
-            for task in list(self._tasks):
-                task.cancel()
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+            await self._cancel_tasks()
             if tcp is not None:
                 await tcp.wait_closed()
 
@@ -344,62 +260,28 @@ class Resolver:
         try:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)  # a previous labelsync's; connecting to it is refused
-            server = await asyncio.start_unix_server(self._serve_unix, path=path)
+            server = await asyncio.start_unix_server(
+                functools.partial(self._serve_stream, framing=_UNIX), path=path
+            )
             os.chmod(path, 0o666)  # Caddy may run as another user: the directory guards it
         except BaseException as exc:
             ready.set_exception(exc)
             return
-        ready.set_result(f"{UNIX_PREFIX}{path}")
+        ready.set_result(unix_endpoint(path))
         try:
             await self._stopping.wait()
         finally:
             server.close()
-            for task in list(self._tasks):
-                task.cancel()
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+            await self._cancel_tasks()
             await server.wait_closed()
             with contextlib.suppress(OSError):
                 os.unlink(path)
 
-    async def _answer_message(self, data: bytes, *, tcp: bool) -> bytes | None:
-        """The packed answer to one message read from a stream (TCP, or the unix socket,
-        which carries raw messages sized as over UDP); None for garbage."""
-        served = self._served
-        packed = self._answer_packed(data, served, tcp=tcp)
-        if packed is not None:
-            return packed
-        request = self._parse(data)
-        if request is None:
-            return None
-        limit = None if tcp else self._udp_limit(request)
-        reply = self._reply(request, served)
-        if reply is None:  # a host-name target: not the same for every asker
-            return self._pack(request, await self._reply_by_lookup(request), limit)
-        return self._pack_and_keep(data, request, reply, limit, served)
-
-    async def _serve_unix(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        if task is not None:
-            self._tasks.add(task)
-        try:
-            while True:
-                async with asyncio.timeout(TCP_IDLE_SECONDS):
-                    data = await reader.read(TCP_MESSAGE_LIMIT)
-                if not data:
-                    break
-                packed = await self._answer_message(data, tcp=False)
-                if packed is None:
-                    break
-                writer.write(packed)
-                await writer.drain()
-        except (TimeoutError, ConnectionError):
-            pass
-        finally:
-            if task is not None:
-                self._tasks.discard(task)
-            writer.close()
-            with contextlib.suppress(ConnectionError, asyncio.CancelledError):
-                await writer.wait_closed()
+    async def _cancel_tasks(self) -> None:
+        """End the connections and the lookups still running."""
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
 
     def _close_udp(self, udp: asyncio.DatagramTransport) -> None:
         """Close without losing a query: each one gets an answer or a refusal.
@@ -410,6 +292,7 @@ class Resolver:
         never sends (from then on the kernel refuses other senders with ICMP port
         unreachable, which Go reports at once), then the queue is read out and answered.
         """
+        responder = self._responder
         sock = udp.get_extra_info("socket")
         try:
             family = sock.family
@@ -423,10 +306,10 @@ class Resolver:
                 twin.setblocking(False)
                 for _ in range(10_000):
                     data, addr = twin.recvfrom(TCP_MESSAGE_LIMIT)
-                    request = self._parse(data)
-                    reply = None if request is None else self._reply(request, self._served)
+                    request = responder.parse(data)
+                    reply = None if request is None else responder.reply(request, responder.served)
                     if request is not None and reply is not None:
-                        twin.sendto(self._pack(request, reply, self._udp_limit(request)), addr)
+                        twin.sendto(responder.pack(request, reply, udp_limit(request)), addr)
             except OSError:  # BlockingIOError: the queue is empty
                 pass
         udp.close()
@@ -443,18 +326,20 @@ class Resolver:
             )
             bound_host, bound_port = udp.get_extra_info("sockname")[:2]
             try:
-                tcp = await asyncio.start_server(self._serve_tcp, bound_host, bound_port)
+                tcp = await asyncio.start_server(
+                    functools.partial(self._serve_stream, framing=_TCP), bound_host, bound_port
+                )
             except OSError as exc:
                 if port == 0 and exc.errno == errno.EADDRINUSE and attempt < 4:
                     udp.close()
                     continue
                 logger.warning(
-                    f"resolver: TCP {_format_address(bound_host, bound_port)} unavailable "
+                    f"resolver: TCP {join_host_port(bound_host, bound_port)} unavailable "
                     f"({exc}); answering over UDP only"
                 )
                 tcp = None
             self.tcp_enabled = tcp is not None
-            return udp, tcp, _format_address(bound_host, bound_port)
+            return udp, tcp, join_host_port(bound_host, bound_port)
         raise OSError("resolver: no port free for both UDP and TCP")  # pragma: no cover
 
     # -- transports --------------------------------------------------------------------------
@@ -462,18 +347,19 @@ class Resolver:
     def _on_datagram(
         self, data: bytes, addr: tuple[str, int], udp: asyncio.DatagramTransport
     ) -> None:
-        served = self._served
-        fast = self._answer_packed(data, served, tcp=False)
+        responder = self._responder
+        served = responder.served
+        fast = responder.answer_packed(data, served, tcp=False)
         if fast is not None:
             udp.sendto(fast, addr)
             return
-        request = self._parse(data)
+        request = responder.parse(data)
         if request is None:
             return
-        reply = self._reply(request, served)
+        reply = responder.reply(request, served)
         if reply is not None:
-            limit = self._udp_limit(request)
-            udp.sendto(self._pack_and_keep(data, request, reply, limit, served), addr)
+            limit = udp_limit(request)
+            udp.sendto(responder.pack_and_keep(data, request, reply, limit, served), addr)
             return
         task = asyncio.get_running_loop().create_task(self._answer_later(request, addr, udp))
         self._tasks.add(task)
@@ -484,22 +370,25 @@ class Resolver:
     ) -> None:
         reply = await self._reply_by_lookup(request)
         if not udp.is_closing():
-            udp.sendto(self._pack(request, reply, self._udp_limit(request)), addr)
+            udp.sendto(self._responder.pack(request, reply, udp_limit(request)), addr)
 
-    async def _serve_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _serve_stream(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, framing: _Framing
+    ) -> None:
+        """Answer the messages of one stream connection (TCP or the unix socket) until
+        the client closes it, goes idle for `TCP_IDLE_SECONDS`, or sends garbage."""
         task = asyncio.current_task()
         if task is not None:
             self._tasks.add(task)
         try:
             while True:
-                async with asyncio.timeout(TCP_IDLE_SECONDS):
-                    length = await reader.readexactly(2)
-                async with asyncio.timeout(TCP_IDLE_SECONDS):
-                    data = await reader.readexactly(int.from_bytes(length, "big"))
-                packed = await self._answer_message(data, tcp=True)
+                data = await framing.read(reader)
+                if data is None:
+                    break
+                packed = await self._answer_message(data, tcp=framing.tcp)
                 if packed is None:
                     break  # a stream that sent garbage is not worth reading further
-                writer.write(len(packed).to_bytes(2, "big") + packed)
+                writer.write(framing.frame(packed))
                 await writer.drain()
         except (asyncio.IncompleteReadError, TimeoutError, ConnectionError):
             pass
@@ -510,129 +399,30 @@ class Resolver:
             with contextlib.suppress(ConnectionError, asyncio.CancelledError):
                 await writer.wait_closed()
 
-    # -- answering ---------------------------------------------------------------------------
-
-    def _answer_packed(self, data: bytes, served: _Served, *, tcp: bool) -> bytes | None:
-        """The answer to `data` from the packed answers of this snapshot, or None.
-
-        The hot path: Caddy holds its lock over every SRV pool while it waits for this.
-        The answer is the packed one with the asker's ID and question bytes (the case
-        it asked in) copied in; everything else is the same for the same key.
-        """
-        name_end = _question_end(data)
-        if not name_end:
+    async def _answer_message(self, data: bytes, *, tcp: bool) -> bytes | None:
+        """The packed answer to one message read from a stream (TCP, or the unix socket,
+        which carries raw messages sized as over UDP); None for garbage."""
+        responder = self._responder
+        served = responder.served
+        packed = responder.answer_packed(data, served, tcp=tcp)
+        if packed is not None:
+            return packed
+        request = responder.parse(data)
+        if request is None:
             return None
-        entry = served.packed.get(_packed_key(data, name_end, tcp=tcp))
-        if entry is None:
-            return None
-        self.queries += 1
-        if entry.pool:
-            self.pool_queries += 1
-        wire = entry.wire
-        return data[:2] + wire[2:12] + data[12:name_end] + wire[name_end:]
-
-    def _pack_and_keep(
-        self,
-        data: bytes,
-        request: DNSRecord,
-        reply: DNSRecord,
-        limit: int | None,
-        served: _Served,
-    ) -> bytes:
-        """`_pack`, remembering the answer for `_answer_packed` when it is the same for
-        every asker of the same question (not a window of a truncated answer).
-
-        `served` is the snapshot `reply` was made from: an answer is only ever kept in
-        its own snapshot, so an `update` in between cannot leave a stale one behind.
-        """
-        packed = self._pack(request, reply, limit)
-        name_end = _question_end(data)
-        cacheable = (
-            name_end
-            and not reply.header.tc
-            and len(served.packed) < PACKED_CACHE_LIMIT
-            and len(request.questions) == 1
-            # The answer echoes the question: same layout as the request up to its end.
-            and packed[12:name_end].lower() == data[12:name_end].lower()
-        )
-        if cacheable:
-            name = _normal(str(request.q.qname))
-            key = _packed_key(data, name_end, tcp=limit is None)
-            served.packed[key] = _Packed(wire=packed, name=name, pool=name in served.pools)
-        return packed
-
-    def _parse(self, data: bytes) -> DNSRecord | None:
-        self.queries += 1
-        try:
-            request = DNSRecord.parse(data)
-        except Exception:  # dnslib raises several types on garbage; all mean "drop it"
-            self.malformed += 1
-            return None
-        if request.header.qr:  # a response: never answer one (no loops)
-            self.malformed += 1
-            return None
-        return request
-
-    def _new_reply(self, request: DNSRecord, rcode: int = RCODE.NOERROR) -> DNSRecord:
-        header = DNSHeader(
-            id=request.header.id, qr=1, aa=1, ra=0, rd=request.header.rd, rcode=rcode
-        )
-        reply = DNSRecord(header, q=request.q if request.questions else None)
-        if any(rr.rtype == QTYPE.OPT for rr in request.ar):
-            reply.add_ar(EDNS0(udp_len=EDNS_UDP_SIZE))
-        return reply
-
-    def _reply(self, request: DNSRecord, served: _Served) -> DNSRecord | None:
-        """The reply from `served`, or None when it needs a system lookup
-        (`_reply_by_lookup`)."""
-        header = request.header
-        if header.opcode != 0:
-            return self._new_reply(request, RCODE.NOTIMP)
-        if len(request.questions) != 1:
-            return self._new_reply(request, RCODE.FORMERR)
-        question = request.q
-        name, qtype = _normal(str(question.qname)), question.qtype
-        if question.qclass not in (_IN, _ANY_CLASS):
-            return self._refused(request)
-        reply = self._new_reply(request)
-        records = served.pools.get(name)
-        if records is not None and self._refusing_pools:
-            return self._refused(request)
-        if records is not None:
-            self.pool_queries += 1
-            if qtype in (QTYPE.SRV, QTYPE.ANY):
-                for record in records:
-                    rdata = _CompressedSRV(
-                        record.priority, record.weight, record.port, record.target
-                    )
-                    reply.add_answer(RR(question.qname, QTYPE.SRV, ttl=TTL, rdata=rdata))
-            return reply
-        ip = target_ip(name)
-        if ip is not None:
-            if isinstance(ip, ipaddress.IPv4Address) and qtype in (QTYPE.A, QTYPE.ANY):
-                reply.add_answer(RR(question.qname, QTYPE.A, ttl=TTL, rdata=A(str(ip))))
-            elif isinstance(ip, ipaddress.IPv6Address) and qtype in (QTYPE.AAAA, QTYPE.ANY):
-                reply.add_answer(RR(question.qname, QTYPE.AAAA, ttl=TTL, rdata=AAAA(str(ip))))
-            return reply
-        if in_zone(name):
-            reply.header.rcode = RCODE.NXDOMAIN
-            return reply
-        if name in served.hostnames:
-            return None if qtype in (QTYPE.A, QTYPE.AAAA) else reply
-        return self._refused(request)
-
-    def _refused(self, request: DNSRecord) -> DNSRecord:
-        reply = self._new_reply(request, RCODE.REFUSED)
-        reply.header.aa = 0
-        return reply
+        limit = None if tcp else udp_limit(request)
+        reply = responder.reply(request, served)
+        if reply is None:  # a host-name target: not the same for every asker
+            return responder.pack(request, await self._reply_by_lookup(request), limit)
+        return responder.pack_and_keep(data, request, reply, limit, served)
 
     async def _reply_by_lookup(self, request: DNSRecord) -> DNSRecord:
         """A / AAAA for a host-name target, from the system resolver."""
         question = request.q
-        name = _normal(str(question.qname))
+        name = normal_name(str(question.qname))
         v6 = question.qtype == QTYPE.AAAA
         loop = asyncio.get_running_loop()
-        reply = self._new_reply(request)
+        addresses: list[str] | None
         try:
             async with asyncio.timeout(self._lookup_timeout):
                 infos = await loop.getaddrinfo(
@@ -642,76 +432,13 @@ class Resolver:
                     type=socket.SOCK_STREAM,
                 )
         except socket.gaierror as exc:
-            if exc.errno in _EMPTY_RESULT_ERRNOS:
-                return reply  # the name serves a pool: say "no address of this type"
-            self.lookup_failures += 1
-            reply.header.rcode = RCODE.SERVFAIL
-            return reply
+            # The name serves a pool: say "no address of this type", or SERVFAIL.
+            addresses = [] if exc.errno in _EMPTY_RESULT_ERRNOS else None
         except (TimeoutError, OSError):
-            self.lookup_failures += 1
-            reply.header.rcode = RCODE.SERVFAIL
-            return reply
-        addresses = sorted({str(info[4][0]) for info in infos})
-        for address in addresses:
-            rdata = AAAA(address) if v6 else A(address)
-            reply.add_answer(RR(question.qname, question.qtype, ttl=TTL, rdata=rdata))
-        return reply
-
-    # -- size --------------------------------------------------------------------------------
-
-    @staticmethod
-    def _udp_limit(request: DNSRecord) -> int:
-        for rr in request.ar:
-            if rr.rtype == QTYPE.OPT:
-                return max(CLASSIC_UDP_SIZE, min(int(rr.rclass), EDNS_UDP_SIZE))
-        return CLASSIC_UDP_SIZE
-
-    def _pack(self, request: DNSRecord, reply: DNSRecord, limit: int | None) -> bytes:
-        packed: bytes = reply.pack()
-        if len(packed) <= (limit or TCP_MESSAGE_LIMIT):
-            return packed
-        if limit is None:
-            raise ValueError("answer larger than a DNS message")  # 65535 bytes: not reachable
-        return self._fit(request, reply, limit)
-
-    def _fit(self, request: DNSRecord, reply: DNSRecord, limit: int) -> bytes:
-        """The most records that fit `limit`, with TC set.
-
-        Go's resolver, on TC, asks again "over TCP", but Caddy's dialer sends that query
-        over UDP too and Go then takes the truncated answer as it is (measured). So a
-        pool whose answer does not fit gets a window of its records: for records of one
-        priority the window starts at a random record, so that every member is seen
-        over successive refreshes (and repeated weights keep their shares on average);
-        for prioritised records (`first`) the window is the head of the list.
-        """
-        records = list(reply.rr)
-        name = _normal(str(request.q.qname))
-        start = 0
-        if records and len({rr.rdata.priority for rr in records if rr.rtype == QTYPE.SRV}) == 1:
-            start = random.randrange(len(records))
-        rotated = records[start:] + records[:start]
-
-        def packed_with(count: int) -> bytes:
-            reply.rr = rotated[:count]
-            reply.header.tc = 1
-            data: bytes = reply.pack()
-            return data
-
-        low, high = 0, len(rotated)  # largest count whose packing fits
-        while low < high:
-            middle = (low + high + 1) // 2
-            if len(packed_with(middle)) <= limit:
-                low = middle
-            else:
-                high = middle - 1
-        self.truncated += 1
-        if name not in self._warned_truncation:
-            self._warned_truncation.add(name)
-            logger.warning(
-                f"resolver: the answer for {name} has {len(records)} records; {low} fit "
-                f"one UDP message, so each lookup gets a window of them (TC set)"
-            )
-        return packed_with(low)
+            addresses = None
+        else:
+            addresses = sorted({str(info[4][0]) for info in infos})
+        return self._responder.address_reply(request, addresses)
 
 
 class _UdpProtocol(asyncio.DatagramProtocol):
@@ -728,7 +455,7 @@ class _UdpProtocol(asyncio.DatagramProtocol):
         try:
             self._resolver._on_datagram(data, addr, self._transport)
         except Exception:  # one bad query must never take the server down
-            self._resolver.malformed += 1
+            self._resolver._responder.malformed += 1
             logger.opt(exception=True).debug("resolver: query dropped")
 
     def error_received(self, exc: Exception) -> None:

@@ -1,8 +1,14 @@
 """The `/healthz` verdict: is this daemon doing its job right now?
 
-Healthy when Docker answers, every Caddy admin endpoint answers, and the last apply
-succeeded. Whether Caddy answers is asked at request time (the snapshot only knows how
-the last request went), so the caller pings and passes the answers in.
+Healthy (200) when Docker answers, every Caddy admin endpoint answers, and the last apply
+succeeded; otherwise 503 with the reasons. Whether Caddy answers is asked at request time
+(the snapshot only knows how the last request went), so the caller pings and passes the
+answers in.
+
+A config source the daemon cannot use (a static file that cannot be read or parsed) does
+not make it unhealthy: it keeps serving that source's last good version, and a probe
+that restarted it on a 503 would lose exactly that. It is listed under `warnings` (with
+the file, the reason and since when), and `status` reads `degraded`, still with a 200.
 """
 
 from __future__ import annotations
@@ -10,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from labelsync.core.model import JSON
-from labelsync.report.snapshot import Snapshot
+from labelsync.report.views import Snapshot
 
 
 def healthz(snapshot: Snapshot, caddy_answers: Sequence[tuple[str, bool]]) -> tuple[bool, JSON]:
@@ -23,9 +29,11 @@ def healthz(snapshot: Snapshot, caddy_answers: Sequence[tuple[str, bool]]) -> tu
             reasons.append(f"Caddy's admin API at {endpoint} does not answer")
     if not snapshot.last_apply_ok:
         reasons.append("the last apply failed" if snapshot.synced else "no successful sync yet")
+    warnings = [str(problem) for problem in snapshot.stale]
     body = {
-        "status": "ok" if not reasons else "unavailable",
+        "status": "unavailable" if reasons else ("degraded" if warnings else "ok"),
         "reasons": reasons,
+        "warnings": warnings,
         "docker_up": snapshot.docker_up,
         "caddy_up": all(answers for _, answers in caddy_answers),
         "last_apply_ok": snapshot.last_apply_ok,

@@ -1,10 +1,10 @@
 """Prometheus `/metrics` and `/healthz` on `LABELSYNC_METRICS_LISTEN`.
 
-Values come from the daemon's `Snapshot` (`snapshot.py`) and, at scrape time, from
-Caddy's `/reverse_proxy/upstreams` (per-upstream counts); they are served by the small
-HTTP endpoint on the daemon's loop (`http.py`). Each `Metrics` holds a
-`CollectorRegistry` of its own, never the global default, so several daemons (or tests)
-live in one process.
+Values come from the daemon's `Snapshot` (`views.py`, kept by `snapshot.py`'s
+`LiveView`) and, at scrape time, from Caddy's `/reverse_proxy/upstreams` (per-upstream
+counts); they are served by the small HTTP endpoint on the daemon's loop (`http.py`).
+Each `Metrics` holds a `CollectorRegistry` of its own, never the global default, so
+several daemons (or tests) live in one process.
 
 Families (all prefixed `labelsync_`):
 
@@ -38,7 +38,7 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 
 from labelsync.core.events import DockerEvent
-from labelsync.core.model import JSON, Severity
+from labelsync.core.model import JSON, HealthStatus, Severity
 from labelsync.core.outcomes import SyncResult
 from labelsync.errors import CaddyError
 from labelsync.report.healthz import healthz
@@ -221,7 +221,7 @@ class _LiveCollector(Collector):
             labels=["pool", "channel"],
         )
         for pool in snapshot.pools:
-            channel.add_metric([pool.id, pool.membership], 1.0)
+            channel.add_metric([pool.id, pool.membership.value], 1.0)
         yield channel
         problems = GaugeMetricFamily(
             "labelsync_label_problems", "Label problems in the current input.", labels=["severity"]
@@ -257,8 +257,8 @@ class _LiveCollector(Collector):
         for pool in report.pools if report is not None else ():
             for member in pool.members:
                 values = [pool.id, member.address, member.container or ""]
-                if member.health != "unknown":
-                    healthy.add_metric(values, float(member.health == "healthy"))
+                if member.health is not HealthStatus.UNKNOWN:
+                    healthy.add_metric(values, float(member.health is HealthStatus.HEALTHY))
                 if member.active_requests is not None:
                     active.add_metric(values, float(member.active_requests))
                 if member.failures is not None:

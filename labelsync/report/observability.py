@@ -26,8 +26,9 @@ from labelsync.core.events import DockerEvent
 from labelsync.core.outcomes import SyncResult
 from labelsync.report.metrics import CaddyReader, Metrics
 from labelsync.report.sdnotify import SystemdNotifier
-from labelsync.report.snapshot import LiveView, Snapshot
+from labelsync.report.snapshot import LiveView
 from labelsync.report.state_file import StateFileWriter
+from labelsync.report.views import Snapshot
 
 STATE_REFRESH = 1.0  # seconds between checks for changes no event announces (first verdicts)
 

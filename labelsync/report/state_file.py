@@ -11,9 +11,9 @@ state.json`, else `/run/labelsync/state.json` for root (the unit's RuntimeDirect
 `/tmp/labelsync-<uid>/state.json`. Readers also look in `/run/labelsync/`, so a root shell
 whose XDG_RUNTIME_DIR is `/run/user/0` still finds the system service's file.
 
-The file holds the JSON form of the daemon's `Snapshot` (`snapshot.py`): facts such as
-Docker's health, the check's verdict and reason, whether the member is in its pool's
-answer. Judging them into healthy/unhealthy/unknown is left to the reader, which adds
+The file holds the JSON form of the daemon's `Snapshot` (`snapshot_json.py`): facts
+such as Docker's health, the check's verdict and reason, whether the member is in its
+pool's answer. Judging them into healthy/unhealthy/unknown is left to the reader, which adds
 what Caddy knows (`labelsync.app.status`). This module only finds and writes the file.
 """
 
@@ -31,7 +31,8 @@ from typing import TYPE_CHECKING
 from loguru import logger
 
 from labelsync.core.model import JSON
-from labelsync.report.snapshot import STATE_VERSION, Snapshot
+from labelsync.report.snapshot_json import STATE_VERSION
+from labelsync.report.views import Snapshot
 
 if TYPE_CHECKING:
     from labelsync.settings import Settings

@@ -16,15 +16,16 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from labelsync.core.explain import judge_container, problem_json, verdict_json
-from labelsync.core.model import JSON
+from labelsync.core.explain import VerdictStatus, judge_verdict, problem_json, verdict_json
+from labelsync.core.model import JSON, HealthStatus, Membership, Origin, Track
 from labelsync.core.names import (
     has_instance,
     is_owned,
     member_address_of,
     member_target,
 )
-from labelsync.report.snapshot import MemberView, PoolView, Snapshot
+from labelsync.core.route_shape import is_dynamic, static_members
+from labelsync.report.views import MemberView, PoolView, Snapshot
 
 REPORT_VERSION = 1
 CADDY_PASSIVE_MAX_FAILS = 1  # Caddy's default when passive checks are on
@@ -33,9 +34,9 @@ CADDY_PASSIVE_MAX_FAILS = 1  # Caddy's default when passive checks are on
 @dataclass(frozen=True)
 class MemberStatus:
     container: str | None  # container name; None when only Caddy knows the member
-    origin: str | None  # "container" or "static" (static-file route); None when unknown
+    origin: Origin | None  # None when only Caddy knows the member
     address: str
-    health: str  # healthy | unhealthy | unknown
+    health: HealthStatus
     reason: str | None
     active_requests: int | None
     failures: int | None
@@ -53,9 +54,9 @@ class PoolStatus:
     members: tuple[MemberStatus, ...]
     note: str | None = None
     caddy_policy: str | None = None  # what Caddy's route holds, when it is not `policy`
-    # How Caddy learns the members: "resolver" (dynamic upstreams) or "json" (in the
-    # route: static mode, or a quiet pool outside the dynamic budget); None when unknown.
-    membership: str | None = None
+    # How Caddy learns the members (dynamic upstreams, or in the route: static mode, or a
+    # quiet pool outside the dynamic budget); None when unknown.
+    membership: Membership | None = None
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,9 @@ class StatusReport:
     # its members' health here); label problems of no listed container (static file).
     containers: tuple[JSON, ...] = ()
     other_problems: tuple[JSON, ...] = ()
+    # Config sources the daemon cannot use and whose last good version it serves (a
+    # static file that cannot be read or parsed): the text of their problem, with since when.
+    warnings: tuple[str, ...] = ()
 
 
 # -- judging health ------------------------------------------------------------------------
@@ -83,15 +87,16 @@ class _Signals:
     def add(self, verdict: bool | None, reason: str) -> None:
         self.found.append((verdict, reason))
 
-    def judge(self) -> tuple[str, str | None]:
+    def judge(self) -> tuple[HealthStatus, str | None]:
         failing = [why for verdict, why in self.found if verdict is False]
         if failing:
-            return "unhealthy", "; ".join(failing)
+            return HealthStatus.UNHEALTHY, "; ".join(failing)
         passing = [why for verdict, why in self.found if verdict is True]
         if passing:
-            return "healthy", "; ".join(passing)
+            return HealthStatus.HEALTHY, "; ".join(passing)
         pending = [why for verdict, why in self.found if verdict is None]
-        return "unknown", "; ".join(pending) if pending else "no health check configured"
+        why = "; ".join(pending) if pending else "no health check configured"
+        return HealthStatus.UNKNOWN, why
 
 
 @dataclass(frozen=True)
@@ -108,7 +113,7 @@ class _PoolFacts:
     passive: tuple[int, str] | None  # max_fails, fail_duration
     members: Sequence[MemberView] | None  # None: unknown
     caddy_policy: str | None = None  # Caddy's, where the labels' policy is carried otherwise
-    membership: str | None = None  # resolver | json
+    membership: Membership | None = None
 
 
 def _route_facts(route: JSON) -> _PoolFacts:
@@ -119,10 +124,10 @@ def _route_facts(route: JSON) -> _PoolFacts:
     checks = handler.get("health_checks") or {}
     passive = checks.get("passive")
     selection = (handler.get("load_balancing") or {}).get("selection_policy") or {}
-    dynamic = "dynamic_upstreams" in handler
+    dynamic = is_dynamic(route)
     members = None
     if not dynamic:
-        members = [_caddy_member(u["dial"]) for u in handler.get("upstreams") or [] if "dial" in u]
+        members = [_caddy_member(u["dial"]) for u in static_members(route) or [] if "dial" in u]
     return _PoolFacts(
         id=str(route["@id"]),
         hosts=tuple(match.get("host") or ()),
@@ -131,7 +136,7 @@ def _route_facts(route: JSON) -> _PoolFacts:
         dynamic=dynamic,
         caddy_active="active" in checks,
         labelsync_active=False,
-        membership="resolver" if dynamic else "json",
+        membership=Membership.RESOLVER if dynamic else Membership.JSON,
         passive=None
         if passive is None
         else (
@@ -148,9 +153,9 @@ def _caddy_member(address: str) -> MemberView:
         address=address,
         container=None,
         container_id=None,
-        origin="caddy",
+        origin=None,  # neither a container nor the static file: only Caddy's route
         weight=1,
-        track="stable",
+        track=Track.STABLE,
         in_pool=True,
         check=None,
     )
@@ -168,7 +173,7 @@ def _state_facts(pool: PoolView, dynamic: bool) -> _PoolFacts:
         labelsync_active=active and dynamic,
         passive=pool.passive,
         members=pool.members,
-        membership=pool.membership if dynamic else "json",
+        membership=pool.membership if dynamic else Membership.JSON,
     )
 
 
@@ -229,7 +234,7 @@ def _judge_member(
     pool: _PoolFacts,
     counts: JSON | None,
     caddy_health: Mapping[str, bool] | None,
-) -> tuple[str, str | None]:
+) -> tuple[HealthStatus, str | None]:
     signals = _Signals()
     if fact.container_state == "paused":
         signals.add(False, "container paused")
@@ -281,8 +286,8 @@ def _member_status(
         counts = index.get((True, address.lower()))
     health, reason = _judge_member(fact, pool, counts, caddy_health)
     return MemberStatus(
-        container=fact.container if fact.origin == "container" else None,
-        origin=fact.origin if fact.origin != "caddy" else None,
+        container=fact.container if fact.origin is Origin.CONTAINER else None,
+        origin=fact.origin,
         address=address,
         health=health,
         reason=reason,
@@ -308,71 +313,107 @@ def build_report(
     state's pools alone); `caddy_health` maps Caddy's upstream addresses to its active
     check verdicts (None when not read).
     """
+    pools = _pool_statuses(routes, upstreams, caddy_health, snapshot)
+    others = snapshot.other_problems if snapshot is not None else ()
+    stale = snapshot.stale if snapshot is not None else ()
+    return StatusReport(
+        caddy_admin,
+        caddy_server,
+        _daemon(snapshot),
+        pools,
+        tuple(notes),
+        containers=_judged_containers(pools, snapshot),
+        other_problems=tuple(problem_json(p) for p in others),
+        warnings=tuple(str(p) for p in stale),
+    )
+
+
+def _pool_statuses(
+    routes: Sequence[JSON] | None,
+    upstreams: Sequence[JSON],
+    caddy_health: Mapping[str, bool] | None,
+    snapshot: Snapshot | None,
+) -> tuple[PoolStatus, ...]:
+    """Every pool, judged: Caddy's in the order of its routes, then those only the
+    daemon's snapshot has."""
     from_caddy, from_state = _facts(routes, snapshot)
     order = list(from_caddy) + [pid for pid in from_state if pid not in from_caddy]
     index = _upstream_index(upstreams)
-    pools = []
-    for pid in order:
-        facts = _merge(from_caddy.get(pid), from_state.get(pid))
-        note = None
-        if routes is not None and pid not in from_caddy:
-            note = "not in Caddy's config (yet)"
-        if facts.members is None:
-            note = "members unknown: labelsync is not running, and its resolver serves them"
-        members = tuple(
-            _member_status(fact, facts, index, caddy_health) for fact in facts.members or ()
+    return tuple(
+        _pool_status(
+            _merge(from_caddy.get(pid), from_state.get(pid)),
+            index,
+            caddy_health,
+            missing_in_caddy=routes is not None and pid not in from_caddy,
         )
-        pools.append(
-            PoolStatus(
-                id=pid,
-                hosts=facts.hosts,
-                path=facts.path,
-                policy=facts.policy,
-                upstreams=None
-                if facts.dynamic is None
-                else ("dynamic" if facts.dynamic else "static"),
-                members=members,
-                note=note,
-                caddy_policy=facts.caddy_policy,
-                membership=facts.membership,
-            )
-        )
-    daemon = None
-    if snapshot is not None:
-        daemon = {
-            "pid": snapshot.pid,
-            "upstreams": snapshot.upstreams,
-            "docker_up": snapshot.docker_up,
-            "caddy_up": bool(snapshot.endpoints) and snapshot.caddy_up,
-            "last_apply_ok": snapshot.last_apply_ok,
-            "last_error": snapshot.last_error,
-            "updated": snapshot.written_at,
-        }
+        for pid in order
+    )
+
+
+def _pool_status(
+    facts: _PoolFacts,
+    index: Mapping[tuple[bool, str], JSON],
+    caddy_health: Mapping[str, bool] | None,
+    *,
+    missing_in_caddy: bool,
+) -> PoolStatus:
+    """One pool with its members judged; `missing_in_caddy`: Caddy's routes were read and
+    none is this pool's."""
+    note = None
+    if missing_in_caddy:
+        note = "not in Caddy's config (yet)"
+    if facts.members is None:
+        note = "members unknown: labelsync is not running, and its resolver serves them"
+    members = tuple(
+        _member_status(fact, facts, index, caddy_health) for fact in facts.members or ()
+    )
+    return PoolStatus(
+        id=facts.id,
+        hosts=facts.hosts,
+        path=facts.path,
+        policy=facts.policy,
+        upstreams=None if facts.dynamic is None else ("dynamic" if facts.dynamic else "static"),
+        members=members,
+        note=note,
+        caddy_policy=facts.caddy_policy,
+        membership=facts.membership,
+    )
+
+
+def _daemon(snapshot: Snapshot | None) -> JSON | None:
+    """What the report says of the daemon itself; None when it is not running."""
+    if snapshot is None:
+        return None
+    return {
+        "pid": snapshot.pid,
+        "upstreams": snapshot.upstreams,
+        "docker_up": snapshot.docker_up,
+        "caddy_up": bool(snapshot.endpoints) and snapshot.caddy_up,
+        "last_apply_ok": snapshot.last_apply_ok,
+        "last_error": snapshot.last_error,
+        "updated": snapshot.written_at,
+    }
+
+
+def _judged_containers(pools: Sequence[PoolStatus], snapshot: Snapshot | None) -> tuple[JSON, ...]:
+    """Why each container is (not) routed (`core.explain`), its members' health as
+    judged in `pools`."""
     health = {
         (pool.id, m.address.lower()): (m.health, m.reason) for pool in pools for m in pool.members
     }
 
-    def health_of(pool: str, address: str) -> tuple[str, str | None]:
-        return health.get((pool, address.lower()), ("unknown", None))
+    def health_of(pool: str, address: str) -> tuple[HealthStatus, str | None]:
+        return health.get((pool, address.lower()), (HealthStatus.UNKNOWN, None))
 
     verdicts = snapshot.containers if snapshot is not None else ()
-    others = snapshot.other_problems if snapshot is not None else ()
-    return StatusReport(
-        caddy_admin,
-        caddy_server,
-        daemon,
-        tuple(pools),
-        tuple(notes),
-        containers=tuple(judge_container(verdict_json(v), health_of) for v in verdicts),
-        other_problems=tuple(problem_json(p) for p in others),
-    )
+    return tuple(verdict_json(judge_verdict(v, health_of)) for v in verdicts)
 
 
 # -- output ----------------------------------------------------------------------------------
 
 
 def report_json(report: StatusReport) -> JSON:
-    """The stable JSON form of `status --json` (documented in the README)."""
+    """The stable JSON form of `status --json` (documented in docs/operations.md)."""
     return {
         "version": REPORT_VERSION,
         "caddy": {"admin": report.caddy_admin, "server": report.caddy_server},
@@ -407,10 +448,15 @@ def report_json(report: StatusReport) -> JSON:
         "notes": list(report.notes),
         "containers": list(report.containers),
         "other_problems": list(report.other_problems),
+        "warnings": list(report.warnings),
     }
 
 
-COLOURS = {"healthy": "\x1b[32m", "unhealthy": "\x1b[31m", "unknown": "\x1b[33m"}
+COLOURS = {
+    HealthStatus.HEALTHY: "\x1b[32m",
+    HealthStatus.UNHEALTHY: "\x1b[31m",
+    HealthStatus.UNKNOWN: "\x1b[33m",
+}
 RESET = "\x1b[0m"
 HEADER = ("MEMBER", "ADDRESS", "HEALTH", "ACTIVE", "FAILS", "TOTAL", "WHY")
 
@@ -432,6 +478,8 @@ def _daemon_line(report: StatusReport) -> str:
     line = f"{where}; labelsync pid {daemon['pid']} ({daemon['upstreams']}): {', '.join(parts)}"
     if daemon.get("last_error"):
         line += f"\n  last error: {daemon['last_error']}"
+    for warning in report.warnings:
+        line += f"\n  STALE: {warning}"
     return line
 
 
@@ -442,7 +490,7 @@ def render_table(report: StatusReport, *, colour: bool = False) -> str:
         rows.append(
             [
                 (
-                    m.container or ("(static)" if m.origin == "static" else "-"),
+                    m.container or ("(static)" if m.origin is Origin.STATIC else "-"),
                     m.address,
                     m.health,
                     _cell(m.active_requests),
@@ -459,7 +507,7 @@ def render_table(report: StatusReport, *, colour: bool = False) -> str:
             widths = [max(w, len(c)) for w, c in zip(widths, row, strict=True)]
     numeric = {3, 4, 5}
 
-    def line(row: tuple[str, ...], health: str | None = None) -> str:
+    def line(row: tuple[str, ...], health: HealthStatus | None = None) -> str:
         cells = []
         for i, cell in enumerate(row):
             text = cell.rjust(widths[i]) if i in numeric else cell.ljust(widths[i])
@@ -488,8 +536,9 @@ def render_table(report: StatusReport, *, colour: bool = False) -> str:
                 out.append("  (no members)")
             continue
         out.append(line(HEADER))
-        out.extend(line(row, row[2]) for row in block)
+        out.extend(line(row, m.health) for row, m in zip(block, pool.members, strict=True))
     out.extend(_not_routed_lines(report))
+    out.extend(_problem_lines(report))
     for note in report.notes:
         out.append(f"note: {note}")
     return "\n".join(out) + "\n"
@@ -500,11 +549,11 @@ def _not_routed_lines(report: StatusReport) -> list[str]:
     first reason: `labelsync explain NAME` gives all of them and the fixes."""
     lines = []
     for container in report.containers:
-        if container.get("status") == "routed":
+        if container.get("status") == VerdictStatus.ROUTED:
             continue
         whys = [r["why"] for r in container.get("reasons") or ()]
         for route in container.get("routes") or ():
-            if route.get("status") != "routed":
+            if route.get("status") != VerdictStatus.ROUTED:
                 whys += [r["why"] for r in route.get("reasons") or ()]
         first = whys[0] if whys else "see labelsync explain"
         more = f" (+{len(whys) - 1} more)" if len(whys) > 1 else ""
@@ -512,6 +561,18 @@ def _not_routed_lines(report: StatusReport) -> list[str]:
     if not lines:
         return []
     return ["", "not routed (labelsync explain NAME says why and what to change):", *lines]
+
+
+def _problem_lines(report: StatusReport) -> list[str]:
+    """Every label problem (pool conflicts and the static file's included), as `--json`
+    has them: each container's, then those of no listed container."""
+    problems = [p for c in report.containers for p in c.get("problems") or ()]
+    problems += report.other_problems
+    if not problems:
+        return []
+    errors = sum(1 for p in problems if p["severity"] == "error")
+    head = f"problems ({errors} error(s), {len(problems) - errors} warning(s)):"
+    return ["", head, *(f"  {p['severity']}: {p['text']}" for p in problems)]
 
 
 def _facts(

@@ -21,12 +21,14 @@ import requests
 from docker.utils import kwargs_from_env
 from loguru import logger
 
+from labelsync.core.defaults import DOCKER_SOCKET
+from labelsync.core.endpoints import unix_endpoint, unix_socket_path
 from labelsync.core.events import STREAM_DOWN, STREAM_UP, SWARM_CHANGE, DockerEvent, EventKind
 from labelsync.core.model import ContainerInfo
 from labelsync.errors import DockerUnavailable
 from labelsync.sources.swarm import SwarmMode, SwarmReader, merge_containers
 
-DEFAULT_ENDPOINT = "unix:///var/run/docker.sock"
+DEFAULT_ENDPOINT = unix_endpoint(DOCKER_SOCKET)
 COMPOSE_PROJECT_LABEL = "com.docker.compose.project"
 COMPOSE_SERVICE_LABEL = "com.docker.compose.service"
 
@@ -222,9 +224,9 @@ class DockerSource:
         docker-py's unix transport never closes a socket whose connect() failed; the leak
         shows up as a ResourceWarning on every retry while the engine is down.
         """
-        if not self._endpoint.startswith("unix://"):
+        path = unix_socket_path(self._endpoint)
+        if path is None:
             return
-        path = self._endpoint.removeprefix("unix://")
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
             probe.settimeout(timeout)
             probe.connect(path)

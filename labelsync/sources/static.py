@@ -17,24 +17,38 @@ parsed keeps the last good version of the whole file, and a route with a bad val
 its own last good version (other routes take their new contents). Problems are reported
 once per route, not once per upstream, in the file's own terms: the file, the route's
 table, the key as written there (no label prefix) and its line when it can be found.
+
+Keeping the last good version is not hiding the failure: a file that cannot be read or
+parsed is one ERROR problem about the whole file (`static:<path>`, no route), naming the
+path, the reason (tomllib's line and column), that the last good routes are still served
+and since when (UTC, the first failed read). It travels with the other problems to the
+log, `check`, `status`, the dashboard and `/healthz` (`report.snapshot.stale_sources`
+tells it apart), and goes away with the first good read.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import datetime
+import re
 import tomllib
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from loguru import logger
-
+from labelsync.core import defaults
 from labelsync.core.labels import parse_container
 from labelsync.core.model import STATIC_PREFIX, ContainerInfo, Problem, Severity
 
-STATIC_ID_PREFIX = STATIC_PREFIX
+
+@dataclass(frozen=True)
+class StaticUpstream:
+    """One upstream of a route of the file, as the synthetic container builds see."""
+
+    route: str  # the name of its `[routes.<name>]` table
+    container: ContainerInfo  # id `static:<file>:<route>:<index>`, `address` its upstream
 
 
 def _flatten(table: Mapping[str, Any], parent: str = "") -> dict[str, Any]:
@@ -57,33 +71,42 @@ def _label_value(value: Any) -> str:
 
 
 def static_containers(
-    document: Mapping[str, Any], *, file: str, prefix: str = "labelsync", text: str = ""
+    document: Mapping[str, Any], *, file: str, prefix: str = defaults.LABEL_PREFIX, text: str = ""
 ) -> tuple[list[ContainerInfo], list[Problem]]:
     """The synthetic containers a parsed static file describes, and its structural problems.
 
     `text` (the file's source) only helps to name the line of a problem.
     """
-    containers: list[ContainerInfo] = []
-    problems: list[Problem] = []
+    upstreams, problems = static_upstreams(document, file=file, prefix=prefix, text=text)
+    return [u.container for u in upstreams], [p for found in problems.values() for p in found]
+
+
+def static_upstreams(
+    document: Mapping[str, Any], *, file: str, prefix: str = defaults.LABEL_PREFIX, text: str = ""
+) -> tuple[list[StaticUpstream], dict[str, list[Problem]]]:
+    """`static_containers`, with each container's route, and the structural problems by
+    the route they are about ("" for the whole file)."""
+    upstreams: list[StaticUpstream] = []
+    problems: dict[str, list[Problem]] = {}
     routes = document.get("routes", {})
     if not isinstance(routes, Mapping):
         where = f"{STATIC_PREFIX}{file}"
-        problems.append(Problem(Severity.ERROR, where, "routes", None, "must be a table"))
-        return containers, problems
+        problems[""] = [Problem(Severity.ERROR, where, "routes", None, "must be a table")]
+        return upstreams, problems
     for name, table in sorted(routes.items()):
         where = f"{STATIC_PREFIX}{file}[{name}]"
         line = _key_line(text, name, "")
         if not isinstance(table, Mapping):
-            problems.append(
+            problems[name] = [
                 Problem(Severity.ERROR, where, "", None, "must be a table of keys", line)
-            )
+            ]
             continue
         flat = _flatten(table)
-        upstreams = flat.pop("upstreams", None)
-        if isinstance(upstreams, str):
-            upstreams = [upstreams]
-        if not isinstance(upstreams, list) or not upstreams:
-            problems.append(
+        addresses = flat.pop("upstreams", None)
+        if isinstance(addresses, str):
+            addresses = [addresses]
+        if not isinstance(addresses, list) or not addresses:
+            problems[name] = [
                 Problem(
                     Severity.ERROR,
                     where,
@@ -92,28 +115,22 @@ def static_containers(
                     'needs a list of "host:port" addresses',
                     _key_line(text, name, "upstreams") or line,
                 )
-            )
+            ]
             continue
         labels = {f"{prefix}.{key}": _label_value(value) for key, value in flat.items()}
-        for index, upstream in enumerate(upstreams):
-            containers.append(
-                ContainerInfo(
-                    id=f"{STATIC_ID_PREFIX}{file}:{name}:{index}",
-                    name=f"{where}/{upstream}",
-                    created=float(index),
-                    labels={**labels, f"{prefix}.address": str(upstream)},
-                )
+        for index, address in enumerate(addresses):
+            container = ContainerInfo(
+                id=f"{STATIC_PREFIX}{file}:{name}:{index}",
+                name=f"{where}/{address}",
+                created=float(index),
+                labels={**labels, f"{prefix}.address": str(address)},
             )
-    return containers, problems
-
-
-def route_of(container: ContainerInfo) -> str:
-    """The route name of a synthetic container (`static:<file>:<route>:<index>`)."""
-    return container.id.removeprefix(STATIC_ID_PREFIX).rsplit(":", 1)[0].split(":", 1)[1]
+            upstreams.append(StaticUpstream(name, container))
+    return upstreams, problems
 
 
 def route_problems(
-    containers: list[ContainerInfo],
+    upstreams: Sequence[StaticUpstream],
     *,
     file: str,
     prefix: str,
@@ -127,9 +144,9 @@ def route_problems(
     """
     found: dict[str, dict[Problem, None]] = {}
     base = prefix + "."
-    for container in containers:
-        name = route_of(container)
-        _, problems = parse_container(container, prefix=prefix)
+    for upstream in upstreams:
+        name = upstream.route
+        _, problems = parse_container(upstream.container, prefix=prefix)
         if raw is not None:
             raw.update(problems)
         for problem in problems:
@@ -147,11 +164,6 @@ def route_problems(
             )
             found.setdefault(name, {}).setdefault(in_file)
     return {name: list(problems) for name, problems in found.items()}
-
-
-def _route_named(problem: Problem) -> str:
-    """The route a problem is about ("" for the whole file)."""
-    return problem.container.partition("[")[2].removesuffix("]")
 
 
 def _key_line(text: str, route: str, key: str) -> int | None:
@@ -180,15 +192,41 @@ def _dotted(text: str) -> str:
     return ".".join(part.strip().strip("\"'") for part in text.split("."))
 
 
+def _utc_now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
+
+
+def _read_error(exc: Exception) -> tuple[str, int | None]:
+    """Why the file could not be used, in a few words, and the line tomllib names."""
+    if isinstance(exc, tomllib.TOMLDecodeError):
+        found = re.search(r"at line (\d+)", str(exc))
+        return f"not valid TOML: {exc}", int(found.group(1)) if found else None
+    if isinstance(exc, UnicodeDecodeError):
+        return f"not UTF-8 text: {exc}", None
+    if isinstance(exc, OSError):
+        return f"cannot be read: {exc.strerror or exc}", None
+    return str(exc), None
+
+
 @dataclass
 class StaticFile:
-    """The last good contents of the static file; `reload()` re-reads it."""
+    """The last good contents of the static file; `reload()` re-reads it.
+
+    `one_shot`: read once by the CLI (`check`, `render`), which has no last good version
+    of its own: a file it cannot use is said to be kept by a running daemon instead.
+    """
 
     path: Path
-    prefix: str = "labelsync"
+    prefix: str = defaults.LABEL_PREFIX
     containers: tuple[ContainerInfo, ...] = ()
     problems: tuple[Problem, ...] = ()
+    one_shot: bool = False
+    clock: Callable[[], datetime.datetime] = _utc_now
+    _upstreams: tuple[StaticUpstream, ...] = ()  # `containers`, each with its route
     _label_problems: frozenset[Problem] = frozenset()
+    _route_problems: tuple[Problem, ...] = ()  # those of the version in use
+    _good: bool = False  # a version was read and is in use
+    _failing_since: datetime.datetime | None = None  # the first failed read, while failing
 
     def reload(self) -> bool:
         """Re-read the file; True when what it yields changed. Errors keep the last good:
@@ -198,23 +236,23 @@ class StaticFile:
             text = self.path.read_text()
             document = tomllib.loads(text)
         except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-            logger.bind(file=str(self.path)).error(
-                f"static file {self.path}: {exc}; keeping the last good version"
-            )
-            return False
+            return self._unusable(*_read_error(exc))
         file = self.path.name
-        containers, problems = static_containers(document, file=file, prefix=self.prefix, text=text)
+        upstreams, structural = static_upstreams(document, file=file, prefix=self.prefix, text=text)
         raw: set[Problem] = set()
-        by_route = route_problems(containers, file=file, prefix=self.prefix, text=text, raw=raw)
-        for problem in problems:  # structural: no upstreams, not a table
-            by_route.setdefault(_route_named(problem), []).insert(0, problem)
-        previous: dict[str, list[ContainerInfo]] = {}
-        for container in self.containers:
-            previous.setdefault(route_of(container), []).append(container)
+        by_route = route_problems(upstreams, file=file, prefix=self.prefix, text=text, raw=raw)
+        for name, found in structural.items():  # no upstreams, not a table
+            for problem in found:
+                by_route.setdefault(name, []).insert(0, problem)
+        whole = [p for p in by_route.get("", []) if p.severity is Severity.ERROR]
+        if whole:  # `routes` itself is unusable
+            reason = "; ".join(f"{p.key}: {p.message}" if p.key else p.message for p in whole)
+            return self._unusable(reason, whole[0].line)
+        previous: dict[str, list[StaticUpstream]] = {}
+        for upstream in self._upstreams:
+            previous.setdefault(upstream.route, []).append(upstream)
         problems = []
-        kept: list[ContainerInfo] = []
-        if any(p.severity is Severity.ERROR for p in by_route.get("", [])):
-            containers, kept = [], list(self.containers)  # `routes` itself is unusable
+        kept: list[StaticUpstream] = []
         for name, found in sorted(by_route.items()):
             if name and any(p.severity is Severity.ERROR for p in found):
                 fallback = previous.get(name, [])
@@ -229,13 +267,41 @@ class StaticFile:
                     else p
                     for p in found
                 ]
-                containers = [c for c in containers if route_of(c) != name]
+                upstreams = [u for u in upstreams if u.route != name]
                 kept.extend(fallback)
             problems.extend(found)
-        fresh = (tuple(sorted([*containers, *kept], key=lambda c: c.id)), tuple(problems))
+        self._upstreams = tuple(sorted([*upstreams, *kept], key=lambda u: u.container.id))
+        fresh = (tuple(u.container for u in self._upstreams), tuple(problems))
         changed = fresh != (self.containers, self.problems)
         self.containers, self.problems = fresh
+        self._route_problems = self.problems
         self._label_problems = frozenset(raw)
+        self._good, self._failing_since = True, None
+        return changed
+
+    @property
+    def route_names(self) -> frozenset[str]:
+        """The routes whose upstreams are in use (last good versions included)."""
+        return frozenset(upstream.route for upstream in self._upstreams)
+
+    def _unusable(self, reason: str, line: int | None = None) -> bool:
+        """The file cannot be used: keep what it yielded, and say so (one ERROR about the
+        whole file, first); True when that changed what it yields."""
+        if self._failing_since is None:
+            self._failing_since = self.clock()
+        since = self._failing_since.strftime("%Y-%m-%dT%H:%M:%SZ")
+        if self.one_shot:
+            kept = "not applied: a running labelsync keeps serving the last good version it read"
+        elif self._good:
+            kept = f"stale since {since}: keeping the last good version (its routes still serve)"
+        else:
+            kept = f"not applied since {since}: none of its routes serve until it is fixed"
+        problem = Problem(
+            Severity.ERROR, f"{STATIC_PREFIX}{self.path}", "", None, f"{reason}; {kept}", line
+        )
+        fresh = (problem, *self._route_problems)
+        changed = fresh != self.problems
+        self.problems = fresh
         return changed
 
     def merge_problems(self, problems: tuple[Problem, ...]) -> tuple[Problem, ...]:

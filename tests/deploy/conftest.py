@@ -7,21 +7,20 @@ sessions. Without Docker, compose or mmdebstrap these tests skip, except under C
 
 from __future__ import annotations
 
-import os
 import time
+from typing import NoReturn
 
 import docker
 import pytest
 
 from tests.support.compose import compose_available
 from tests.support.images import TestImages
+from tests.support.requirements import skip_or_fail_under_ci
 from tests.support.stack_images import StackImages, StackImagesUnavailable, ensure_stack_images
 
 
-def unavailable(reason: str) -> None:
-    if os.environ.get("CI"):
-        pytest.fail(f"{reason} (CI is set: deployment tests must run)", pytrace=False)
-    pytest.skip(reason)
+def unavailable(reason: str) -> NoReturn:
+    skip_or_fail_under_ci(reason, ci_note=" (CI is set: deployment tests must run)")
 
 
 @pytest.fixture(scope="session")
@@ -38,7 +37,6 @@ def stack_images(
         built = ensure_stack_images(docker_client, images)
     except StackImagesUnavailable as exc:
         unavailable(str(exc))
-        raise  # unreachable: skip/fail raise
     seconds = ", ".join(f"{name} {took:.0f}s" for name, took in built.build_seconds.items())
     terminal = request.config.pluginmanager.get_plugin("terminalreporter")
     if terminal is not None:

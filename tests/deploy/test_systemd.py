@@ -72,8 +72,13 @@ def machine(
 def test_the_unit_starts_and_reports_ready_with_a_status(machine: Container) -> None:
     code, output = run(machine, f"systemctl start {UNIT}")
     assert code == 0, output  # Type=notify: returns once labelsync sent READY=1
+
+    def with_status() -> dict[str, str] | None:
+        shown = show(machine, "ActiveState", "StatusText")
+        return shown if shown["StatusText"] else None
+
     state = wait_until(
-        lambda: (s := show(machine, "ActiveState", "StatusText"))["StatusText"] and s,
+        with_status,
         timeout=30,
         message="a STATUS line",
     )

@@ -20,6 +20,7 @@ import pytest
 from tests.support.caddy import CaddyProcess
 from tests.support.containers import ContainerHandle, short_uuid
 from tests.support.daemon import Daemon, wait_routed
+from tests.support.requirements import systemd_analyze
 from tests.support.waiting import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
@@ -99,21 +100,11 @@ def test_a_restarted_caddy_service_serves_every_route_before_labelsync_acts(
         daemon.close()
 
 
-def _systemd_analyze() -> str:
-    found = shutil.which("systemd-analyze")
-    if found is None:
-        reason = "systemd-analyze is not installed (Debian: apt-get install systemd)"
-        if os.environ.get("CI"):
-            pytest.fail(f"{reason}; CI is set: scripts/ensure-docker.sh installs it", pytrace=False)
-        pytest.skip(reason)
-    return found
-
-
 def test_the_caddy_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
     """systemd/labelsync-caddy.service, with ExecStart pointed at this checkout's
     labelsync, loads without a warning; labelsync.service wants it but does not require
     it (restarting either never restarts the other)."""
-    analyze = _systemd_analyze()
+    analyze = systemd_analyze()
     executable = Path(shutil.which("labelsync") or REPO / ".venv" / "bin" / "labelsync")
     text = (UNITS / "labelsync-caddy.service").read_text()
     assert "ExecStart=/opt/labelsync/bin/labelsync caddy run --resume" in text

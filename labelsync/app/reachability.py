@@ -22,20 +22,26 @@ Outcomes, logged once per process:
 - none arrived although Caddy answered the probe request, or labelsync's own query to
   the advertised address does not reach this resolver either: one ERROR naming
   `LABELSYNC_RESOLVER_ADVERTISE` / `LABELSYNC_RESOLVER_LISTEN` and what Caddy was told;
-- none arrived and the probe could not reach Caddy's listener, or got an answer that
-  says nothing about the resolver (a redirect to HTTPS, or the 400 a TLS listener gives
-  plain HTTP, which has no `Server` header: every answer through a route has one): one
-  WARNING saying the check was inconclusive. A plain-HTTP probe that met a TLS listener
-  is sent again over TLS to the same port.
+- none arrived and the probe got no answer through a route (no connection to Caddy's
+  listener, a redirect to HTTPS, or the 400 a TLS listener gives plain HTTP, which has
+  no `Server` header: every answer through a route has one): the check is inconclusive.
+  That is a WARNING only when the evidence leans wrong: Caddy is told a loopback
+  address and labelsync could not even connect to Caddy's listener, so the two likely
+  run in different network namespaces, where a loopback address names something else.
+  Otherwise (a unix socket in a shared volume, as the compose example does, or a
+  listener labelsync reaches) it is INFO, and the check goes on waiting for Caddy's
+  first lookup, which it logs at INFO when it comes. A plain-HTTP probe that met a TLS
+  listener is sent again over TLS to the same port.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import httpx
 from dnslib import QTYPE, DNSRecord
@@ -44,6 +50,13 @@ from loguru import logger
 from labelsync.caddy.admin import CaddyAdmin
 from labelsync.caddy.render import caddy_resolver_address
 from labelsync.core.durations import parse_duration
+from labelsync.core.endpoints import (
+    bracketed,
+    is_unix,
+    split_host_port,
+    unix_socket_path,
+    with_url_scheme,
+)
 from labelsync.core.model import DesiredState, Pool
 from labelsync.core.names import member_target
 from labelsync.loop.reconcile import SyncState
@@ -67,6 +80,18 @@ class ProbeOutcome:
     reached_caddy: bool  # an answer through one of the server's routes
     detail: str  # "HTTP 502", "redirect to https://...", "ConnectError: ..."
     wants_tls: bool = False  # plain HTTP sent to a listener that speaks TLS
+    connected: bool = True  # a connection to the listener was made
+
+
+def _is_loopback(address: str) -> bool:
+    """True for a `host:port` whose host is a loopback address or `localhost`."""
+    if is_unix(address):
+        return False
+    host = split_host_port(address).host
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def listener_urls(listen: list[str], admin_endpoint: str) -> list[str]:
@@ -84,14 +109,13 @@ def listener_urls(listen: list[str], admin_endpoint: str) -> list[str]:
             network, rest = "tcp", address
         if not network.startswith("tcp"):
             continue
+        # Caddy's network address grammar (`host:port-range`), read as `caddy/listen.py`
+        # reads it; not one of labelsync's endpoints, so not `split_host_port`.
         host, sep, ports = rest.rpartition(":")
         port = ports.split("-", 1)[0]
         if not sep or not port.isdigit():
             continue
-        if host in _WILDCARD_HOSTS:
-            host = fallback_host
-        elif ":" in host and not host.startswith("["):
-            host = f"[{host}]"
+        host = fallback_host if host in _WILDCARD_HOSTS else bracketed(host)
         if port == "443":
             secure.append(f"https://{host}:{port}")
         else:
@@ -100,10 +124,9 @@ def listener_urls(listen: list[str], admin_endpoint: str) -> list[str]:
 
 
 def _admin_host(admin_endpoint: str) -> str:
-    if admin_endpoint.startswith("unix://"):
+    if is_unix(admin_endpoint):
         return "127.0.0.1"
-    url = httpx.URL(admin_endpoint if "://" in admin_endpoint else f"http://{admin_endpoint}")
-    return f"[{url.host}]" if ":" in url.host else url.host
+    return bracketed(httpx.URL(with_url_scheme(admin_endpoint)).host)
 
 
 async def _ready_pool(desired: DesiredState, ready: Callable[[Pool], bool], until: float) -> Pool:
@@ -147,7 +170,8 @@ async def send_probe(base_url: str, host: str, path: str) -> ProbeOutcome:
                 extensions=extensions,
             )
     except httpx.HTTPError as exc:
-        return ProbeOutcome(url, False, f"{type(exc).__name__}: {exc}")
+        connected = not isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout)
+        return ProbeOutcome(url, False, f"{type(exc).__name__}: {exc}", connected=connected)
     if response.is_redirect:
         location = response.headers.get("Location", "")
         return ProbeOutcome(url, False, f"HTTP {response.status_code} redirect to {location}")
@@ -164,13 +188,14 @@ async def send_probe(base_url: str, host: str, path: str) -> ProbeOutcome:
 def resolver_answers_at(address: str, timeout: float = 1.0) -> bool:
     """True when a query sent to `address` (host:port, as Caddy is told) reaches this
     labelsync's resolver, seen from labelsync itself. Blocking."""
-    host, _, port = address.rpartition(":")
     name, _ = member_target(f"{SELF_CHECK_ADDRESS}:53")
     query = DNSRecord.question(name, "A")
-    if address.startswith("unix://"):
-        return _unix_resolver_answers(address.removeprefix("unix://"), query, timeout)
+    socket_path = unix_socket_path(address)
+    if socket_path is not None:
+        return _unix_resolver_answers(socket_path, query, timeout)
+    host, port = split_host_port(address)
     try:
-        infos = socket.getaddrinfo(host.strip("[]"), int(port), type=socket.SOCK_DGRAM)
+        infos = socket.getaddrinfo(host, int(port), type=socket.SOCK_DGRAM)
     except (OSError, ValueError):
         return False
     for family, kind, proto, _, sockaddr in infos:
@@ -244,10 +269,9 @@ class ReachabilityCheck:
         for _ in range(PROBE_ROUNDS):
             for base_url in listener_urls(listen, self.admin_endpoint):
                 outcome = await send_probe(base_url, host, path)
-                if outcome.wants_tls:
-                    outcome = await send_probe(
-                        "https:" + base_url.removeprefix("http:"), host, path
-                    )
+                if outcome.wants_tls:  # that port answered: connected, whatever TLS says
+                    secure = await send_probe("https:" + base_url.removeprefix("http:"), host, path)
+                    outcome = replace(secure, connected=True)
                 outcomes.append(outcome)
                 if await self._query_arrives(baseline, self.wait_seconds):
                     return self._confirmed(started)
@@ -307,11 +331,22 @@ class ReachabilityCheck:
                 "so Caddy runs where that address means something else (another container, "
                 "host or network namespace)"
             )
-        else:
+        elif _is_loopback(self.settings.resolver_address) and not any(
+            o.connected for o in outcomes
+        ):
             logger.warning(
                 f"could not confirm that Caddy reaches labelsync's resolver: no pool lookup "
-                f"in {waited:.1f}s, and {probe}. {where}. If dynamic pools ignore scaling and "
-                "health changes, set LABELSYNC_RESOLVER_ADVERTISE to an address Caddy can reach"
+                f"in {waited:.1f}s, and {probe}. {where}. Caddy is told a loopback address, "
+                "but labelsync cannot connect to Caddy's listener: if they run in different "
+                "containers or network namespaces, set LABELSYNC_RESOLVER_ADVERTISE to an "
+                "address Caddy can reach"
+            )
+            return
+        else:
+            logger.info(
+                f"Caddy's use of the resolver is not confirmed yet: no pool lookup in "
+                f"{waited:.1f}s, and {probe}. {where}. labelsync logs Caddy's first lookup "
+                "when it comes"
             )
             return
         logger.error(
@@ -331,15 +366,25 @@ async def check_after_first_sync(
     resolver: Resolver,
     settings: Settings,
     ready: Callable[[Pool], bool] = lambda pool: True,
-) -> None:
+) -> bool:
     """Wait for the first sync that wrote at least one pool, then run the check once
-    (its probe request goes to a `ready` pool: see `ReachabilityCheck.run`)."""
+    (its probe request goes to a `ready` pool: see `ReachabilityCheck.run`); False when
+    no lookup was seen."""
     while state.desired is None or not any(map(_probeable, state.desired.pools)):
         await asyncio.sleep(0.2)
     try:
         server, _ = await caddy.server(settings.caddy_server)
         listen = [str(a) for a in (server or {}).get("listen") or []]
         check = ReachabilityCheck(resolver, settings, caddy.endpoint)
-        await check.run(state.desired, listen, ready)
+        return await check.run(state.desired, listen, ready)
     except Exception:  # a diagnostic must never take the daemon down
         logger.opt(exception=True).warning("the resolver reachability check failed to run")
+        return True
+
+
+async def log_first_lookup(resolver: Resolver, settings: Settings) -> None:
+    """After a check that saw no lookup: log Caddy's first one when a request brings it."""
+    baseline = resolver.pool_queries
+    while resolver.pool_queries <= baseline:
+        await asyncio.sleep(1.0)
+    logger.info(f"Caddy reaches the resolver at {settings.resolver_address} (its first lookup)")

@@ -1,0 +1,152 @@
+"""The daemon's live view as plain records: one `Snapshot` of pools, members, endpoints.
+
+Everything that tells the outside how the daemon is doing reads the same `Snapshot`: the
+state file (its JSON form, `snapshot_json.py`, read back by `labelsync status` in another
+process), `/metrics`, `/healthz` and systemd's STATUS= line. `snapshot.py` builds it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from labelsync.core.explain import ContainerVerdict
+from labelsync.core.model import (
+    JSON,
+    STATIC_PREFIX,
+    Membership,
+    Origin,
+    Problem,
+    Severity,
+    Track,
+)
+
+
+def stale_sources(problems: Iterable[Problem]) -> tuple[Problem, ...]:
+    """The problems that say a config source is not applied: an ERROR about a whole
+    static file (`static:<path>`, no `[route]`), which cannot be read or parsed; the
+    daemon keeps serving its last good version (sources/static.py)."""
+    return tuple(
+        p
+        for p in problems
+        if p.severity is Severity.ERROR
+        and p.container.startswith(STATIC_PREFIX)
+        and not p.container.endswith("]")
+    )
+
+
+@dataclass(frozen=True)
+class CheckView:
+    """labelsync's active check of one member: None while it has no verdict yet."""
+
+    healthy: bool | None
+    reason: str
+
+
+@dataclass(frozen=True)
+class MemberView:
+    address: str
+    container: str | None
+    container_id: str | None
+    origin: Origin | None  # None: a member only Caddy's route knows (status_report.py)
+    weight: int
+    track: Track
+    in_pool: bool  # False: the labels put it here, but it does not serve (see docker_health)
+    check: CheckView | None
+    container_state: str | None = None
+    docker_health: str | None = None
+
+
+@dataclass(frozen=True)
+class PoolView:
+    id: str
+    hosts: tuple[str, ...]
+    path: str | None
+    policy: str
+    split: int
+    active_check: str | None  # the health.path, when active checks are on
+    passive: tuple[int, str] | None  # max_fails, fail_duration
+    members: tuple[MemberView, ...]
+    # How Caddy learns the members: the resolver (dynamic upstreams) or the route's JSON
+    # (static mode, or a quiet pool outside the dynamic budget); see membership/budget.py.
+    membership: Membership = Membership.RESOLVER
+
+
+@dataclass(frozen=True)
+class EndpointView:
+    """One Caddy admin endpoint as its reconciler sees it."""
+
+    admin: str
+    caddy_up: bool
+    last_apply_ok: bool
+    last_error: str | None
+    synced: bool
+    admin_requests: int = 0
+    admin_bytes: int = 0
+    admin_writes: int = 0
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The daemon's live view at one moment."""
+
+    pid: int
+    version: str
+    started_at: str | None
+    written_at: str
+    upstreams: str  # dynamic | static
+    caddy_server: str
+    metrics_listen: str | None
+    docker_up: bool
+    endpoints: tuple[EndpointView, ...]
+    pools: tuple[PoolView, ...]
+    problems: tuple[Problem, ...] = ()
+    problem_count: int = 0  # len(problems) here; what the file said when read back
+    probes: int | None = None  # active checks run so far (dynamic mode)
+    shared_settings: JSON | None = None  # what `check` and `render` take from the daemon
+    # Why each container with labels is (not) routed (core/explain.py), and the label
+    # problems of no container listed there (the static file's).
+    containers: tuple[ContainerVerdict, ...] = ()
+    other_problems: tuple[Problem, ...] = ()
+
+    @property
+    def caddy_up(self) -> bool:
+        return all(e.caddy_up for e in self.endpoints)
+
+    @property
+    def last_apply_ok(self) -> bool:
+        return bool(self.endpoints) and all(e.last_apply_ok for e in self.endpoints)
+
+    @property
+    def last_error(self) -> str | None:
+        return next((e.last_error for e in self.endpoints if e.last_error), None)
+
+    @property
+    def synced(self) -> bool:
+        return bool(self.endpoints) and all(e.synced for e in self.endpoints)
+
+    @property
+    def dynamic(self) -> bool:
+        return self.upstreams == "dynamic"
+
+    @property
+    def members(self) -> int:
+        return sum(1 for pool in self.pools for member in pool.members if member.in_pool)
+
+    @property
+    def stale(self) -> tuple[Problem, ...]:
+        """Config sources the daemon cannot use, whose last good version it still serves."""
+        return stale_sources(self.other_problems)
+
+    def to_json(self) -> JSON:
+        """The state file's form (version 1), as `labelsync status` reads it."""
+        from labelsync.report.snapshot_json import snapshot_json  # it imports this module
+
+        return snapshot_json(self)
+
+    @classmethod
+    def from_json(cls, payload: JSON) -> Snapshot:
+        """Read back what `to_json` wrote (another process: the counters stay 0)."""
+        from labelsync.report.snapshot_json import snapshot_from_json  # it imports this module
+
+        return snapshot_from_json(payload)
