@@ -42,6 +42,18 @@ def test_a_pool_added_without_members_says_so() -> None:
     ]
 
 
+def test_a_pool_waiting_for_its_first_start_is_told_when_it_is_written() -> None:
+    """`docker run` creates, then starts: nothing is written at the create, so no
+    "applied" line says the pool was added then; the start adds it with its member."""
+    created = dataclasses.replace(container(), state="created")
+    waiting = build_desired([created])
+    assert waiting.pools[0].awaiting_start
+    assert describe_changes(None, waiting) == []
+    started = build_desired([container()])
+    assert describe_changes(waiting, started) == ["pool app.localhost added (random: web-1)"]
+    assert describe_changes(waiting, build_desired([])) == []  # removed before it started
+
+
 def test_a_route_removed_at_start_up_is_named() -> None:
     desired = build_desired([container()])
     (pool,) = desired.pools

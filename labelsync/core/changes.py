@@ -32,8 +32,10 @@ def describe_changes(old: DesiredState | None, new: DesiredState) -> list[str]:
     # Pools not rebuilt are the very objects of the last build (the incremental core
     # shares them): unchanged, and left out before the comparison.
     shared = set(map(id, old_pools)).intersection(map(id, new.pools))
-    previous = {p.id: p for p in old_pools if id(p) not in shared}
-    current = {p.id: p for p in new.pools if id(p) not in shared}
+    # A pool waiting for its first start is not written yet (`Pool.awaiting_start`): it
+    # is told as added when it is, with its first member.
+    previous = {p.id: p for p in old_pools if id(p) not in shared and not p.awaiting_start}
+    current = {p.id: p for p in new.pools if id(p) not in shared and not p.awaiting_start}
     phrases: list[str] = []
     for pool_id, pool in current.items():
         before = previous.get(pool_id)
