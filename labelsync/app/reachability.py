@@ -48,6 +48,7 @@ from dnslib import QTYPE, DNSRecord
 from loguru import logger
 
 from labelsync.caddy.admin import CaddyAdmin
+from labelsync.caddy.listen import tcp_listener
 from labelsync.caddy.render import caddy_resolver_address
 from labelsync.core.durations import parse_duration
 from labelsync.core.endpoints import (
@@ -104,19 +105,12 @@ def listener_urls(listen: list[str], admin_endpoint: str) -> list[str]:
     plain: list[str] = []
     secure: list[str] = []
     for address in listen:
-        network, sep, rest = address.partition("/")
-        if not sep:
-            network, rest = "tcp", address
-        if not network.startswith("tcp"):
+        listener = tcp_listener(address)
+        if listener is None:
             continue
-        # Caddy's network address grammar (`host:port-range`), read as `caddy/listen.py`
-        # reads it; not one of labelsync's endpoints, so not `split_host_port`.
-        host, sep, ports = rest.rpartition(":")
-        port = ports.split("-", 1)[0]
-        if not sep or not port.isdigit():
-            continue
+        host, port = listener
         host = fallback_host if host in _WILDCARD_HOSTS else bracketed(host)
-        if port == "443":
+        if port == 443:
             secure.append(f"https://{host}:{port}")
         else:
             plain.append(f"http://{host}:{port}")

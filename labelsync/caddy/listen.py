@@ -41,16 +41,23 @@ DEFAULT_HTTP_PORT = 80
 DEFAULT_HTTPS_PORT = 443
 
 
-def listen_port(address: str) -> int | None:
-    """The (first) TCP port of a Caddy listen address; None for unix, UDP or no port."""
+def tcp_listener(address: str) -> tuple[str, int] | None:
+    """The host (empty for every interface) and (first) TCP port of a Caddy listen
+    address (`network/host:port-range`); None for unix, UDP or no port."""
     network, sep, rest = address.partition("/")
     if not sep:
         network, rest = "tcp", address
     if not network.startswith("tcp"):
         return None
-    _, sep, ports = rest.rpartition(":")
+    host, sep, ports = rest.rpartition(":")
     port = ports.split("-", 1)[0]
-    return int(port) if sep and port.isdigit() else None
+    return (host, int(port)) if sep and port.isdigit() else None
+
+
+def listen_port(address: str) -> int | None:
+    """The (first) TCP port of a Caddy listen address; None for unix, UDP or no port."""
+    listener = tcp_listener(address)
+    return listener[1] if listener is not None else None
 
 
 @dataclass(frozen=True)
