@@ -19,6 +19,17 @@ a time (a new one joins, a sync, the old one leaves, a sync), under the same tra
 in dynamic mode the budget's quiet time is shortened to `HOLD` so that the pool's way
 back into the JSON is inside the measurement. Failed requests, admin writes and stale
 keep-alive resets (requests that failed on a reused connection and were retried).
+
+(c) Caddy's own metrics, on vs off (issue 18), at the sizes of `METRICS_SIZES` that are
+run: two Caddys side by side in the default mode, the same but for
+`apps.http.metrics = {"per_host": true}` in one of them (written into its config through
+the admin API; every labelsync route names its host, so each pool gets its own series).
+`METRICS_ROUNDS` rounds of one window of the same load per side, in the order off on, on
+off, ... (drift hits both sides alike); halfway the two Caddys swap roles (crossover).
+The cost of "on" in % of "off" is the median over the rounds of each round's pair of
+windows: requests/s, p99, and Caddy's CPU per request. Then what one read of Caddy's
+`/metrics` costs with no traffic (bytes, Caddy's answer time and CPU, and the CPU of
+parsing it with prometheus_client, as labelsync's reader of Caddy's gauges does).
 """
 
 from __future__ import annotations
@@ -33,6 +44,8 @@ import sys
 import time
 from collections.abc import AsyncIterator
 from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
 
 from labelsync.caddy.admin import CaddyAdmin
 from labelsync.core.model import JSON
@@ -55,6 +68,10 @@ ROLL_VARIANTS = ("dynamic", "static", "whole-config")
 ROLL_POOLS = 500
 HOLD = 2.0  # the budget's quiet time in (b), shortened from 60 s
 STEP_PAUSE = 0.5
+METRICS_SIZES = (10, 500, 1000)  # (c): the sizes issue 18 names, where they are run
+METRICS_ROUNDS = 16  # (c): rounds of one window per side (off on, on off, ...); crossover
+METRICS_CONFIG: JSON = {"per_host": True}  # apps.http.metrics of the "on" Caddy
+METRICS_READS = 5  # (c): reads of /metrics timed, with no traffic
 
 
 def _ticks(pid: int) -> float:
@@ -211,6 +228,145 @@ async def _steady(pools: int, seconds: float, port: int, load: Load) -> dict[str
         }
 
 
+def _series(text: str, name: str) -> tuple[int, int]:
+    """(samples of metric `name`, distinct `host` labels among them) in a /metrics text."""
+    samples, hosts = 0, set()
+    for line in text.splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            samples += 1
+            labels = line.split("{", 1)[1].split("}", 1)[0] if "{" in line else ""
+            for label in labels.split(","):
+                if label.startswith('host="'):
+                    hosts.add(label)
+    return samples, len(hosts)
+
+
+async def _metrics_state(caddy: BenchCaddy) -> dict[str, Any]:
+    """What Caddy's config holds at apps/http/metrics, and the request counters it exports."""
+    config = await asyncio.to_thread(caddy.get_config, "apps/http/metrics")
+    text = (await asyncio.to_thread(caddy.admin, "GET", "/metrics")).text
+    samples, hosts = _series(text, "caddy_http_requests_total")
+    return {"config": config, "requests_total_series": samples, "hosts": hosts}
+
+
+async def _read_cost(caddy: BenchCaddy) -> dict[str, Any]:
+    """One GET /metrics, `METRICS_READS` times with no traffic: bytes, Caddy's answer
+    time and CPU, and the CPU of parsing it into metric families (prometheus_client)."""
+    assert caddy.pid is not None
+    walls, parses, sizes, samples = [], [], [], 0
+    caddy_cpu = _ticks(caddy.pid)
+    for _ in range(METRICS_READS):
+        started = time.perf_counter()
+        text = (await asyncio.to_thread(caddy.admin, "GET", "/metrics")).text
+        walls.append((time.perf_counter() - started) * 1000)
+        sizes.append(len(text.encode()))
+        parse_started = time.process_time()
+        samples = sum(len(f.samples) for f in text_string_to_metric_families(text))
+        parses.append((time.process_time() - parse_started) * 1000)
+    caddy_cpu = _ticks(caddy.pid) - caddy_cpu  # the reads only: nothing else runs now
+    return {
+        "reads": METRICS_READS,
+        "bytes": int(median(sizes)),
+        "samples": samples,
+        "answer_ms": round(median(walls), 1),
+        "caddy_cpu_ms": round(1000 * caddy_cpu / METRICS_READS, 1),
+        "parse_cpu_ms": round(median(parses), 1),
+    }
+
+
+def _overhead(on: float, off: float) -> float:
+    """How much "on" differs from "off", in % of "off"."""
+    return round(100 * (on - off) / off, 1) if off else math.nan
+
+
+async def _set_metrics(caddy: BenchCaddy, on: bool) -> None:
+    """Caddy's metrics on or off (a config load: Caddy's counters start from 0)."""
+    method, body = ("PUT", METRICS_CONFIG) if on else ("DELETE", None)
+    await asyncio.to_thread(caddy.admin, method, "/config/apps/http/metrics", body)
+
+
+async def _metrics_cost(pools: int, seconds: float, port: int, load: Load) -> dict[str, Any]:
+    """(c) Caddy's metrics off and on, side by side, `METRICS_ROUNDS` rounds of one window
+    each (order off on, on off, ...); halfway the two Caddys swap (crossover), so that
+    whatever differs between two Caddy processes other than the metrics cancels out."""
+    hosts = [pool_host(i) for i in range(pools)]
+    async with contextlib.AsyncExitStack() as stack:
+        caddys: list[tuple[Any, BenchCaddy]] = []
+        for name in ("a", "b"):
+            caddy = await stack.enter_async_context(running_caddy(f"busy-metrics-{name}-{pools}"))
+            ls, _source, _admin = await stack.enter_async_context(
+                _variant("dynamic", pools, port, caddy)
+            )
+            caddys.append((ls, caddy))
+        windows: dict[str, list[dict[str, Any]]] = {"off": [], "on": []}
+        states: list[dict[str, Any]] = []
+        window = seconds / ROUNDS  # as long as a window of (a)
+        halves = (METRICS_ROUNDS + 1) // 2, METRICS_ROUNDS // 2
+        for half, rounds in enumerate(halves):
+            running = {"off": caddys[half], "on": caddys[1 - half]}
+            await _set_metrics(running["on"][1], True)
+            if half:
+                await _set_metrics(running["off"][1], False)
+            for _ls, caddy in running.values():  # warm up; "on": every host's series
+                load.start(caddy.http_port, hosts, 1.0)
+                await load.result()
+            state = {side: await _metrics_state(caddy) for side, (_ls, caddy) in running.items()}
+            on, off = state["on"], state["off"]
+            if on["config"] != METRICS_CONFIG or on["hosts"] < min(pools, 100):
+                raise RuntimeError(f"Caddy's metrics are not on in the 'on' Caddy: {on}")
+            if off["requests_total_series"]:
+                raise RuntimeError(f"Caddy's metrics are on in the 'off' Caddy: {off}")
+            states.append(state)
+            for round_ in range(rounds):
+                for side in ("off", "on") if round_ % 2 == 0 else ("on", "off"):
+                    ls, caddy = running[side]
+                    windows[side].append(await _window(side, ls, caddy, hosts, window, load))
+        result: dict[str, Any] = {
+            side: _combine(windows[side], pools, len(caddys[0][0].reconciler.json_pools), True)
+            for side in ("off", "on")
+        }
+        for side in ("off", "on"):
+            cpu = sum(w["caddy_cpu"] for w in windows[side])
+            result[side]["caddy_cpu_us_per_request"] = round(
+                1e6 * cpu / max(1, sum(w["requests"] for w in windows[side])), 1
+            )
+        # A round's two windows are next to each other: the cost of each round is free of
+        # the drift between rounds, and its median is the figure.
+        pairs = list(zip(windows["off"], windows["on"], strict=True))
+        rate = [-_overhead(b["requests_per_second"], a["requests_per_second"]) for a, b in pairs]
+        p99 = [
+            _overhead(b["latency_ms"].get("p99", math.nan), a["latency_ms"].get("p99", math.nan))
+            for a, b in pairs
+        ]
+        cpu_per_request = [
+            _overhead(
+                b["caddy_cpu"] / max(1, b["requests"]), a["caddy_cpu"] / max(1, a["requests"])
+            )
+            for a, b in pairs
+        ]
+        result["cost_percent"] = {
+            # Positive: "on" costs (fewer requests/s, a longer p99, more Caddy CPU each).
+            "requests_per_second": round(median(rate), 1),
+            "p99": round(median(p99), 1),
+            "caddy_cpu_per_request": round(median(cpu_per_request), 1),
+            "requests_per_second_each_round": rate,
+            "p99_each_round": p99,
+            "caddy_cpu_per_request_each_round": cpu_per_request,
+            # The same from the medians of each side (not paired).
+            "requests_per_second_of_medians": -_overhead(
+                result["on"]["requests_per_second"], result["off"]["requests_per_second"]
+            ),
+            "p99_of_medians": _overhead(
+                result["on"]["latency_ms"]["p99"], result["off"]["latency_ms"]["p99"]
+            ),
+        }
+        result["state"] = states
+        result["read"] = await _read_cost(running["on"][1])
+        off_text = (await asyncio.to_thread(running["off"][1].admin, "GET", "/metrics")).text
+        result["read"]["bytes_when_off"] = len(off_text.encode())
+        return result
+
+
 async def _roll(variant: str, seconds: float, port: int, load: Load) -> dict[str, Any]:
     async with (
         running_caddy(f"busy-roll-{variant}") as caddy,
@@ -258,6 +414,12 @@ async def run(sizes: tuple[int, ...], seconds: float, log: Any) -> dict[str, Any
         for pools in sizes:
             log(f"busy pools: {pools} pools, {', '.join(VARIANTS)}, {seconds:g} s of traffic each")
             results[str(pools)] = await _steady(pools, seconds, port, load)
+        metrics_sizes = [pools for pools in sizes if pools in METRICS_SIZES]
+        metrics: dict[str, Any] = {"sizes": metrics_sizes, "rounds": METRICS_ROUNDS}
+        for pools in metrics_sizes:
+            log(f"busy pools: {pools} pools, Caddy's metrics off vs on, {METRICS_ROUNDS} rounds")
+            metrics[str(pools)] = await _metrics_cost(pools, seconds, port, load)
+        results["metrics"] = metrics
         roll: dict[str, Any] = {"pools": ROLL_POOLS, "hold_seconds": HOLD}
         for variant in ROLL_VARIANTS:
             log(f"busy pools: rolling one pool among {ROLL_POOLS}, {variant}")

@@ -256,6 +256,9 @@ def _busy_rows(r: dict[str, Any]) -> list[Row]:
                 m["labelsync_cpu_percent"] <= 10 if big and column == "dynamic" else None,
             )
         rows += [rate, latency, dns, cpu]
+        metrics = r.get("metrics", {}).get(str(pools))
+        if metrics:
+            rows += _metrics_rows(scenario, r["metrics"]["rounds"], metrics)
     roll = r.get("roll")
     if roll:
         scenario = f"7 rolling 1 pool of {roll['pools']} busy pools"
@@ -270,6 +273,39 @@ def _busy_rows(r: dict[str, Any]) -> list[Row]:
             )
         rows += [failed, writes]
     return rows
+
+
+METRICS_COST_LIMIT = 5.0  # % of throughput or p99 (issue 18): above it, metrics are opt-in
+
+
+def _metrics_rows(scenario: str, rounds: int, m: dict[str, Any]) -> list[Row]:
+    """busy_pools (c): Caddy's metrics off vs on, and what one read of /metrics costs."""
+    off, on, cost = m["off"], m["on"], m["cost_percent"]
+    target = f"cost ≤ {METRICS_COST_LIMIT:g} %"
+    rate = Row(scenario, f"Caddy metrics off · on, {rounds} rounds: requests/s (cost)")
+    rate.target = target
+    rate.cells["dynamic"] = _mark(
+        f"{off['requests_per_second']:.0f} · {on['requests_per_second']:.0f} "
+        f"({cost['requests_per_second']:+.1f} %)",
+        cost["requests_per_second"] <= METRICS_COST_LIMIT,
+    )
+    latency = Row(scenario, "Caddy metrics off · on: p99 ms (cost)", target=target)
+    latency.cells["dynamic"] = _mark(
+        f"{_ms(off['latency_ms'].get('p99'))} · {_ms(on['latency_ms'].get('p99'))} "
+        f"({cost['p99']:+.1f} %)",
+        cost["p99"] <= METRICS_COST_LIMIT,
+    )
+    cpu = Row(scenario, "Caddy metrics off · on: Caddy CPU µs per request (cost)")
+    cpu.cells["dynamic"] = (
+        f"{off['caddy_cpu_us_per_request']:.0f} · {on['caddy_cpu_us_per_request']:.0f} "
+        f"({cost['caddy_cpu_per_request']:+.1f} %)"
+    )
+    read = m["read"]
+    scrape = Row(scenario, "one GET /metrics (on): size · Caddy answer ms · parse CPU ms")
+    scrape.cells["dynamic"] = (
+        f"{_bytes(read['bytes'])} · {_ms(read['answer_ms'])} · {_ms(read['parse_cpu_ms'])}"
+    )
+    return [rate, latency, cpu, scrape]
 
 
 def _deploy_rows(r: dict[str, Any]) -> list[Row]:

@@ -61,6 +61,10 @@ class Settings(BaseSettings):
     """The listen port that speaks HTTPS; derived from `listen` when unset (caddy/listen.py)."""
     install_trust: bool = False
     """Let the bundled Caddy add its local root CA to the host's trust store."""
+    caddy_metrics: Literal["auto", "on", "off"] = defaults.CADDY_METRICS
+    """Caddy's per-host request counters: `auto` reads them where they are on (opt-in:
+    they cost Caddy throughput); `on` turns them on in the bundled Caddy's config and in
+    an external Caddy (one config write at start); `off` neither (core/caddy_metrics.py)."""
     label_prefix: str = defaults.LABEL_PREFIX
     """Prefix of every label labelsync reads."""
     network: str | None = None
@@ -149,7 +153,7 @@ class Settings(BaseSettings):
     def _off_is_unset(cls, value: Any) -> Any:
         if value is False or value is None:
             return None
-        if isinstance(value, str) and value.strip().lower() in ("", "off", "none", "false", "0"):
+        if isinstance(value, str) and value.strip().lower() in defaults.UNSET_WORDS:
             return None
         return value
 

@@ -19,6 +19,7 @@ from labelsync.caddy.admin import CaddyAdmin
 from labelsync.caddy.embedded import EmbeddedCaddy, bundled_caddy, default_runtime_dir
 from labelsync.caddy.operations import AddRoute
 from labelsync.caddy.render import render_server
+from labelsync.core.caddy_metrics import read_http_counts, turns_metrics_on
 from labelsync.errors import CaddyUnavailable
 from tests.support.caddy import CaddyProcess, free_port
 from tests.support.waiting import eventually
@@ -101,6 +102,40 @@ async def test_start_answers_on_the_socket_and_serves_on_the_listen_address(
     assert not alive(pid)
     assert not caddy.pid_path.exists()
     assert "admin endpoint started" in caddy.log_path.read_text()
+
+
+async def test_the_bundled_caddy_counts_requests_per_host_when_told_to(
+    make_caddy: Callable[..., EmbeddedCaddy], tmp_path: Path
+) -> None:
+    """Issue 18: per-host request metrics cost the bundled Caddy more than 5 % of its
+    throughput (docs/performance.md, busy pools), so they are opt-in there too:
+    `LABELSYNC_CADDY_METRICS=on` puts them in its base config, and each pool's host then
+    has counters of its own in Caddy's `/metrics`."""
+    default = make_caddy(runtime_dir=tmp_path / "default")
+    assert "metrics" not in default.base_config()["apps"]["http"]
+    port = free_port()
+    caddy = make_caddy(
+        listen=[f"127.0.0.1:{port}"], http_metrics=turns_metrics_on("on", bundled=True)
+    )
+    assert caddy.base_config()["apps"]["http"]["metrics"] == {"per_host": True}
+    await caddy.start()
+    dead = {"dial": f"127.0.0.1:{free_port()}"}  # nothing listens: each request a 502
+    route = {
+        "@id": "labelsync-proxy",
+        "match": [{"host": ["proxy.test"]}],
+        "handle": [{"handler": "reverse_proxy", "upstreams": [dead]}],
+    }
+    admin = CaddyAdmin(caddy.admin_endpoint)
+    try:
+        _, etag = await admin.server("labelsync")
+        await admin.apply("labelsync", [], [AddRoute(0, route)], etag)
+        for _ in range(3):
+            assert (await get_text(f"http://127.0.0.1:{port}/", "proxy.test"))[0] == 502
+        reading = read_http_counts(await admin.metrics_text(), "labelsync")
+    finally:
+        await admin.aclose()
+    counted = reading.hosts["proxy.test"]
+    assert (counted.requests, counted.failed, counted.proxy_errors) == (3, 3, 3)
 
 
 async def test_nothing_is_autosaved(

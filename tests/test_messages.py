@@ -54,6 +54,19 @@ def test_a_pool_waiting_for_its_first_start_is_told_when_it_is_written() -> None
     assert describe_changes(waiting, build_desired([])) == []  # removed before it started
 
 
+def test_a_recreated_service_is_told_by_its_members_not_as_removed_and_added() -> None:
+    """`compose up` recreating a service: the old container goes before the new one
+    starts, and Caddy keeps the pool's route meanwhile."""
+    old = dataclasses.replace(container(), id="c-old", name="web-old")
+    new = dataclasses.replace(container(), id="c-new", name="web-new")
+    running = build_desired([old])
+    waiting = build_desired([dataclasses.replace(new, state="created")])
+    started = build_desired([new])
+    in_caddy = {pool.id for pool in running.pools}
+    assert describe_changes(running, waiting, in_caddy) == ["pool app.localhost members -web-old"]
+    assert describe_changes(waiting, started, in_caddy) == ["pool app.localhost members +web-new"]
+
+
 def test_a_route_removed_at_start_up_is_named() -> None:
     desired = build_desired([container()])
     (pool,) = desired.pools

@@ -343,7 +343,9 @@ def test_json_is_stable() -> None:
         "containers",
         "other_problems",
         "warnings",
+        "traffic",  # issue 18: added after the fields that were there
     ]
+    assert list(body["pools"][0])[-1] == "traffic"
     assert list(body["pools"][0]["members"][0]) == [
         "container",
         "origin",

@@ -23,11 +23,14 @@ from typing import TYPE_CHECKING
 from loguru import logger
 
 from labelsync.caddy.admin import CaddyAdmin, answers
+from labelsync.core.caddy_metrics import MetricsState, how_to_count, turns_metrics_on
 from labelsync.core.model import Pool
+from labelsync.core.traffic import CaddyCounting, TrafficBook
 from labelsync.errors import ConfigError, LabelsyncError
 from labelsync.loop.fanout import SharedSource, SharedStatic
 from labelsync.loop.ports import MembershipChannel, StaticRoutes
 from labelsync.loop.reconcile import Reconciler
+from labelsync.loop.traffic import TrafficSampler, sample_forever
 from labelsync.report.dashboard import Dashboard
 from labelsync.report.logs import setup_logging
 from labelsync.report.metrics import PING_TIMEOUT
@@ -41,6 +44,8 @@ from labelsync.sources.static import StaticFile
 
 if TYPE_CHECKING:
     from labelsync.caddy.embedded import EmbeddedCaddy
+
+TRAFFIC_TIMEOUT = 2.0  # seconds a read of Caddy's counters may take (it holds a write back)
 
 LIVE_SETTINGS = (
     "log_level",
@@ -105,6 +110,7 @@ async def caddy_endpoints(
         http_port=listen_plan(settings).http_port,
         https_port=listen_plan(settings).https_port,
         install_trust=settings.install_trust,
+        http_metrics=turns_metrics_on(settings.caddy_metrics, bundled=True),
         on_restart=on_restart,
     )
     await embedded.start()
@@ -227,9 +233,10 @@ def _observability(
     reconcilers: list[Reconciler],
     membership: MembershipChannel | None,
     notifier: SystemdNotifier,
+    traffic: TrafficBook,
 ) -> Observability:
     """The state file, metrics and systemd notifications, watching every reconciler."""
-    view = LiveView(reconcilers, settings=settings, health=membership)
+    view = LiveView(reconcilers, settings=settings, health=membership, traffic=traffic)
     readers = []
     if settings.metrics_listen:  # scrapes and /healthz read Caddy with clients of their own
         readers = [CaddyAdmin(r.caddy.endpoint, timeout=PING_TIMEOUT * 2) for r in reconcilers]
@@ -325,9 +332,7 @@ async def run_daemon(settings: Settings) -> int:
         _membership(settings) as membership,
         caddy_endpoints(settings, restore_routes) as caddies,
     ):
-        crashed = await _serve(
-            settings, caddies.endpoints, membership, static, reconcilers, notifier, stop
-        )
+        crashed = await _serve(settings, caddies, membership, static, reconcilers, notifier, stop)
     if crashed is not None:
         logger.opt(exception=crashed).error("labelsync stopped on an unexpected error")
         return 1
@@ -358,9 +363,33 @@ def _handle_signals(
     loop.add_signal_handler(signal.SIGHUP, reload)
 
 
+def _traffic(
+    settings: Settings, caddies: CaddyEndpoints
+) -> tuple[TrafficBook, dict[str, TrafficSampler]]:
+    """Caddy's request counters, read into one book by a sampler per Caddy
+    (loop/traffic.py); none with LABELSYNC_CADDY_METRICS=off."""
+    book = TrafficBook()
+    bundled = caddies.bundled.admin_endpoint if caddies.bundled is not None else None
+    samplers = {}
+    for endpoint in caddies.endpoints:
+        own = endpoint == bundled
+        if settings.caddy_metrics == "off":
+            state = MetricsState.NOT_READ
+            book.set_counting(endpoint, CaddyCounting(state, how_to_count(state, bundled=own)))
+            continue
+        samplers[endpoint] = TrafficSampler(
+            CaddyAdmin(endpoint, timeout=TRAFFIC_TIMEOUT),
+            book,
+            server=settings.caddy_server,
+            turn_on=turns_metrics_on(settings.caddy_metrics, bundled=own),
+            bundled=own,
+        )
+    return book, samplers
+
+
 async def _serve(
     settings: Settings,
-    endpoints: list[str],
+    caddies: CaddyEndpoints,
     membership: MembershipChannel | None,
     static: SharedStatic | None,
     reconcilers: list[Reconciler],
@@ -369,25 +398,37 @@ async def _serve(
 ) -> BaseException | None:
     """One reconciler per Caddy, with reporting around them, until `stop` is set or a
     reconciler crashes (its exception, returned); everything closed on the way out."""
+    endpoints = caddies.endpoints
     admins = [CaddyAdmin(endpoint) for endpoint in endpoints]
     source = SharedSource(DockerSource(settings.docker_host, swarm=settings.swarm))
+    traffic, samplers = _traffic(settings, caddies)
     for admin in admins:
-        reconcilers.append(
-            Reconciler(settings, source, admin, static=static, membership=membership)
+        sampler = samplers.get(admin.endpoint)
+        reconciler = Reconciler(
+            settings,
+            source,
+            admin,
+            static=static,
+            membership=membership,
+            before_write=sampler.before_write if sampler is not None else None,
         )
+        if sampler is not None:
+            sampler.ready = reconciler.state.synced.is_set
+        reconcilers.append(reconciler)
     _budget_follows_health(reconcilers, membership)
     logger.info(
         f"labelsync running: Caddy {', '.join(endpoints)}, Docker {source.endpoint}, "
         f"upstreams {settings.upstreams}"
     )
-    observability = _observability(settings, reconcilers, membership, notifier)
+    observability = _observability(settings, reconcilers, membership, notifier, traffic)
     dashboard = await _start_dashboard(settings, observability.view, endpoints[0])
     await observability.start()
     tasks = [asyncio.create_task(r.run()) for r in reconcilers]
     stopper = asyncio.create_task(stop.wait())
+    counting = asyncio.create_task(sample_forever(list(samplers.values()), traffic))
     check = _reachability_check(reconcilers, admins, membership, settings)
     done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
-    extras = [stopper] if check is None else [stopper, check]
+    extras = [stopper, counting] if check is None else [stopper, counting, check]
     for task in [*tasks, *extras]:
         task.cancel()
     await asyncio.gather(*tasks, *extras, return_exceptions=True)
@@ -398,5 +439,7 @@ async def _serve(
     await observability.aclose()
     for admin in admins:
         await admin.aclose()
+    for sampler in samplers.values():
+        await sampler.reader.aclose()
     source.close()
     return crashed[0] if crashed else None

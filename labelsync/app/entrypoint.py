@@ -23,11 +23,11 @@ import stat
 import sys
 from collections.abc import Mapping, Sequence
 
+from labelsync.core.defaults import DOCKER_SOCKET, UNSET_WORDS
+from labelsync.core.endpoints import unix_socket_path
+
 USER_ID = 10001
 GROUP_ID = 10001
-DEFAULT_SOCKET = "/var/run/docker.sock"
-# Values of LABELSYNC_DOCKER_HOST that mean "unset" (settings.py's `_off_is_unset`).
-UNSET = ("", "off", "none", "false", "0")
 QUIET_LEVELS = ("SUCCESS", "WARNING", "ERROR")  # above INFO (loguru's)
 
 
@@ -35,13 +35,13 @@ def docker_socket(environ: Mapping[str, str]) -> str | None:
     """The unix socket labelsync will open, as labelsync picks it; None for a TCP or SSH
     engine (no file, no group to take)."""
     chosen = environ.get("LABELSYNC_DOCKER_HOST", "").strip()
-    if chosen.lower() in UNSET:
+    if chosen.lower() in UNSET_WORDS:
         chosen = environ.get("DOCKER_HOST", "").strip()
     if not chosen:
-        return DEFAULT_SOCKET
-    if not chosen.startswith("unix://"):
+        return DOCKER_SOCKET
+    path = unix_socket_path(chosen)
+    if path is None:
         return None
-    path = chosen.removeprefix("unix://")
     return path if path.startswith("/") else f"/{path}"
 
 
@@ -53,16 +53,17 @@ def added_groups() -> list[int]:
 
 
 def socket_group(path: str | None) -> tuple[int | None, str, bool]:
-    """The socket's gid (None when there is none to take), what to log, and whether that
-    group may not open the socket (connecting takes write permission; a WARNING then)."""
+    """The socket's gid (None when there is none to take), what to log, and whether
+    labelsync will not reach Docker through it: no socket there, or one that group may
+    not open (connecting takes write permission). A WARNING then."""
     if path is None:
         return None, "the Docker engine is not a unix socket: no group to take", False
     try:
         info = os.stat(path)
-    except OSError as exc:
-        return None, f"no Docker socket at {path} ({exc.strerror}): no group to take", False
+    except OSError as exc:  # labelsync will not reach Docker there: said as a WARNING
+        return None, f"no Docker socket at {path} ({exc.strerror}): no group to take", True
     if not stat.S_ISSOCK(info.st_mode):
-        return None, f"{path} is not a socket: no group to take", False
+        return None, f"{path} is not a socket: no group to take", True
     mode = stat.S_IMODE(info.st_mode)
     line = f"took the group of {path} (gid {info.st_gid}, mode {mode:04o})"
     refused = not mode & (stat.S_IWGRP | stat.S_IWOTH)
@@ -104,9 +105,20 @@ def drop_privileges(environ: dict[str, str]) -> None:
     gid, line, refused = socket_group(docker_socket(environ))
     groups = list(dict.fromkeys([*([] if gid is None else [gid]), *added_groups()]))
     user_id, group_id, home = image_user()
-    os.setgroups(groups)
-    os.setgid(group_id)
-    os.setuid(user_id)  # real, effective and saved at once: root's capabilities go with it
+    try:
+        os.setgroups(groups)
+        os.setgid(group_id)
+        os.setuid(user_id)  # real, effective and saved at once: root's capabilities go too
+    except PermissionError:  # root without CAP_SETUID/CAP_SETGID (`cap_drop: [ALL]`)
+        log(
+            f"{line}; cannot become uid {user_id}: this root lacks the SETUID/SETGID "
+            "capabilities (cap_drop), so labelsync runs as root without them. To run as "
+            f'uid {user_id}, start the container with `user: "{user_id}"` and `group_add` '
+            "(the socket's gid), or `cap_add: [SETUID, SETGID]`",
+            environ,
+            warning=True,
+        )
+        return
     if environ.get("HOME", "/root") == "/root":  # root's, as Docker sets it
         environ["HOME"] = home
     names = ", ".join(str(g) for g in groups) or "none"

@@ -2,8 +2,9 @@
 
 The verdicts are `core.explain`'s, the ones the dashboard and `status --json` show. With
 a daemon running they come from its live state (its settings, its health checks' and
-Docker's verdicts, Caddy's passive counts through `status`); without one, labelsync reads
-Docker itself and says what a daemon with these settings would do.
+Docker's verdicts, Caddy's passive counts through `status`), with the traffic of each
+route's pool (Caddy counts per host: the pool's numbers, not the container's); without
+one, labelsync reads Docker itself and says what a daemon with these settings would do.
 
 CONTAINER is a container name, or a prefix of its id (or of its name, when no name
 matches exactly). Exit codes: 0 routed (every route its labels declare serves), 1 not
@@ -22,7 +23,9 @@ from typing import TextIO
 from labelsync.app.status import find_admin, gather_report, live_state
 from labelsync.core.explain import ROUTED, carries_labels, explain_all, verdict_json
 from labelsync.core.model import JSON, ContainerInfo
+from labelsync.core.pool_traffic import describe
 from labelsync.core.pools import build_desired
+from labelsync.core.traffic_json import traffic_from_json
 from labelsync.errors import CaddyError, DockerUnavailable
 from labelsync.report.status_report import build_report
 from labelsync.settings import Settings
@@ -84,7 +87,8 @@ async def verdicts(settings: Settings) -> tuple[list[JSON], list[str], bool]:
                 snapshot=state,
                 notes=notes,
             )
-        return list(report.containers), list(report.notes), True
+        counting = report.traffic.notes if report.traffic is not None else []
+        return list(report.containers), [*report.notes, *counting], True
     containers = await asyncio.to_thread(_list_docker, settings)
     desired = build_desired(
         containers,
@@ -117,6 +121,7 @@ def render(verdict: JSON, notes: Sequence[str]) -> str:
         out.append(head)
         for reason in route["reasons"]:
             out += _reason_lines(reason, "    ")
+        out += _traffic_lines(route.get("traffic"))
     said = {r["why"] for r in verdict["reasons"]}
     said |= {r["why"] for route in verdict["routes"] for r in route["reasons"]}
     others = [p for p in verdict["problems"] if p["text"].partition(": ")[2] not in said]
@@ -125,6 +130,15 @@ def render(verdict: JSON, notes: Sequence[str]) -> str:
         out += [f"    {p['severity']}: {p['text']}" for p in others]
     out += [f"note: {note}" for note in notes]
     return "\n".join(out) + "\n"
+
+
+def _traffic_lines(traffic: JSON | None) -> list[str]:
+    """The route's pool traffic (Caddy counts per host: the pool's, not this member's)."""
+    if not traffic:
+        return []
+    counted = traffic_from_json(traffic)
+    lines = [f"    pool traffic since labelsync started: {describe(counted)}"]
+    return lines + ([f"    ({counted.note})"] if counted.note else [])
 
 
 def _reason_lines(reason: JSON, indent: str) -> list[str]:

@@ -331,9 +331,9 @@ class ReachabilityCheck:
             logger.warning(
                 f"could not confirm that Caddy reaches labelsync's resolver: no pool lookup "
                 f"in {waited:.1f}s, and {probe}. {where}. Caddy is told a loopback address, "
-                "but labelsync cannot connect to Caddy's listener: if they run in different "
-                "containers or network namespaces, set LABELSYNC_RESOLVER_ADVERTISE to an "
-                "address Caddy can reach"
+                "but labelsync could not send a request through Caddy's listener: if they "
+                "run in different containers or network namespaces, set "
+                "LABELSYNC_RESOLVER_ADVERTISE to an address Caddy can reach"
             )
             return
         else:

@@ -10,11 +10,13 @@
 
 Caddy 2.11 reports per upstream only `num_requests` (requests in flight) and `fails`
 (failures inside the passive `fail_duration` window), and no total: `total_requests`
-stays null. In dynamic mode Caddy names an upstream by its SRV target, which names the
-member's container (`10-0-0-5.3f2a9b1c0d4e.ip4.labelsync.internal.:8080`): the counts
-of a container gone from the same IP are not the current one's. An
-address in several pools shares one set of counts: Caddy keeps them per address. The
-merge itself is `status_report.py`.
+stays null. Each pool's requests, failures and latency come from the daemon's state
+file: Caddy counts them per host on its `/metrics`, and the daemon adds them up
+(`core/traffic.py`, `loop/traffic.py`). In dynamic mode Caddy names an upstream by its
+SRV target, which names the member's container
+(`10-0-0-5.3f2a9b1c0d4e.ip4.labelsync.internal.:8080`): the counts of a container gone
+from the same IP are not the current one's. An address in several pools shares one set
+of counts: Caddy keeps them per address. The merge itself is `status_report.py`.
 """
 
 from __future__ import annotations
@@ -54,7 +56,11 @@ def live_state(settings: Settings) -> tuple[Snapshot | None, list[str]]:
         if state is None:
             continue
         if process_alive(int(state.get("pid") or 0)):
-            return Snapshot.from_json(state), notes
+            try:
+                return Snapshot.from_json(state), notes
+            except (KeyError, TypeError, ValueError) as exc:  # another version's file
+                notes.append(f"{path} is not a state file this labelsync reads ({exc!r})")
+                continue
         notes.append(f"{path} is from labelsync pid {state.get('pid')}, which is not running")
     return None, notes
 

@@ -65,6 +65,7 @@ from labelsync.errors import (
 # How much of a failed write's body goes into the DEBUG log line.
 LOGGED_BODY_CHARS = 2000
 CADDY_HEALTHY_METRIC = "caddy_reverse_proxy_upstreams_healthy"
+HTTP_METRICS_PATH = "/config/apps/http/metrics"  # per-host request counters (core/caddy_metrics)
 
 
 class CaddyAdmin:
@@ -144,6 +145,22 @@ class CaddyAdmin:
                 if "upstream" in sample.labels:
                     verdicts[sample.labels["upstream"]] = sample.value >= 1
         return verdicts
+
+    async def metrics_text(self) -> str:
+        """GET /metrics: Caddy's Prometheus text (its request counters: core/caddy_metrics.py)."""
+        response = await self._send("GET", "/metrics")
+        _raise_for_status(response, "GET", "/metrics", write=False)
+        return response.text
+
+    async def http_metrics(self) -> Any:
+        """`apps.http.metrics` as Caddy holds it; None when absent."""
+        config, _ = await self.get(HTTP_METRICS_PATH)
+        return config
+
+    async def set_http_metrics(self, config: JSON, *, replace: bool) -> None:
+        """Write `apps.http.metrics` (one config load): over what is there (`replace`),
+        else created, with any missing parent (CaddyConflict when it appeared meanwhile)."""
+        await self._write("PATCH" if replace else "PUT", HTTP_METRICS_PATH, config)
 
     async def ping(self) -> bool:
         """True when the admin endpoint answers a read.

@@ -41,6 +41,8 @@ from loguru import logger
 
 from labelsync.caddy.admin import CaddyAdmin
 from labelsync.caddy.listen import ListenPlan, plan_listen, whole_config
+from labelsync.core import defaults
+from labelsync.core.caddy_metrics import turns_metrics_on, with_per_host
 from labelsync.core.defaults import CADDY_SERVER
 from labelsync.core.endpoints import caddy_unix_address, unix_endpoint
 from labelsync.errors import CaddyError, CaddyUnavailable, ConfigError
@@ -109,7 +111,8 @@ class EmbeddedCaddy:
     `listen`, `server_name`, `auto_https` and the ports shape the (route-less) server in
     the base config, the same object `ListenPlan.server` gives `CaddyAdmin.ensure_server`,
     so Caddy listens from the first second and again right after a restart; `apps.http`
-    gets the plan's `http_port`/`https_port`, so redirects follow it. The local CA's root
+    gets the plan's `http_port`/`https_port`, so redirects follow it, and Caddy's
+    per-host request counters with `http_metrics` (core/caddy_metrics.py). The local CA's root
     goes into the host's trust store only with `install_trust`. An empty `listen` leaves
     the base config with the admin API only. `on_restart` is called (and awaited
     when it returns an awaitable) each time `supervise` brought a crashed child back.
@@ -128,6 +131,7 @@ class EmbeddedCaddy:
         http_port: int | None = None,
         https_port: int | None = None,
         install_trust: bool = False,
+        http_metrics: bool = turns_metrics_on(defaults.CADDY_METRICS, bundled=True),
         on_restart: Callable[[], Awaitable[None] | None] | None = None,
         start_timeout: float = 10.0,
     ) -> None:
@@ -140,6 +144,7 @@ class EmbeddedCaddy:
             self.listen, auto_https, http_port=http_port, https_port=https_port
         )
         self.install_trust = install_trust
+        self.http_metrics = http_metrics
         self.on_restart = on_restart
         self.start_timeout = start_timeout
         self.socket_path = runtime_dir / "admin.sock"
@@ -188,6 +193,9 @@ class EmbeddedCaddy:
         else:
             trust = {"local": {"install_trust": self.install_trust}}
             config["apps"] = {"pki": {"certificate_authorities": trust}}
+        if self.http_metrics:  # request counts per pool (core/caddy_metrics.py)
+            http = config["apps"].setdefault("http", {})
+            http["metrics"] = with_per_host(None)
         return config
 
     async def start(self) -> None:
@@ -236,6 +244,8 @@ class EmbeddedCaddy:
                 assert pid is not None
                 await _wait_gone(pid)
                 code = None
+                # Gone: its pid may go to another process, which nothing here may signal.
+                self._adopted = None
             if self._stopping:
                 return
             await self._drain_output()
@@ -323,7 +333,7 @@ class EmbeddedCaddy:
             offset = self.log_path.stat().st_size
         except FileNotFoundError:
             offset = 0
-        self._follow_output(offset, lambda: not _running(pid))
+        self._follow_output(offset, lambda: self._adopted != pid or not _running(pid))
         logger.info(
             "adopted the bundled Caddy (pid {}) that an earlier labelsync left running in {}: "
             "it answers and runs this run's config, so it keeps serving",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import fields
 
 from labelsync.core.model import DesiredState, Pool
@@ -24,18 +25,29 @@ def _shape_changes(old: Pool, new: Pool) -> list[str]:
     return changed
 
 
-def describe_changes(old: DesiredState | None, new: DesiredState) -> list[str]:
-    """One phrase per pool that changed: added, removed, members +/-, settings changed."""
+def describe_changes(
+    old: DesiredState | None, new: DesiredState, in_caddy: Collection[str] = ()
+) -> list[str]:
+    """One phrase per pool that changed: added, removed, members +/-, settings changed.
+
+    `in_caddy`: the ids of the pools whose routes Caddy held before `new`. A pool waiting
+    for its first start (`Pool.awaiting_start`) is written only then, so one Caddy does
+    not hold is no pool yet: it is told as added at its start, with its first member.
+    One Caddy holds (a service recreated: its old container went before the new one
+    started) is kept there, and told by its members as any other.
+    """
     old_pools = old.pools if old else ()
     if old_pools is new.pools:
         return []
     # Pools not rebuilt are the very objects of the last build (the incremental core
     # shares them): unchanged, and left out before the comparison.
     shared = set(map(id, old_pools)).intersection(map(id, new.pools))
-    # A pool waiting for its first start is not written yet (`Pool.awaiting_start`): it
-    # is told as added when it is, with its first member.
-    previous = {p.id: p for p in old_pools if id(p) not in shared and not p.awaiting_start}
-    current = {p.id: p for p in new.pools if id(p) not in shared and not p.awaiting_start}
+
+    def told(pool: Pool) -> bool:
+        return id(pool) not in shared and (not pool.awaiting_start or pool.id in in_caddy)
+
+    previous = {p.id: p for p in old_pools if told(p)}
+    current = {p.id: p for p in new.pools if told(p)}
     phrases: list[str] = []
     for pool_id, pool in current.items():
         before = previous.get(pool_id)

@@ -38,5 +38,19 @@ STREAM_CLOSE_DELAY: Final = "10m"
 DYNAMIC_BUDGET: Final = 90
 """Most pools served by the resolver (`LABELSYNC_DYNAMIC_BUDGET`; membership/budget.py)."""
 
+UNSET_WORDS: Final = ("", "off", "none", "false", "0")
+"""What an optional setting (an address, a path) may be set to, to mean "not set"."""
+
 DOCKER_SOCKET: Final = "/var/run/docker.sock"
 """The Docker engine's socket when neither `LABELSYNC_DOCKER_HOST` nor `DOCKER_HOST` is set."""
+
+CADDY_METRICS: Final = "auto"
+"""Caddy's per-host request metrics (`LABELSYNC_CADDY_METRICS`): `auto` reads them where
+they are on and turns them on in the bundled Caddy only if `BUNDLED_CADDY_METRICS`; `on`
+turns them on in every Caddy, the bundled one and an external one; `off` neither writes
+nor reads."""
+
+BUNDLED_CADDY_METRICS: Final = False
+"""Whether `auto` turns per-host metrics on in the bundled Caddy: no, they cost it more
+than 5 % of its throughput in the busy-pools bench (docs/performance.md), so they are
+opt-in (`LABELSYNC_CADDY_METRICS=on`)."""

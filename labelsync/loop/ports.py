@@ -10,6 +10,7 @@ its tests plug in a listing of records and an in-memory Caddy:
 | `MembershipPublisher` | `DynamicMembership` | a recorder |
 | `StaticRoutes` | `StaticFile`, shared through `fanout.SharedStatic` | |
 | `SyncObserver` | `Metrics`, `Observability` | the benchmarks' recorders |
+| `MetricsReader` | `CaddyAdmin` (a client of its own) | `CaddyAdmin` over `memory_caddy` |
 
 `MembershipChannel` is the publisher as the daemon sees it: with the health checks'
 state and flips that the report reads (`report.snapshot.HealthSource`), and the
@@ -146,3 +147,27 @@ class SyncObserver(Protocol):
     def on_event(self, event: DockerEvent) -> None: ...
 
     def on_sync(self, result: SyncResult, seconds: float, latency: float | None) -> None: ...
+
+
+class MetricsReader(Protocol):
+    """One Caddy's request counters and the config that turns them on (`loop/traffic.py`).
+
+    Errors are `labelsync.errors.CaddyError`s, as for `CaddyWriter`.
+    """
+
+    @property
+    def endpoint(self) -> str: ...
+
+    async def metrics_text(self) -> str:
+        """Caddy's `/metrics`, as Prometheus text."""
+        ...
+
+    async def http_metrics(self) -> Any:
+        """`apps.http.metrics`; None when absent."""
+        ...
+
+    async def set_http_metrics(self, config: JSON, *, replace: bool) -> None:
+        """Write `apps.http.metrics`: over what is there (`replace`), else created."""
+        ...
+
+    async def aclose(self) -> None: ...

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -96,11 +97,15 @@ class Reconciler:
         *,
         static: StaticRoutes | None = None,
         membership: MembershipPublisher | None = None,
+        before_write: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
+        """`before_write` is awaited right before each admin write (writer.py)."""
         self.docker = docker
         self.caddy = caddy
         # How the routes get into Caddy (writer.py); what Caddy holds, as far as known.
-        self._writer = RouteWriter(settings, caddy, notify=self.notify, on_write=self._wrote)
+        self._writer = RouteWriter(
+            settings, caddy, notify=self.notify, on_write=self._wrote, before_write=before_write
+        )
         self.settings = settings
         self.static = static
         self.membership = membership
@@ -110,6 +115,7 @@ class Reconciler:
         self._first_event: float | None = None  # wall-clock seconds of the oldest pending event
         self._leaving: set[str] = set()
         self._written_members: frozenset[str] = frozenset()  # ids of members Caddy holds
+        self._in_caddy: frozenset[str] = frozenset()  # ids of the pools whose routes it holds
         # The incremental core: a sync re-parses, rebuilds and renders only what changed.
         self._parsed = ParseMemo()
         self._rendered = RenderMemo()
@@ -334,13 +340,17 @@ class Reconciler:
         # sync itself succeeded (healthz stays green; Caddy serves everything else).
         self.state.last_apply_ok = True
         self.state.last_error = None
-        changes = describe_changes(self.state.desired, desired) + _stale_removals(
+        changes = describe_changes(self.state.desired, desired, self._in_caddy) + _stale_removals(
             self.state.desired, operations
         )
         if changes:
             self._writer.pools_changed()
         self.state.desired = desired
         self._written_members = frozenset(m.container_id for p in desired.pools for m in p.members)
+        # A pool waiting for its first start keeps the route Caddy holds, or has none.
+        self._in_caddy = frozenset(
+            p.id for p in desired.pools if not p.awaiting_start or p.id in self._in_caddy
+        )
         self.json_pools = json_pools
         if changes or operations:
             latency = time.time() - first_event if first_event is not None else None

@@ -17,6 +17,8 @@ rendered, with as few admin requests as it can:
   while every other change is written (`quarantine.py`); a refusal no single route
   explains is raised to the loop;
 - a missing server is created as the listen plan says;
+- right before each write, `before_write` runs (the daemon reads Caddy's request
+  counters then: a write restarts them, `loop/traffic.py`);
 - on exit, the fallback lists of dynamic routes are brought up to date
   (`refresh_fallbacks`).
 """
@@ -25,7 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Awaitable, Callable, Collection
 from typing import Any, NamedTuple
 
 from loguru import logger
@@ -89,7 +91,8 @@ class RouteWriter:
         for held in writer.take_refusals(): ...  # routes just quarantined
 
     `notify` asks the loop for a sync (fallback lists left out are due); `on_write`
-    is called for each write Caddy accepted.
+    is called for each write Caddy accepted; `before_write` is awaited right before
+    each write is sent.
     """
 
     def __init__(
@@ -99,11 +102,13 @@ class RouteWriter:
         *,
         notify: Callable[[], None],
         on_write: Callable[[], None],
+        before_write: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.settings = settings
         self.caddy = caddy
         self._notify = notify
         self._on_write = on_write
+        self._before_write = before_write
         self.quarantine = Quarantine()  # single routes Caddy refused
         self._new_refusals: list[Held] = []
         self._known_routes: list[dict[str, Any]] | None = None  # the server's, as last seen
@@ -251,6 +256,7 @@ class RouteWriter:
             if not plan.operations:
                 self._known_routes = plan.current
                 return None
+            await self._about_to_write()
             try:
                 await self.caddy.apply(name, plan.current, plan.operations, read.etag)
             except (CaddyConflict, CaddyNotFound) as exc:
@@ -264,6 +270,10 @@ class RouteWriter:
             written.extend(plan.operations)
             return None
         raise CaddyConflict(f"config kept changing under us ({CONFLICT_RETRIES} tries)")
+
+    async def _about_to_write(self) -> None:
+        if self._before_write is not None:
+            await self._before_write()
 
     async def _read_now(self, name: str) -> _ServerRead | None:
         """The server as Caddy holds it now; None when it did not exist (it is created
@@ -354,6 +364,7 @@ class RouteWriter:
         theirs, _ = await self.caddy.get("/config/apps/http/http_port")
         caddy_http_port = theirs if isinstance(theirs, int) else None
         plan = for_caddy_http_port(wanted, caddy_http_port)
+        await self._about_to_write()
         if not await self.caddy.ensure_server(name, plan.server([])):
             return
         logger.info(f"created Caddy server {name!r}: {plan.describe()}")
@@ -371,6 +382,7 @@ class RouteWriter:
         current = list(server.get("routes") or [])
         operations = refresh_fallbacks(current, routes)
         if operations:
+            await self._about_to_write()
             await self.caddy.apply(name, current, operations, etag)
             logger.info(
                 f"wrote the current members of {len(operations)} pool(s) as Caddy's fallback"

@@ -18,6 +18,8 @@ Families (all prefixed `labelsync_`):
 | caddy_admin_writes_total | counter | endpoint |
 | docker_up, caddy_up, last_apply_ok | gauge | (caddy_up: endpoint) |
 | pools, members | gauge | |
+| pool_membership | gauge (1) | pool, channel |
+| pool_host | gauge (1) | pool, host: to join Caddy's per-host counters with |
 | label_problems | gauge | severity |
 | health_checks_total | counter | |
 | upstream_healthy | gauge (1/0; absent while unknown) | pool, address, container |
@@ -45,6 +47,7 @@ from labelsync.report.healthz import healthz
 from labelsync.report.http import TEXT, Answer, Handler, HttpEndpoint, Request
 from labelsync.report.snapshot import LiveView
 from labelsync.report.status_report import StatusReport, build_report, caddy_runs_active_checks
+from labelsync.report.views import Snapshot
 
 APPLY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -223,6 +226,7 @@ class _LiveCollector(Collector):
         for pool in snapshot.pools:
             channel.add_metric([pool.id, pool.membership.value], 1.0)
         yield channel
+        yield _pool_hosts(snapshot)
         problems = GaugeMetricFamily(
             "labelsync_label_problems", "Label problems in the current input.", labels=["severity"]
         )
@@ -264,6 +268,22 @@ class _LiveCollector(Collector):
                 if member.failures is not None:
                     failures.add_metric(values, float(member.failures))
         yield from (healthy, active, failures)
+
+
+def _pool_hosts(snapshot: Snapshot) -> GaugeMetricFamily:
+    """Which hosts each pool has. Caddy counts requests per host (its own `/metrics`:
+    caddy_http_requests_total{host}, request_duration_seconds, request_errors_total),
+    and Prometheus' rate() copes with the restart of Caddy's counters at every config
+    load: those are not exported again here, this says how to add them up per pool."""
+    hosts = GaugeMetricFamily(
+        "labelsync_pool_host",
+        "1 for each host of each pool: join Caddy's per-host request metrics on `host`.",
+        labels=["pool", "host"],
+    )
+    for pool in snapshot.pools:
+        for host in pool.hosts:
+            hosts.add_metric([pool.id, host], 1.0)
+    return hosts
 
 
 def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:

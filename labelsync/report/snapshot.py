@@ -27,6 +27,8 @@ from labelsync.core.model import (
     Route,
 )
 from labelsync.core.names import pool_id
+from labelsync.core.pool_traffic import PoolTraffic, pool_traffic, traffic_overview
+from labelsync.core.traffic import TrafficBook
 from labelsync.report.ports import (
     AdminCounters,
     HealthListener,
@@ -70,11 +72,16 @@ def build_snapshot(
     settings: Settings,
     health: HealthSource | None = None,
     started_at: str | None = None,
+    traffic: TrafficBook | None = None,
+    counted: CountedPools | None = None,
 ) -> Snapshot:
     """The daemon's view now. Pools and members come from the first loop (every loop
-    builds the same desired state from the one Docker listing)."""
+    builds the same desired state from the one Docker listing); their traffic from
+    `traffic`, what every Caddy counted (through `counted`, which keeps it while
+    neither changes)."""
     first = loops[0] if loops else None
     desired = first.state.desired if first is not None else None
+    pools_traffic = (counted or CountedPools()).of(desired, traffic)
     containers = {c.id: c for c in (first.state.containers if first is not None else ())}
     withheld = _withheld(first, containers.values()) if first is not None else {}
     verdicts = health.states() if health is not None else None
@@ -87,6 +94,7 @@ def build_snapshot(
             withheld.get(pool.id, ()),
             containers,
             Membership.RESOLVER if dynamic and pool.id not in in_json else Membership.JSON,
+            pools_traffic.get(pool.id) if pools_traffic is not None else None,
         )
         for pool in (desired.pools if desired is not None else ())
     )
@@ -110,7 +118,29 @@ def build_snapshot(
         shared_settings=effective_settings(settings),
         containers=explained,
         other_problems=tuple(p for p in problems if p.container not in listed),
+        traffic=traffic_overview(traffic) if traffic is not None else None,
     )
+
+
+class CountedPools:
+    """Each pool's traffic (`core/pool_traffic.py`), worked out again only when the book
+    or the pools changed: the snapshot is rebuilt every second, the book every 5 s."""
+
+    def __init__(self) -> None:
+        self._of: tuple[DesiredState, int] | None = None
+        self._counted: dict[str, PoolTraffic] | None = None
+
+    def of(
+        self, desired: DesiredState | None, traffic: TrafficBook | None
+    ) -> dict[str, PoolTraffic] | None:
+        if traffic is None or desired is None:
+            return None
+        known = self._of
+        if known is None or known[0] is not desired or known[1] != traffic.version:
+            hosts = {pool.id: pool.shape.hosts for pool in desired.pools}
+            self._counted = pool_traffic(hosts, traffic)
+            self._of = (desired, traffic.version)
+        return self._counted
 
 
 def _verdicts(
@@ -164,6 +194,7 @@ def _pool_view(
     withheld: Sequence[MemberView],
     containers: Mapping[str, ContainerInfo],
     membership: Membership,
+    traffic: PoolTraffic | None = None,
 ) -> PoolView:
     settings = pool.shape.settings
     members = []
@@ -187,6 +218,7 @@ def _pool_view(
         passive=None if passive is None else (passive.max_fails, passive.fail_duration),
         members=(*members, *withheld),
         membership=membership,
+        traffic=traffic,
     )
 
 
@@ -238,10 +270,13 @@ class LiveView:
         *,
         settings: Settings,
         health: HealthSource | None = None,
+        traffic: TrafficBook | None = None,
     ) -> None:
         self.loops = list(loops)
         self._settings = settings
         self.health = health
+        self.traffic = traffic
+        self._counted = CountedPools()
         self.started_at = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
         self._current: Snapshot | None = None
 
@@ -257,6 +292,11 @@ class LiveView:
     def snapshot(self) -> Snapshot:
         if self._current is None:
             self._current = build_snapshot(
-                self.loops, settings=self.settings, health=self.health, started_at=self.started_at
+                self.loops,
+                settings=self.settings,
+                health=self.health,
+                started_at=self.started_at,
+                traffic=self.traffic,
+                counted=self._counted,
             )
         return self._current

@@ -9,6 +9,12 @@ from __future__ import annotations
 
 from labelsync.core.explain import problem_from_json, problem_json, verdict_from_json, verdict_json
 from labelsync.core.model import JSON, Membership, Origin, Track
+from labelsync.core.traffic_json import (
+    overview_from_json,
+    overview_json,
+    traffic_from_json,
+    traffic_json,
+)
 from labelsync.report.views import CheckView, EndpointView, MemberView, PoolView, Snapshot
 
 STATE_VERSION = 1
@@ -36,6 +42,7 @@ def snapshot_json(snapshot: Snapshot) -> JSON:
         "settings": snapshot.shared_settings,
         "containers": [verdict_json(verdict) for verdict in snapshot.containers],
         "other_problems": [problem_json(problem) for problem in snapshot.other_problems],
+        "traffic": None if snapshot.traffic is None else overview_json(snapshot.traffic),
     }
 
 
@@ -71,6 +78,7 @@ def snapshot_from_json(payload: JSON) -> Snapshot:
         shared_settings=payload.get("settings"),
         containers=tuple(verdict_from_json(c) for c in payload.get("containers") or ()),
         other_problems=tuple(problem_from_json(p) for p in payload.get("other_problems") or ()),
+        traffic=overview_from_json(payload["traffic"]) if payload.get("traffic") else None,
     )
 
 
@@ -88,6 +96,7 @@ def _pool_json(pool: PoolView) -> JSON:
         else {"max_fails": passive[0], "fail_duration": passive[1]},
         "members": [_member_json(member) for member in pool.members],
         "membership": pool.membership,
+        "traffic": None if pool.traffic is None else traffic_json(pool.traffic),
     }
 
 
@@ -119,6 +128,7 @@ def _pool_from_json(pool: JSON) -> PoolView:
         passive=None if not passive else (int(passive["max_fails"]), str(passive["fail_duration"])),
         members=tuple(_member_from_json(member) for member in pool.get("members") or ()),
         membership=Membership(pool.get("membership") or Membership.RESOLVER),
+        traffic=traffic_from_json(pool["traffic"]) if pool.get("traffic") else None,
     )
 
 

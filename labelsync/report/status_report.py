@@ -8,7 +8,9 @@ else any passing one `healthy`, else `unknown` with what is pending. The sources
 Docker's `HEALTHCHECK` and a paused container; labelsync's own active check (dynamic
 mode); Caddy's active check (static mode); Caddy's passive failure count against the
 pool's `max_fails`. Counts that Caddy did not report stay None: null in JSON, `-` in the
-table.
+table. Each pool's requests, failures and latency since labelsync started come from the
+daemon's snapshot (Caddy counts per host: core/pool_traffic.py); per member Caddy keeps
+no total, so `total_requests` stays null.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from labelsync.core.caddy_metrics import MetricsState
 from labelsync.core.explain import VerdictStatus, judge_verdict, problem_json, verdict_json
 from labelsync.core.model import JSON, HealthStatus, Membership, Origin, Track
 from labelsync.core.names import (
@@ -24,7 +27,9 @@ from labelsync.core.names import (
     member_address_of,
     member_target,
 )
+from labelsync.core.pool_traffic import PoolTraffic, TrafficOverview, describe
 from labelsync.core.route_shape import is_dynamic, static_members
+from labelsync.core.traffic_json import overview_json, traffic_json
 from labelsync.report.views import MemberView, PoolView, Snapshot
 
 REPORT_VERSION = 1
@@ -40,7 +45,7 @@ class MemberStatus:
     reason: str | None
     active_requests: int | None
     failures: int | None
-    total_requests: int | None = None  # Caddy 2.11 reports no totals
+    total_requests: int | None = None  # Caddy counts per host, not per upstream: no totals
     caddy_upstream: str | None = None  # the address as Caddy names it, when it reports it
 
 
@@ -57,6 +62,7 @@ class PoolStatus:
     # How Caddy learns the members (dynamic upstreams, or in the route: static mode, or a
     # quiet pool outside the dynamic budget); None when unknown.
     membership: Membership | None = None
+    traffic: PoolTraffic | None = None  # the daemon's count of its hosts; None: not counted
 
 
 @dataclass(frozen=True)
@@ -73,6 +79,7 @@ class StatusReport:
     # Config sources the daemon cannot use and whose last good version it serves (a
     # static file that cannot be read or parsed): the text of their problem, with since when.
     warnings: tuple[str, ...] = ()
+    traffic: TrafficOverview | None = None  # whether and since when requests are counted
 
 
 # -- judging health ------------------------------------------------------------------------
@@ -114,6 +121,7 @@ class _PoolFacts:
     members: Sequence[MemberView] | None  # None: unknown
     caddy_policy: str | None = None  # Caddy's, where the labels' policy is carried otherwise
     membership: Membership | None = None
+    traffic: PoolTraffic | None = None
 
 
 def _route_facts(route: JSON) -> _PoolFacts:
@@ -174,6 +182,7 @@ def _state_facts(pool: PoolView, dynamic: bool) -> _PoolFacts:
         passive=pool.passive,
         members=pool.members,
         membership=pool.membership if dynamic else Membership.JSON,
+        traffic=pool.traffic,
     )
 
 
@@ -200,6 +209,7 @@ def _merge(caddy: _PoolFacts | None, state: _PoolFacts | None) -> _PoolFacts:
         passive=caddy.passive,
         members=state.members,
         membership=caddy.membership,
+        traffic=state.traffic,
     )
 
 
@@ -325,6 +335,7 @@ def build_report(
         containers=_judged_containers(pools, snapshot),
         other_problems=tuple(problem_json(p) for p in others),
         warnings=tuple(str(p) for p in stale),
+        traffic=snapshot.traffic if snapshot is not None else None,
     )
 
 
@@ -377,6 +388,7 @@ def _pool_status(
         note=note,
         caddy_policy=facts.caddy_policy,
         membership=facts.membership,
+        traffic=facts.traffic,
     )
 
 
@@ -406,7 +418,19 @@ def _judged_containers(pools: Sequence[PoolStatus], snapshot: Snapshot | None) -
         return health.get((pool, address.lower()), (HealthStatus.UNKNOWN, None))
 
     verdicts = snapshot.containers if snapshot is not None else ()
-    return tuple(verdict_json(judge_verdict(v, health_of)) for v in verdicts)
+    traffic = {pool.id: pool.traffic for pool in pools if pool.traffic is not None}
+    return tuple(
+        _with_traffic(verdict_json(judge_verdict(v, health_of)), traffic) for v in verdicts
+    )
+
+
+def _with_traffic(verdict: JSON, traffic: Mapping[str, PoolTraffic]) -> JSON:
+    """A verdict's JSON with each route's pool traffic (without the sparkline), for
+    `explain`; null where the pool is not counted."""
+    for route in verdict["routes"]:
+        counted = traffic.get(route["pool"] or "")
+        route["traffic"] = None if counted is None else traffic_json(counted, series=False)
+    return verdict
 
 
 # -- output ----------------------------------------------------------------------------------
@@ -442,6 +466,7 @@ def report_json(report: StatusReport) -> JSON:
                     }
                     for m in pool.members
                 ],
+                "traffic": None if pool.traffic is None else traffic_json(pool.traffic),
             }
             for pool in report.pools
         ],
@@ -449,6 +474,7 @@ def report_json(report: StatusReport) -> JSON:
         "containers": list(report.containers),
         "other_problems": list(report.other_problems),
         "warnings": list(report.warnings),
+        "traffic": None if report.traffic is None else overview_json(report.traffic),
     }
 
 
@@ -516,21 +542,12 @@ def render_table(report: StatusReport, *, colour: bool = False) -> str:
             cells.append(text)
         return "  " + "  ".join(cells).rstrip()
 
-    out = [_daemon_line(report)]
+    out = [_daemon_line(report), *_counting_lines(report.traffic)]
     if not report.pools:
         out.append("no pools")
     for pool, block in zip(report.pools, rows, strict=True):
-        target = ", ".join(pool.hosts) + (pool.path or "")
-        mode = f", {pool.upstreams}" if pool.upstreams else ""
-        if pool.upstreams == "static" and (report.daemon or {}).get("upstreams") == "dynamic":
-            mode += " (outside the dynamic budget: members in Caddy's JSON)"
         out.append("")
-        policy = pool.policy or "-"
-        if pool.caddy_policy:
-            policy += f" (Caddy: {pool.caddy_policy})"
-        out.append(f"{target}  policy {policy}{mode}  [{pool.id}]")
-        if pool.note:
-            out.append(f"  ({pool.note})")
+        out.extend(_pool_head(pool, report))
         if not block:
             if pool.note is None:
                 out.append("  (no members)")
@@ -539,9 +556,39 @@ def render_table(report: StatusReport, *, colour: bool = False) -> str:
         out.extend(line(row, m.health) for row, m in zip(block, pool.members, strict=True))
     out.extend(_not_routed_lines(report))
     out.extend(_problem_lines(report))
-    for note in report.notes:
-        out.append(f"note: {note}")
+    notes = [*report.notes, *(report.traffic.notes if report.traffic is not None else ())]
+    out.extend(f"note: {note}" for note in notes)
     return "\n".join(out) + "\n"
+
+
+def _pool_head(pool: PoolStatus, report: StatusReport) -> list[str]:
+    """A pool's lines above its members: target, policy, mode and id; its note; its
+    traffic."""
+    target = ", ".join(pool.hosts) + (pool.path or "")
+    mode = f", {pool.upstreams}" if pool.upstreams else ""
+    if pool.upstreams == "static" and (report.daemon or {}).get("upstreams") == "dynamic":
+        mode += " (outside the dynamic budget: members in Caddy's JSON)"
+    policy = pool.policy or "-"
+    if pool.caddy_policy:
+        policy += f" (Caddy: {pool.caddy_policy})"
+    lines = [f"{target}  policy {policy}{mode}  [{pool.id}]"]
+    if pool.note:
+        lines.append(f"  ({pool.note})")
+    if pool.traffic is not None:
+        lines.append(f"  traffic: {describe(pool.traffic)}")
+        if pool.traffic.note:
+            lines.append(f"  ({pool.traffic.note})")
+    return lines
+
+
+def _counting_lines(traffic: TrafficOverview | None) -> list[str]:
+    """Under the daemon line: since when requests are counted, when they are."""
+    if traffic is None or traffic.since is None or traffic.state is not MetricsState.ON:
+        return []
+    return [
+        f"  requests counted since {traffic.since} from Caddy's per-host counters (read "
+        f"every {traffic.interval_seconds:g} s; latency quantiles are bucket estimates)"
+    ]
 
 
 def _not_routed_lines(report: StatusReport) -> list[str]:

@@ -20,6 +20,7 @@ from labelsync.core.model import (
     Severity,
     Track,
 )
+from labelsync.core.pool_traffic import PoolTraffic, TrafficOverview
 
 
 def stale_sources(problems: Iterable[Problem]) -> tuple[Problem, ...]:
@@ -70,6 +71,9 @@ class PoolView:
     # How Caddy learns the members: the resolver (dynamic upstreams) or the route's JSON
     # (static mode, or a quiet pool outside the dynamic budget); see membership/budget.py.
     membership: Membership = Membership.RESOLVER
+    # Requests, failures and latency since labelsync started, from Caddy's per-host
+    # counters (core/pool_traffic.py); None while no Caddy counts per host.
+    traffic: PoolTraffic | None = None
 
 
 @dataclass(frozen=True)
@@ -108,6 +112,8 @@ class Snapshot:
     # problems of no container listed there (the static file's).
     containers: tuple[ContainerVerdict, ...] = ()
     other_problems: tuple[Problem, ...] = ()
+    # Whether Caddy counts requests per host, since when, and what no pool's numbers hold.
+    traffic: TrafficOverview | None = None
 
     @property
     def caddy_up(self) -> bool:

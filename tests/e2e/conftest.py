@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.support.caddy import CaddyProcess
+from tests.support.browser import Chromium, chromium_path
+from tests.support.caddy import LOG_DIR, CaddyProcess
 from tests.support.containers import short_uuid, slug
 from tests.support.daemon import Daemon
+from tests.support.requirements import skip_or_fail_under_ci
 
 StartDaemon = Callable[..., Daemon]
 
@@ -41,3 +44,14 @@ def start_daemon(
     finally:
         for daemon in started:
             daemon.close()
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[Chromium]:
+    """Headless Chromium with a fresh profile (tests/support/browser.py); skipped without
+    it, failed under CI. Log: `.test-logs/chromium.log`."""
+    if chromium_path() is None:
+        skip_or_fail_under_ci("chromium is not installed (scripts/ensure-browser.sh)")
+    LOG_DIR.mkdir(exist_ok=True)
+    with Chromium.launch(tmp_path / "profile", log=LOG_DIR / "chromium.log") as chromium:
+        yield chromium

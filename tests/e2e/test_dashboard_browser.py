@@ -18,15 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 
 from labelsync.report.dashboard import Dashboard
 from tests.e2e.conftest import StartDaemon
-from tests.support.browser import Chromium, chromium_path
+from tests.support.browser import Chromium
 from tests.support.caddy import LOG_DIR, free_port
 from tests.support.containers import ContainerHandle
 from tests.support.daemon import wait_routed
-from tests.support.requirements import skip_or_fail_under_ci
 from tests.support.waiting import wait_until
 
 StartBackend = Callable[..., ContainerHandle]
@@ -49,15 +47,6 @@ VIEW = """JSON.stringify({
   reach: document.getElementById("reach").textContent,
   text: document.body.innerText,
 })"""
-
-
-@pytest.fixture
-def browser(tmp_path: Path) -> Iterator[Chromium]:
-    if chromium_path() is None:
-        skip_or_fail_under_ci("chromium is not installed (scripts/ensure-browser.sh)")
-    LOG_DIR.mkdir(exist_ok=True)
-    with Chromium.launch(tmp_path / "profile", log=LOG_DIR / "chromium.log") as chromium:
-        yield chromium
 
 
 def view(browser: Chromium) -> dict[str, Any]:

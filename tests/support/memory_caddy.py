@@ -21,6 +21,9 @@ so that CaddyAdmin's requests are interpreted, not trusted:
   the old config stays.
 - `down()` makes every request fail to connect; `restart(config)` comes back holding only
   `config` (None: empty, as a Caddy started without one).
+- GET /metrics: the request counters of Caddy's per-host metrics for the requests
+  `serve()` counted, when `apps.http.metrics` turns them on (`caddy_counters.py`); every
+  accepted write restarts them, and moves the config's load time, as in Caddy.
 
 Real-Caddy tests stay for what only Caddy shows: that it loads what we render, reloads,
 serves traffic, and answers exactly so.
@@ -39,6 +42,8 @@ from urllib.parse import unquote
 import httpx
 
 from labelsync.caddy.admin import CaddyAdmin
+
+from .caddy_counters import Served, metrics_text
 
 ENDPOINT = "http://memory-caddy.invalid:2019"
 
@@ -74,6 +79,8 @@ class MemoryCaddy:
         # Runs once, just before the next write is handled: someone else's edit between
         # our read and our write.
         self.before_next_write: Callable[[MemoryCaddy], object] | None = None
+        self.served: list[Served] = []  # requests counted since the config last loaded
+        self.loaded_at = 1_700_000_000.0  # caddy_config_last_reload_success_timestamp_seconds
 
     # -- what tests do to it -------------------------------------------------------------------
     def admin(self, *, timeout: float = 10.0) -> CaddyAdmin:
@@ -92,6 +99,12 @@ class MemoryCaddy:
         self.config = copy.deepcopy(config)
         self.is_down = False
         self.restarts += 1
+        self.served = []
+        self.loaded_at += 1.0
+
+    def serve(self, host: str, status: int = 200, *, seconds: float = 0.002, **more: Any) -> None:
+        """Count one request to `Host: host` as Caddy's metrics do (`Served` for `more`)."""
+        self.served.append(Served(host, status, seconds, **more))
 
     def get(self, path: str) -> Any:
         """The value at `/config/<path>` (None when missing), for assertions."""
@@ -137,6 +150,8 @@ class MemoryCaddy:
     def _route(self, method: str, path: str, request: httpx.Request) -> httpx.Response:
         if path == "/reverse_proxy/upstreams" and method == "GET":
             return httpx.Response(200, json=[])
+        if path == "/metrics" and method == "GET":
+            return httpx.Response(200, text=metrics_text(self.config, self.served, self.loaded_at))
         if path == "/load" and method == "POST":
             return self._load(request.content)
         if path.startswith("/id/"):
@@ -191,6 +206,8 @@ class MemoryCaddy:
             raise _AdminError(refused_status, f"loading new config: {reason}")
         self.config = config
         self.writes += 1
+        self.served = []  # a new metrics registry with every load
+        self.loaded_at += 1.0
         return httpx.Response(200)
 
 

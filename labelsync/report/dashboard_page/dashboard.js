@@ -5,6 +5,7 @@
 const POLL_MS = 1000;
 const MAX_POOLS = 300; // cards drawn at once; the filter narrows the rest
 const MAX_CONTAINERS = 300;
+const SPARK = { width: 180, height: 34 };
 
 let etag = null;
 let report = null;
@@ -36,6 +37,24 @@ function pill(label, ok, title) {
 
 function count(value) {
   return value === null || value === undefined ? "–" : String(value);
+}
+
+// SVG elements in the namespace of the page's own (empty) <svg id="svg-namespace">.
+function svg(tag, attrs, ...children) {
+  const namespace = document.getElementById("svg-namespace").namespaceURI;
+  const node = document.createElementNS(namespace, tag);
+  for (const [key, value] of Object.entries(attrs || {})) node.setAttribute(key, String(value));
+  node.append(...children);
+  return node;
+}
+
+function rate(value) {
+  return value >= 10 ? value.toFixed(0) : value >= 1 ? value.toFixed(1) : value.toFixed(2);
+}
+
+function millis(ms) {
+  if (ms === null || ms === undefined) return "–";
+  return ms >= 1000 ? `${(ms / 1000).toPrecision(3)} s` : `${ms.toPrecision(3)} ms`;
 }
 
 function filterTerm() {
@@ -88,6 +107,9 @@ function drawNotes(data) {
     items.push(el("div", { class: "note bad", "data-stale": "true", text: warning }));
   }
   for (const note of data.notes || []) items.push(el("div", { class: "note", text: note }));
+  for (const note of (data.traffic && data.traffic.notes) || []) {
+    items.push(el("div", { class: "note", "data-traffic-note": "true", text: note }));
+  }
   notes.replaceChildren(...items);
 }
 
@@ -122,6 +144,50 @@ function memberRow(member, showTotal) {
   el("td", { class: "why", text: member.reason || "" }));
 }
 
+// Requests/s (and failed/s below them, on the same scale) per interval: inline SVG.
+function sparkline(series) {
+  const { width, height } = SPARK;
+  const requests = series ? series.requests : [];
+  const failed = series ? series.failed : [];
+  const interval = series ? series.interval_seconds : 5;
+  const top = Math.max(1, ...requests);
+  const step = requests.length > 1 ? width / (requests.length - 1) : width;
+  const points = (counts) => counts.map((n, i) =>
+    `${(i * step).toFixed(1)},${(height - 1 - (n / top) * (height - 2)).toFixed(1)}`).join(" ");
+  const minutes = Math.round((requests.length * interval) / 60);
+  const title = series
+    ? `requests/s (blue) and failed/s (red) over the last ${minutes || "<1"} min, ` +
+      `every ${interval} s; peak ${rate(top / interval)}/s`
+    : "no requests in the last 10 minutes";
+  const lines = [svg("line", { class: "spark-base", x1: 0, y1: height - 1, x2: width, y2: height - 1 })];
+  if (requests.length > 1) {
+    lines.push(svg("polyline", { class: "spark-requests", points: points(requests) }));
+    lines.push(svg("polyline", { class: "spark-failed", points: points(failed) }));
+  }
+  return svg("svg", { class: "spark", width, height, viewBox: `0 0 ${width} ${height}`,
+    role: "img", "aria-label": title }, svg("title", {}, title), ...lines);
+}
+
+function trafficLine(traffic) {
+  const minute = traffic.last_minute;
+  const totals = `${traffic.requests} requests · ${traffic.failed} failed (5xx)` +
+    (traffic.proxy_errors ? ` · ${traffic.proxy_errors} proxy errors` : "");
+  const recent = minute
+    ? `last ${Math.round(minute.seconds)} s: ${rate(minute.requests_per_second)} req/s · ` +
+      `${rate(minute.failed_per_second)} failed/s · p50 ${millis(minute.p50_ms)} · ` +
+      `p95 ${millis(minute.p95_ms)}`
+    : "rates after the first interval";
+  const node = el("div", { class: "traffic", "data-requests": traffic.requests,
+    "data-failed": traffic.failed, "data-proxy-errors": traffic.proxy_errors },
+  sparkline(traffic.series),
+  el("div", { class: "figures" },
+    el("span", { class: "totals", text: totals }),
+    el("span", { class: "recent", title: "latency: bucket estimates from Caddy's histogram",
+      text: recent })));
+  if (traffic.note) node.append(el("div", { class: "traffic-note", text: traffic.note }));
+  return node;
+}
+
 function drawPool(pool, members, showTotal) {
   const healthy = pool.members.filter((m) => m.health === "healthy").length;
   const unhealthy = pool.members.some((m) => m.health === "unhealthy");
@@ -134,6 +200,7 @@ function drawPool(pool, members, showTotal) {
     el("span", { class: "id", text: pool.id }));
   const card = el("article", { class: unhealthy ? "card pool warn" : "card pool",
     "data-pool-id": pool.id, "data-hosts": (pool.hosts || []).join(",") }, head);
+  if (pool.traffic) card.append(trafficLine(pool.traffic));
   if (pool.note) card.append(el("div", { class: "empty", text: pool.note }));
   if (!members.length) {
     if (!pool.note) card.append(el("div", { class: "empty", text: "no members" }));
@@ -175,12 +242,26 @@ function drawPools(data, term) {
   document.getElementById("pools").replaceChildren(...cards);
   document.getElementById("pool-count").textContent =
     term ? `${matching} of ${data.pools.length}` : String(data.pools.length);
-  document.getElementById("counts-note").textContent = showTotal
+  document.getElementById("counts-note").textContent = countsNote(data, showTotal);
+}
+
+function countsNote(data, showTotal) {
+  const members = showTotal
     ? "In flight, Fails and Total are Caddy's counts per upstream address."
     : "In flight and Fails are Caddy's own counts per upstream address: requests in flight, " +
       "and failures inside the passive health check's fail_duration window (– when Caddy " +
-      "has not dialled the member yet). Total requests are not shown: Caddy 2.11's admin API " +
-      "reports no totals, and labelsync does not add an access log to count them.";
+      "has not dialled the member yet).";
+  const traffic = data.traffic;
+  if (traffic && traffic.caddy_metrics === "on") {
+    return "Requests, failures and latency per pool are Caddy's per-host counters, added up " +
+      `by labelsync since ${traffic.since || "it started"} and read every ` +
+      `${traffic.interval_seconds} s; the sparkline shows requests/s and failed/s over the ` +
+      "last 10 minutes, p50/p95 are estimates at the resolution of Caddy's buckets. Caddy " +
+      "counts per host, not per member. " + members;
+  }
+  const why = traffic && traffic.fixes && traffic.fixes.length ? traffic.fixes[0]
+    : "labelsync has not read Caddy's counters yet";
+  return `${members} Total requests are not shown: ${why}.`;
 }
 
 function reasonNodes(reasons) {
