@@ -44,7 +44,14 @@ import docker
 import docker.errors
 import httpx
 
-from tests.support.compose import EXAMPLES, PROJECT_LABEL, ComposeStack, compose_available
+from tests.support.compose import (
+    EXAMPLES,
+    PROJECT_LABEL,
+    ComposeStack,
+    compose_available,
+    from_web,
+    replicas_answering,
+)
 from tests.support.images import ensure_images
 from tests.support.load import Load, LoadResult
 from tests.support.stack_images import StackImages, ensure_stack_images
@@ -72,27 +79,9 @@ class Stopped(Exception):
     """The run was cancelled (Ctrl-C, SIGTERM, the scenario's timeout)."""
 
 
-def from_web(response: httpx.Response) -> bool:
-    """A 200 answered by a replica (`X-Backend`), not Caddy's empty 200 for an unknown host."""
-    return response.status_code == 200 and bool(response.headers.get("X-Backend"))
-
-
-def replicas_answering(url: str, count: int) -> set[str]:
-    seen: set[str] = set()
-    with httpx.Client(base_url=url, trust_env=False, timeout=5.0) as client:
-        for _ in range(count):
-            try:
-                response = client.get("/", headers={"Host": HOST})
-            except httpx.HTTPError:
-                continue
-            if from_web(response):
-                seen.add(response.headers["X-Backend"])
-    return seen
-
-
 def wait_serving_all(url: str, what: str) -> None:
     wait_until(
-        lambda: len(replicas_answering(url, 4 * REPLICAS)) == REPLICAS,
+        lambda: len(replicas_answering(url, HOST, 4 * REPLICAS)) == REPLICAS,
         timeout=SERVED_TIMEOUT,
         interval=0.2,
         message=f"{what} serving the {REPLICAS} replicas",

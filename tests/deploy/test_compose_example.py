@@ -39,6 +39,8 @@ from tests.support.compose import (
     compose_available,
     compose_command,
     compose_environment,
+    from_web,
+    replicas_answering,
 )
 from tests.support.load import Load, LoadResult, run_load
 from tests.support.requirements import skip_or_fail_under_ci
@@ -52,12 +54,6 @@ COMPOSE_FILE = EXAMPLES / "compose.yaml"
 SOCKET_GID = 4242
 IMAGE_USER = "10001"
 pytestmark = pytest.mark.timeout(600)
-
-
-def from_web(response: httpx.Response) -> bool:
-    """A 200 answered by a replica (the test backend names itself in `X-Backend`: its
-    hostname, the container's short id), not Caddy's empty 200 for an unknown host."""
-    return response.status_code == 200 and bool(response.headers.get("X-Backend"))
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +85,7 @@ def stack(
         # The first test says what is wrong when it does not serve; every later one needs it.
         with contextlib.suppress(AssertionError):
             wait_until(
-                lambda: len(replicas_answering(running, 12)) == 3,
+                lambda: len(replicas_answering(url(running), HOST, 12)) == 3,
                 timeout=60,
                 interval=0.2,
                 message="3 web replicas answering through Caddy",
@@ -101,16 +97,6 @@ def stack(
 
 def url(stack: ComposeStack) -> str:
     return stack.url("caddy", 80)
-
-
-def replicas_answering(stack: ComposeStack, count: int) -> set[str]:
-    seen: set[str] = set()
-    with httpx.Client(base_url=url(stack), trust_env=False, timeout=5.0) as client:
-        for _ in range(count):
-            response = client.get("/", headers={"Host": HOST})
-            if from_web(response):
-                seen.add(response.headers["X-Backend"])
-    return seen
 
 
 def caddy_config_etag(stack: ComposeStack) -> str:
@@ -211,7 +197,7 @@ def test_up_with_nothing_exported_routes_through_a_socket_of_a_non_root_group(
     assert mounted.split() == ["0", str(docker_socket.gid), "0o660"], mounted
     try:
         wait_until(
-            lambda: len(replicas_answering(stack, 12)) == 3,
+            lambda: len(replicas_answering(url(stack), HOST, 12)) == 3,
             timeout=30,
             interval=0.2,
             message="3 web replicas answering through Caddy",
@@ -365,14 +351,14 @@ def test_scaling_up_and_down_under_load_fails_nothing_and_writes_no_caddy_config
         traffic.wait_successes(40)
         stack.up("--no-build", "--scale", "web=5")
         wait_until(
-            lambda: len(replicas_answering(stack, 20)) == 5,
+            lambda: len(replicas_answering(url(stack), HOST, 20)) == 5,
             timeout=30,
             message="5 replicas answering",
         )
         traffic.wait_successes(40)
         stack.up("--no-build", "--scale", "web=3")
         wait_until(
-            lambda: len(replicas_answering(stack, 12)) == 3,
+            lambda: len(replicas_answering(url(stack), HOST, 12)) == 3,
             timeout=30,
             message="back to 3 replicas",
         )
@@ -418,7 +404,7 @@ def test_recreating_labelsync_under_load_keeps_serving_every_replica(
     result = labelsync_recreated.result
     assert result.successes > 80, result.summary()
     assert len(result.backends) == 3, result.summary()
-    assert len(replicas_answering(stack, 12)) == 3
+    assert len(replicas_answering(url(stack), HOST, 12)) == 3
 
 
 def test_recreating_labelsync_under_load_fails_no_request(labelsync_recreated: Recreated) -> None:
@@ -501,7 +487,7 @@ def test_restarting_caddy_under_load_gets_its_routes_back(
 ) -> None:
     # `--resume` serves the autosaved config at once; labelsync would restore it too.
     assert caddy_restarted.restored < 10
-    assert len(replicas_answering(stack, 12)) == 3
+    assert len(replicas_answering(url(stack), HOST, 12)) == 3
 
 
 def test_restarting_caddy_under_load_fails_no_request_once_its_routes_are_back(

@@ -26,7 +26,7 @@ import pytest
 import yaml
 
 from tests.support.caddy import free_port
-from tests.support.compose import EXAMPLES, docker_socket_gid
+from tests.support.compose import EXAMPLES, docker_socket_gid, from_web, replicas_answering
 from tests.support.containers import short_uuid
 from tests.support.load import Load
 from tests.support.stack_images import StackImages
@@ -134,21 +134,6 @@ class SwarmStack:
             return response.headers["Etag"]
 
 
-def answering(stack: SwarmStack, count: int) -> set[str]:
-    seen: set[str] = set()
-    with httpx.Client(base_url=stack.url, trust_env=False, timeout=5.0) as client:
-        for _ in range(count):
-            with contextlib.suppress(httpx.HTTPError):
-                response = client.get("/", headers={"Host": HOST})
-                if response.status_code == 200 and response.headers.get("X-Backend"):
-                    seen.add(response.headers["X-Backend"])
-    return seen
-
-
-def from_web(response: httpx.Response) -> bool:
-    return response.status_code == 200 and bool(response.headers.get("X-Backend"))
-
-
 @pytest.fixture(scope="module")
 def stack(
     swarm_manager: None, stack_images: StackImages, docker_client: docker.DockerClient
@@ -157,7 +142,7 @@ def stack(
     try:
         deployed.deploy()
         wait_until(
-            lambda: len(answering(deployed, 12)) == 3,
+            lambda: len(replicas_answering(deployed.url, HOST, 12)) == 3,
             timeout=120,
             interval=0.5,
             message="3 web tasks answering through Caddy",
@@ -168,24 +153,32 @@ def stack(
 
 
 def test_requests_through_caddys_published_port_reach_every_task(stack: SwarmStack) -> None:
-    assert answering(stack, 12) == set(stack.running_tasks("web"))
+    assert replicas_answering(stack.url, HOST, 12) == set(stack.running_tasks("web"))
 
 
 def test_scaling_3_to_6_to_2_writes_no_caddy_config(stack: SwarmStack) -> None:
     etag = stack.admin_etag()
     with Load(stack.url, HOST, clients=3, max_seconds=180, is_success=from_web) as load:
         stack.docker("service", "scale", "--detach", f"{stack.name}_web=6")
-        wait_until(lambda: len(answering(stack, 24)) == 6, timeout=90, interval=0.5,
-                   message="6 tasks answering")  # fmt: skip
+        wait_until(
+            lambda: len(replicas_answering(stack.url, HOST, 24)) == 6,
+            timeout=90,
+            interval=0.5,
+            message="6 tasks answering",
+        )
         stack.docker("service", "scale", "--detach", f"{stack.name}_web=2")
-        wait_until(lambda: len(answering(stack, 12)) == 2, timeout=90, interval=0.5,
-                   message="2 tasks answering")  # fmt: skip
+        wait_until(
+            lambda: len(replicas_answering(stack.url, HOST, 12)) == 2,
+            timeout=90,
+            interval=0.5,
+            message="2 tasks answering",
+        )
     result = load.result
     print(f"\nswarm scale 3 -> 6 -> 2 under load: {result.summary()}")
     assert stack.admin_etag() == etag, "scaling changed Caddy's config"
     assert result.failed == 0, result.summary()
     stack.docker("service", "scale", "--detach", f"{stack.name}_web=3")
-    wait_until(lambda: len(answering(stack, 12)) == 3, timeout=90, interval=0.5,
+    wait_until(lambda: len(replicas_answering(stack.url, HOST, 12)) == 3, timeout=90, interval=0.5,
                message="back to 3 tasks")  # fmt: skip
 
 
@@ -196,7 +189,7 @@ def test_a_rolling_update_under_load_fails_no_request(stack: SwarmStack) -> None
         stack.docker("service", "update", "--force", "--detach", f"{stack.name}_web")
         wait_until(
             lambda: (now := set(stack.running_tasks("web"))) and not (now & before)
-            and len(now) == 3 and answering(stack, 12) == now,
+            and len(now) == 3 and replicas_answering(stack.url, HOST, 12) == now,
             timeout=200,
             interval=1.0,
             message="every task replaced and answering",

@@ -10,33 +10,15 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-import httpx
 import pytest
 
-from tests.support.compose import EXAMPLES, ComposeStack
+from tests.support.compose import EXAMPLES, ComposeStack, from_web, replicas_answering
 from tests.support.load import Load, LoadResult, run_load
 from tests.support.stack_images import StackImages
 from tests.support.waiting import wait_until
 
 HOST = "whoami.localhost"
 pytestmark = pytest.mark.timeout(600)
-
-
-def from_web(response: httpx.Response) -> bool:
-    return response.status_code == 200 and bool(response.headers.get("X-Backend"))
-
-
-def answering(url: str, count: int) -> set[str]:
-    seen: set[str] = set()
-    with httpx.Client(base_url=url, trust_env=False, timeout=5.0) as client:
-        for _ in range(count):
-            try:
-                response = client.get("/", headers={"Host": HOST})
-            except httpx.HTTPError:
-                continue
-            if from_web(response):
-                seen.add(response.headers["X-Backend"])
-    return seen
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +34,7 @@ def stack(stack_images: StackImages, request: pytest.FixtureRequest) -> Iterator
         for service in ("caddy", "caddy-b"):
 
             def serves_all_three(service: str = service) -> bool:
-                return len(answering(running.url(service, 80), 12)) == 3
+                return len(replicas_answering(running.url(service, 80), HOST, 12)) == 3
 
             wait_until(
                 serves_all_three,
@@ -67,8 +49,8 @@ def stack(stack_images: StackImages, request: pytest.FixtureRequest) -> Iterator
 
 def test_both_caddies_serve_every_pool_from_one_event_stream(stack: ComposeStack) -> None:
     replicas = {c.id[:12] for c in stack.containers("web")}
-    assert answering(stack.url("caddy", 80), 12) == replicas
-    assert answering(stack.url("caddy-b", 80), 12) == replicas
+    assert replicas_answering(stack.url("caddy", 80), HOST, 12) == replicas
+    assert replicas_answering(stack.url("caddy-b", 80), HOST, 12) == replicas
     logs = stack.logs("labelsync")
     assert logs.count("Docker event stream connected") == 1, logs
 
@@ -99,7 +81,7 @@ def caddy_b_restarted_empty(stack: ComposeStack) -> RestartedEmpty:
         stack.run("restart", "-t", "3", "caddy-b")
         restarted = time.monotonic()
         url_b = stack.url("caddy-b", 80)
-        wait_until(lambda: answering(url_b, 1), timeout=90, interval=0.05,
+        wait_until(lambda: replicas_answering(url_b, HOST, 1), timeout=90, interval=0.05,
                    message="caddy-b serving the route again")  # fmt: skip
         restored = time.monotonic() - restarted
         # Caddy reloads on each write: a stale keep-alive connection is sent again.
@@ -128,7 +110,7 @@ def test_a_caddy_restarted_empty_gets_its_routes_back_while_the_other_serves(
     other = caddy_b_restarted_empty.other
     assert other.failed == 0, other.summary()
     assert caddy_b_restarted_empty.restored < 60
-    assert len(answering(stack.url("caddy-b", 80), 12)) == 3
+    assert len(replicas_answering(stack.url("caddy-b", 80), HOST, 12)) == 3
 
 
 def test_a_caddy_restarted_empty_fails_no_request_once_its_routes_are_back(

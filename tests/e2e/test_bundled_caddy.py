@@ -23,7 +23,7 @@ import pytest
 from tests.e2e.conftest import StartDaemon
 from tests.support.caddy import LOG_DIR, free_port
 from tests.support.containers import short_uuid
-from tests.support.daemon import free_udp_port
+from tests.support.daemon import LabelsyncProcess, free_udp_port
 from tests.support.load import Load
 from tests.support.loopback import LoopbackBackend
 from tests.support.waiting import wait_until
@@ -40,7 +40,7 @@ def running(pid: int) -> bool:
     return stat.rsplit(")", 1)[-1].split()[0] != "Z"
 
 
-class BundledRun:
+class BundledRun(LabelsyncProcess):
     """`labelsync run` starting (or adopting) the bundled Caddy in `home/run/labelsync`.
 
     Runs made with the same `home` and `env` share the runtime directory, the ports
@@ -115,26 +115,6 @@ class BundledRun:
         """A client for the bundled Caddy's admin API (its unix socket)."""
         transport = httpx.HTTPTransport(uds=str(self.runtime_dir / "admin.sock"))
         return httpx.Client(base_url="http://localhost", transport=transport, trust_env=False)
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int | None:
-        if self.process is None:
-            return None
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
-            try:
-                self.process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
-        code = self.process.returncode
-        self.process = None
-        return code
-
-    def _raise_if_exited(self) -> None:
-        if self.process is not None and self.process.poll() is not None:
-            raise AssertionError(
-                f"labelsync exited with {self.process.returncode}:\n{self.logs()[-3000:]}"
-            )
 
 
 @pytest.fixture

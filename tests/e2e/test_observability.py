@@ -9,8 +9,6 @@ import json
 import os
 import signal
 import socket
-import subprocess
-import sys
 import tempfile
 import threading
 import uuid
@@ -48,29 +46,12 @@ def short_dir() -> Iterator[Path]:
         yield Path(name)
 
 
-def status(daemon: Daemon, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "labelsync.app.cli", "status", *args],
-        env=daemon.env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
-
-
-def status_json(daemon: Daemon) -> dict[str, Any]:
-    done = status(daemon, "--json")
-    assert done.returncode == 0, done.stderr
-    return dict(json.loads(done.stdout))
-
-
 def pool_of(report: dict[str, Any], host: str) -> dict[str, Any] | None:
     return next((p for p in report["pools"] if host in p["hosts"]), None)
 
 
 def members_by_name(daemon: Daemon, host: str) -> dict[str, dict[str, Any]]:
-    pool = pool_of(status_json(daemon), host)
+    pool = pool_of(daemon.status_json(), host)
     return {m["container"]: m for m in pool["members"]} if pool else {}
 
 
@@ -93,7 +74,7 @@ def test_status_shows_members_health_and_caddy_counts(
     assert members[first.name]["address"] == first.address()
     assert members[second.name]["address"] == second.address()
     assert all(m["total_requests"] is None for m in members.values())  # Caddy has no totals
-    pool = pool_of(status_json(daemon), unique_host)
+    pool = pool_of(daemon.status_json(), unique_host)
     assert pool is not None and pool["policy"] == "round_robin"
     assert pool["upstreams"] == "dynamic"
 
@@ -122,7 +103,7 @@ def test_status_shows_members_health_and_caddy_counts(
     assert member["caddy_upstream"].endswith(f".labelsync.internal.:{second.ports[0]}")
     slow.join(timeout=10)
 
-    table = status(daemon)
+    table = daemon.cli("status")
     assert table.returncode == 0, table.stderr
     assert "MEMBER" in table.stdout and "HEALTH" in table.stdout
     rows = {line.split()[0]: line for line in table.stdout.splitlines() if line.strip()}

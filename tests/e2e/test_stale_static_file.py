@@ -8,8 +8,6 @@ the problem into the state file and the live view, and the page draws it."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -37,17 +35,6 @@ def browser(tmp_path: Path) -> Iterator[Chromium]:
         yield chromium
 
 
-def status(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "labelsync.app.cli", "status", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
-
-
 def test_a_broken_static_file_is_reported_stale_and_clears_when_fixed(
     start_daemon: StartDaemon, tmp_path: Path, browser: Chromium
 ) -> None:
@@ -69,7 +56,7 @@ def test_a_broken_static_file_is_reported_stale_and_clears_when_fixed(
         routes.write_text('[routes.site\nhost = "broken"\n')
 
         def stale() -> dict[str, Any] | None:
-            done = status(daemon.env, "--json")
+            done = daemon.cli("status", "--json")
             assert done.returncode == 0, done.stderr
             report = dict(json.loads(done.stdout))
             return report if report["warnings"] else None
@@ -84,7 +71,7 @@ def test_a_broken_static_file_is_reported_stale_and_clears_when_fixed(
         assert warning in [p["text"] for p in report["other_problems"]]
         wait_routed(daemon, host, {"static-one"})  # the last good route still serves
 
-        text = status(daemon.env)
+        text = daemon.cli("status")
         assert text.returncode == 0, text.stderr
         assert f"  STALE: {warning}\n" in text.stdout
         assert f"  error: {warning}\n" in text.stdout

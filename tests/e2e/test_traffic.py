@@ -8,8 +8,6 @@ count. Screenshot: `.test-logs/dashboard-traffic.png`."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -56,25 +54,8 @@ class Sent:
         return sum(1 for status in self.statuses if status >= 500)
 
 
-def cli(daemon: Daemon, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "labelsync.app.cli", *args],
-        env=daemon.env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
-
-
-def status_json(daemon: Daemon) -> dict[str, Any]:
-    done = cli(daemon, "status", "--json")
-    assert done.returncode == 0, done.stderr
-    return dict(json.loads(done.stdout))
-
-
 def traffic_of(daemon: Daemon, host: str) -> dict[str, Any] | None:
-    pools = [p for p in status_json(daemon)["pools"] if p["hosts"] == [host]]
+    pools = [p for p in daemon.status_json()["pools"] if p["hosts"] == [host]]
     return pools[0]["traffic"] if pools else None
 
 
@@ -108,7 +89,7 @@ def test_requests_and_failures_per_pool_reach_the_page_status_and_explain(
 ) -> None:
     daemon, port = counting_daemon
     wait_until(
-        lambda: (status_json(daemon).get("traffic") or {}).get("caddy_metrics") == "on",
+        lambda: (daemon.status_json().get("traffic") or {}).get("caddy_metrics") == "on",
         timeout=SAMPLE_INTERVAL * 3,
         interval=0.25,
         message="labelsync to turn on Caddy's per-host metrics (LABELSYNC_CADDY_METRICS=on)",
@@ -170,7 +151,7 @@ def test_requests_and_failures_per_pool_reach_the_page_status_and_explain(
     browser.screenshot(LOG_DIR / "dashboard-traffic.png")
     assert not [line for line in browser.console if line.startswith("exception")]
 
-    explained = cli(daemon, "explain", member.name)
+    explained = daemon.cli("explain", member.name)
     assert explained.returncode == 0, explained.stdout + explained.stderr
     assert (
         f"pool traffic since labelsync started: {sent.requests} request(s), "

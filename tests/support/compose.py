@@ -423,3 +423,24 @@ def _whoami_port(spec: Mapping[str, Any]) -> int:
             if str(key).endswith(".port"):
                 return int(value)
     return 80
+
+
+def from_web(response: httpx.Response) -> bool:
+    """A 200 answered by a replica (the test backend names itself in `X-Backend`: its
+    hostname, the container's short id), not Caddy's empty 200 for an unknown host."""
+    return response.status_code == 200 and bool(response.headers.get("X-Backend"))
+
+
+def replicas_answering(url: str, host: str, count: int) -> set[str]:
+    """The replicas that answered `count` requests for `host` through `url` (a request
+    that failed answers nothing)."""
+    seen: set[str] = set()
+    with httpx.Client(base_url=url, trust_env=False, timeout=5.0) as client:
+        for _ in range(count):
+            try:
+                response = client.get("/", headers={"Host": host})
+            except httpx.HTTPError:
+                continue
+            if from_web(response):
+                seen.add(response.headers["X-Backend"])
+    return seen

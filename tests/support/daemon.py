@@ -7,6 +7,7 @@ DNS on its own loopback port, so tests sharing one Caddy never see each other's 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import random
 import re
@@ -47,7 +48,38 @@ def free_udp_port() -> int:
     raise RuntimeError("no free port for a resolver between 20000 and 32000")
 
 
-class Daemon:
+class LabelsyncProcess:
+    """A `labelsync run` child process: its early exit raised with its log, and stopped
+    by a signal (SIGKILL after `timeout`)."""
+
+    process: subprocess.Popen[bytes] | None = None
+
+    def logs(self) -> str:
+        raise NotImplementedError
+
+    def _raise_if_exited(self) -> None:
+        if self.process is not None and self.process.poll() is not None:
+            raise AssertionError(
+                f"labelsync exited with {self.process.returncode}:\n{self.logs()[-3000:]}"
+            )
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int | None:
+        """Signal the daemon and wait; its exit code (None when it was not running)."""
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+        code = self.process.returncode
+        self.process = None
+        return code
+
+
+class Daemon(LabelsyncProcess):
     """One `labelsync run`; `request()` goes through the server it owns in Caddy."""
 
     def __init__(
@@ -111,26 +143,23 @@ class Daemon:
         response = self._client.get(f"{self.caddy.admin_url}{self.server_path}")
         return response.status_code == 200 and response.json() is not None
 
-    def _raise_if_exited(self) -> None:
-        if self.process is not None and self.process.poll() is not None:
-            raise AssertionError(
-                f"labelsync exited with {self.process.returncode}:\n{self.logs()[-3000:]}"
-            )
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """`labelsync ARGS…` with this daemon's settings (`status`, `explain`, ...)."""
+        return subprocess.run(
+            [sys.executable, "-m", "labelsync.app.cli", *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
 
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int | None:
-        """Signal the daemon and wait; its exit code (None when it was not running)."""
-        if self.process is None:
-            return None
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
-            try:
-                self.process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
-        code = self.process.returncode
-        self.process = None
-        return code
+    def status_json(self) -> dict[str, Any]:
+        """`labelsync status --json`, which must succeed."""
+        done = self.cli("status", "--json")
+        assert done.returncode == 0, done.stderr
+        report: dict[str, Any] = json.loads(done.stdout)
+        return report
 
     def kill(self) -> None:
         if self.process is not None and self.process.poll() is None:
