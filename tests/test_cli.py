@@ -10,6 +10,8 @@ from typing import Any
 
 import pytest
 
+from tests.support.cli import run_cli
+
 COMPOSE = """
 services:
   web:
@@ -31,14 +33,9 @@ services:
 
 
 def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "labelsync.app.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        # No daemon of this machine lends its settings unless a test says so.
-        env={**os.environ, "LABELSYNC_STATE_FILE": "/nonexistent/state.json", **(env or {})},
-    )
+    # No daemon of this machine lends its settings unless a test says so.
+    environment = {**os.environ, "LABELSYNC_STATE_FILE": "/nonexistent/state.json", **(env or {})}
+    return run_cli(*args, env=environment, timeout=60)
 
 
 def test_version_names_the_bundled_caddy() -> None:

@@ -4,8 +4,6 @@ the dashboard and `status --json`; and the `explain` command's choice of contain
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -28,6 +26,7 @@ from labelsync.core.pools import build_desired
 from labelsync.loop.reconcile import SyncState
 from labelsync.report.snapshot import Snapshot
 from labelsync.report.status_report import build_report, render_table, report_json
+from tests.support.cli import run_cli
 from tests.support.snapshots import snapshot_of
 
 
@@ -237,14 +236,7 @@ def test_explain_exits_2_when_no_daemon_runs_and_docker_is_unreachable(tmp_path:
         "LABELSYNC_STATE_FILE": str(tmp_path / "none.json"),
         "LABELSYNC_DOCKER_HOST": f"unix://{tmp_path}/no.sock",
     }
-    done = subprocess.run(
-        [sys.executable, "-m", "labelsync.app.cli", "explain", "web"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    done = run_cli("explain", "web", env=env)
     assert done.returncode == 2, done.stderr
     assert done.stderr.count("\n") == 1 and "no.sock" in done.stderr
 

@@ -28,6 +28,7 @@ from labelsync.report.state_file import (
 from labelsync.report.status_report import build_report, render_table, report_json
 from labelsync.settings import Settings
 from tests.support.caddy import CaddyProcess, free_port
+from tests.support.cli import run_cli
 from tests.support.snapshots import snapshot_of
 
 POOL_ID = "labelsync-app-test-0123abcd"
@@ -477,14 +478,7 @@ def test_cli_exit_code_2_when_caddy_is_unreachable(tmp_path: Path) -> None:
         "LABELSYNC_CADDY_ADMIN": f"http://127.0.0.1:{free_port()}",
         "LABELSYNC_STATE_FILE": str(tmp_path / "none.json"),
     }
-    done = subprocess.run(
-        [sys.executable, "-m", "labelsync.app.cli", "status", "--json"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    done = run_cli("status", "--json", env=env)
     assert done.returncode == 2
     assert done.stdout == ""
     assert len(done.stderr.strip().splitlines()) == 1
@@ -653,14 +647,7 @@ def test_status_without_daemon_or_caddy_says_both_in_one_line(tmp_path: Path) ->
         "LABELSYNC_CADDY_ADMIN": f"http://127.0.0.1:{free_port()}",
         "LABELSYNC_STATE_FILE": str(tmp_path / "none.json"),
     }
-    done = subprocess.run(
-        [sys.executable, "-m", "labelsync.app.cli", "status"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    done = run_cli("status", env=env)
     assert done.returncode == 2
     (line,) = done.stderr.splitlines()
     assert line.startswith("labelsync: status: no labelsync daemon is running (no state file")

@@ -17,11 +17,13 @@ import subprocess
 import sys
 import time
 from collections.abc import Collection
+from pathlib import Path
 from typing import Any
 
 import httpx
 
 from labelsync.loop.coalesce import FILL_DELAY
+from tests.support.cli import run_cli
 
 from .caddy import LOG_DIR, CaddyProcess, admin_client, free_port
 from .waiting import wait_until
@@ -53,9 +55,22 @@ class LabelsyncProcess:
     by a signal (SIGKILL after `timeout`)."""
 
     process: subprocess.Popen[bytes] | None = None
+    log_path: Path
+    env: dict[str, str]
 
     def logs(self) -> str:
         raise NotImplementedError
+
+    def _spawn(self) -> None:
+        """Start `labelsync run` with `env`, its output appended to `log_path`."""
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "labelsync.app.cli", "run"],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=self.env,
+            )
 
     def _raise_if_exited(self) -> None:
         if self.process is not None and self.process.poll() is not None:
@@ -125,14 +140,7 @@ class Daemon(LabelsyncProcess):
         return f"/config/apps/http/servers/{self.server}"
 
     def start(self, *, wait_synced: bool = True) -> Daemon:
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "labelsync.app.cli", "run"],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env=self.env,
-            )
+        self._spawn()
         if wait_synced:
             # The first sync ends with the server present in Caddy.
             wait_until(self._server_exists, timeout=20, message=f"daemon {self.server} to sync")
@@ -145,14 +153,7 @@ class Daemon(LabelsyncProcess):
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         """`labelsync ARGS…` with this daemon's settings (`status`, `explain`, ...)."""
-        return subprocess.run(
-            [sys.executable, "-m", "labelsync.app.cli", *args],
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-        )
+        return run_cli(*args, env=self.env)
 
     def status_json(self) -> dict[str, Any]:
         """`labelsync status --json`, which must succeed."""
