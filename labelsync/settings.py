@@ -27,6 +27,7 @@ from pydantic_settings import (
 from labelsync.core import defaults
 from labelsync.core.durations import parse_duration
 from labelsync.core.endpoints import has_relative_path
+from labelsync.core.engines import EngineSpec, parse_engines
 
 # Where `LABELSYNC_CADDY_ADMIN=auto` (and `labelsync status`) look for a running Caddy first.
 DEFAULT_CADDY_ADMIN = "http://localhost:2019"
@@ -102,7 +103,8 @@ class Settings(BaseSettings):
     dial_timeout: str = "500ms"
     """Upstream dial timeout of pools without `timeout.dial`; empty: Caddy's (3s)."""
     docker_host: str | None = None
-    """Docker endpoint; DOCKER_HOST or the local socket when unset."""
+    """Docker endpoint(s), comma-separated, each with its options (core/engines.py);
+    DOCKER_HOST or the local socket when unset."""
     state_file: Path | None = None
     """Where the daemon writes its live state for `labelsync status`; see state_file.py."""
 
@@ -119,6 +121,12 @@ class Settings(BaseSettings):
     def _resolver_address(cls, value: str | None) -> str | None:
         if value and has_relative_path(value):
             raise ValueError("a unix socket needs an absolute path: unix:///run/labelsync/dns.sock")
+        return value
+
+    @field_validator("docker_host")
+    @classmethod
+    def _engines(cls, value: str | None) -> str | None:
+        parse_engines(value)  # raises ValueError naming the bad engine
         return value
 
     @field_validator("dial_timeout")
@@ -190,6 +198,10 @@ class Settings(BaseSettings):
     @property
     def listen_addresses(self) -> list[str]:
         return [a.strip() for a in self.listen.split(",") if a.strip()]
+
+    @property
+    def engines(self) -> tuple[EngineSpec, ...]:
+        return parse_engines(self.docker_host)
 
     @property
     def resolver_address(self) -> str:

@@ -25,6 +25,12 @@ from tests.support.containers import (
     sweep_session,
     sweep_stale,
 )
+from tests.support.engines import (
+    ExtraEngines,
+    engine_specs,
+    missing_requirement,
+    running_engines,
+)
 from tests.support.images import TestImages, ensure_images
 from tests.support.requirements import skip_or_fail_under_ci
 
@@ -35,6 +41,7 @@ DOCKER_FIXTURES = {
     "docker_network",
     "container_factory",
     "stack_images",
+    "extra_engines",
 }
 CADDY_FIXTURES = {"caddy", "caddy_factory"}
 
@@ -118,6 +125,24 @@ def docker_network(container_factory: ContainerFactory) -> Callable[..., str]:
     """Factory: `docker_network(name=None, **options) -> name` of a new bridge network,
     removed when the test ends (after its containers)."""
     return container_factory.create_network
+
+
+@pytest.fixture(scope="session")
+def extra_engines(docker_client: docker.DockerClient, images: TestImages) -> Iterator[ExtraEngines]:
+    """Two more Docker engines on this machine, standing in for other hosts
+    (tests/support/engines.py), each in a network namespace of its own: this machine
+    reaches `b`'s published ports at 10.231.2.2, `c`'s at 10.231.3.2. Each has `url`
+    (its unix socket), `host_address`, `client`, `backend_image` (== `images.backend`),
+    `stop()`, `start()` and `run_backend(name, labels, port=8080, restart=False)`; `c`
+    also serves TLS: `tls_url` ("tcp://10.231.3.2:2376"), `tls_client_dir` (ca.pem,
+    cert.pem, key.pem), `tls_client()`. Shared by the session: a test that stops one
+    starts it again, and removes what it ran (`remove_backends()`). Needs root, dockerd
+    and iproute2: skips without, fails under CI. Logs: `.test-logs/dockerd-<name>.log`."""
+    missing = missing_requirement()
+    if missing is not None:
+        skip_or_fail_under_ci(missing, ci_note=" (CI is set: the extra engines must run)")
+    with running_engines(docker_client, images.backend, engine_specs(2)) as (b, c):
+        yield ExtraEngines(b=b, c=c)
 
 
 # -- Caddy -------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from labelsync.core.events import DockerEvent
-from labelsync.core.model import ContainerInfo
+from labelsync.core.model import ContainerInfo, PublishedPort
 from labelsync.errors import DockerUnavailable
 from labelsync.sources.docker import DockerSource, container_from_summary
 from tests.support.containers import ContainerHandle
@@ -75,6 +75,7 @@ def test_summary_conversion_reads_every_field() -> None:
         compose_project="shop",
         compose_service="db",
         host_network=False,
+        published=(PublishedPort(5432, "0.0.0.0", 5432), PublishedPort(5432, "::", 5432)),
     )
 
 

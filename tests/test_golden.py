@@ -19,6 +19,10 @@ The YAML document::
         state: running            # default
         health: healthy           # default: no HEALTHCHECK
         host_network: false       # default
+        engine: b                 # several engines (core/engines.py): its engine's name,
+        reach: published          #   how it is reached (default: container),
+        host_address: 10.0.0.2    #   the engine's host address (default: none)
+        published: ["8080:0.0.0.0:32768", "8080:[::]:32768"]  # port:host address:host port
 
 Every scalar is read as a string (YAML's BaseLoader), so `on`, `08` and `1:30` reach
 the label parser exactly as written. To rewrite the expectations after a deliberate
@@ -38,8 +42,9 @@ import pytest
 import yaml
 
 from labelsync.caddy.render import RenderOptions, render_routes
+from labelsync.core.engines import Reach
 from labelsync.core.labels import HEADER_KEY, KEYS, ROUTE_KEY
-from labelsync.core.model import ContainerInfo, DesiredState
+from labelsync.core.model import ContainerInfo, DesiredState, PublishedPort
 from labelsync.core.pools import build_desired
 
 GOLDEN_DIR = Path(__file__).parent / "golden"
@@ -101,7 +106,17 @@ def _container(entry: dict[str, Any], position: int) -> ContainerInfo:
         networks=dict(networks),
         exposed_ports=tuple(sorted(int(p) for p in entry.get("ports", ["8080"]))),
         host_network=entry.get("host_network", "false") == "true",
+        engine=entry.get("engine"),
+        reach=Reach(entry.get("reach", Reach.CONTAINER)),
+        host_address=entry.get("host_address"),
+        published=tuple(_published(text) for text in entry.get("published", [])),
     )
+
+
+def _published(text: str) -> PublishedPort:
+    port, _, rest = text.partition(":")
+    host_ip, _, host_port = rest.rpartition(":")
+    return PublishedPort(int(port), host_ip.strip("[]"), int(host_port))
 
 
 def _created(value: str | None, position: int) -> float:

@@ -18,7 +18,8 @@ from hypothesis import strategies as st
 from labelsync.caddy.diff import adopt_equal, diff_routes
 from labelsync.caddy.operations import apply_operations
 from labelsync.caddy.render import RenderMemo, RenderOptions, render_routes
-from labelsync.core.model import ContainerInfo, Pool
+from labelsync.core.engines import Reach
+from labelsync.core.model import ContainerInfo, Pool, PublishedPort
 from labelsync.core.pools import ParseMemo, build_desired
 from labelsync.membership.channel import DynamicMembership
 from labelsync.membership.health import ActiveChecker
@@ -53,11 +54,19 @@ def containers(draw: st.DrawFn, index: int) -> ContainerInfo:
         health=draw(st.sampled_from([None, None, "healthy", "unhealthy"])),
         networks={"net": draw(st.sampled_from(IPS))},
         exposed_ports=(80,),
+        # On an engine reached at published ports, whose host port can move (a restart).
+        engine=draw(st.sampled_from([None, "b"])),
+        reach=draw(st.sampled_from(list(Reach))),
+        host_address=draw(st.sampled_from([None, "10.0.1.2"])),
+        published=draw(
+            st.sampled_from([(), (PublishedPort(80, "0.0.0.0", 32768),)])
+            | st.builds(lambda port: (PublishedPort(80, "0.0.0.0", port),), st.integers(1, 3))
+        ),
     )
 
 
 CHANGES = st.sampled_from(
-    ["add", "remove", "relabel", "state", "health", "withdraw", "same", "mode"]
+    ["add", "remove", "relabel", "state", "health", "withdraw", "same", "mode", "republish"]
 )
 
 
@@ -97,6 +106,14 @@ def test_incremental_builds_renders_and_diffs_equal_from_scratch(
             victim = data.draw(st.sampled_from(ids))
             health = data.draw(st.sampled_from([None, "healthy", "unhealthy", "starting"]))
             fleet[victim] = replace(fleet[victim], health=health)
+        elif step == "republish":  # a restart that moved the published host port
+            victim = data.draw(st.sampled_from(ids))
+            port = data.draw(st.integers(1, 3))
+            fleet[victim] = replace(
+                fleet[victim],
+                reach=Reach.PUBLISHED,
+                published=(PublishedPort(80, "0.0.0.0", port),),
+            )
         elif step == "withdraw":
             victim = data.draw(st.sampled_from(ids))
             withdrawn.symmetric_difference_update({victim})

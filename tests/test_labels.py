@@ -152,6 +152,7 @@ def test_every_documented_key_is_known() -> None:
         "tls.server_name",
         "network",
         "address",
+        "reach",
         "enable",
         "weight",
         "order",

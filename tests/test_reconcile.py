@@ -353,6 +353,25 @@ async def test_kill_withdraws_a_member_before_the_listing_says_so(
         assert len(dials(owned(memory, settings)[0])) == 2
 
 
+async def test_a_reconnect_trusts_the_listing_over_leaves_seen_before_it(
+    memory: MemoryCaddy, settings: Settings, listing: ListedContainers, reconciler: Reconciler
+) -> None:
+    """The engine restarts: its containers were killed (seen), and those with a restart
+    policy started again before the new stream was read (unseen). The listing after the
+    reconnect says they run: they serve again."""
+    first = container("first", "back.test", ip="127.0.0.2")
+    second = container("second", "back.test", ip="127.0.0.3")
+    listing.containers += [first, second]
+    async with running(reconciler):
+        listing.queue.put_nowait(DockerEvent(EventKind.CONTAINER, "kill", second.id, 1))
+        await settle()
+        assert dials(owned(memory, settings)[0]) == ["127.0.0.2:8080"]
+        listing.queue.put_nowait(DockerEvent(EventKind.STREAM_DOWN, "", None, 0))
+        listing.queue.put_nowait(DockerEvent(EventKind.STREAM_UP, "", None, 0))
+        await settle()
+        assert len(dials(owned(memory, settings)[0])) == 2
+
+
 USER_ROUTE = {"@id": "user-route", "handle": [{"handler": "static_response", "body": "x"}]}
 
 
@@ -791,3 +810,16 @@ async def test_dynamic_pools_are_written_at_their_first_start_and_kept_through_a
         await loop.sync_once()
         assert [r["@id"] for r in owned(memory, dynamic)] == [route["@id"]]
         assert memory.writes == writes
+
+
+async def test_one_engine_out_of_several_leaves_docker_up(reconciler: Reconciler) -> None:
+    """`engine-down`: that engine's containers keep their state (sources/engines.py), the
+    others carry on, so Docker is still up; `engine-up` re-lists and reads Caddy again."""
+    reconciler.handle_event(DockerEvent(EventKind.STREAM_UP, "", None, 0, engine="a"))
+    reconciler.handle_event(DockerEvent(EventKind.ENGINE_DOWN, "", None, 0, engine="b"))
+    assert reconciler.state.docker_up
+    reconciler.handle_event(DockerEvent(EventKind.ENGINE_UP, "", None, 0, engine="b"))
+    assert reconciler.state.docker_up
+    assert reconciler._verify and reconciler._dirty.is_set()
+    reconciler.handle_event(DockerEvent(EventKind.STREAM_DOWN, "", None, 0, engine="a"))
+    assert not reconciler.state.docker_up

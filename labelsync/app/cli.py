@@ -34,9 +34,9 @@ def _fail(message: str) -> int:
 
 
 def _running_containers(settings: Settings) -> list[ContainerInfo]:
-    from labelsync.sources.docker import list_once
+    from labelsync.sources.engines import list_once
 
-    return list_once(settings.docker_host, swarm=settings.swarm)
+    return list_once(settings.engines, swarm=settings.swarm)
 
 
 def _static_file(settings: Settings) -> StaticFile | None:
@@ -144,9 +144,9 @@ def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
     containers: list[ContainerInfo] = []
     uninspected: dict[str, str] = {}
     if args.compose:
-        from labelsync.sources.docker import DockerSource
+        from labelsync.sources.engines import EngineSet
 
-        docker = DockerSource(settings.docker_host, swarm="off")
+        docker = EngineSet(settings.engines, swarm="off")
         try:
             for path in args.compose:
                 containers.extend(

@@ -39,7 +39,7 @@ from labelsync.report.sdnotify import SystemdNotifier
 from labelsync.report.snapshot import LiveView
 from labelsync.report.state_file import state_file_path
 from labelsync.settings import AUTO_CADDY_ADMINS, Settings, load_settings
-from labelsync.sources.docker import DockerSource
+from labelsync.sources.engines import EngineSet
 from labelsync.sources.static import StaticFile
 
 if TYPE_CHECKING:
@@ -234,9 +234,16 @@ def _observability(
     membership: MembershipChannel | None,
     notifier: SystemdNotifier,
     traffic: TrafficBook,
+    engines: EngineSet,
 ) -> Observability:
     """The state file, metrics and systemd notifications, watching every reconciler."""
-    view = LiveView(reconcilers, settings=settings, health=membership, traffic=traffic)
+    view = LiveView(
+        reconcilers,
+        settings=settings,
+        health=membership,
+        traffic=traffic,
+        engines=engines.states if engines.several else None,
+    )
     readers = []
     if settings.metrics_listen:  # scrapes and /healthz read Caddy with clients of their own
         readers = [CaddyAdmin(r.caddy.endpoint, timeout=PING_TIMEOUT * 2) for r in reconcilers]
@@ -400,7 +407,8 @@ async def _serve(
     reconciler crashes (its exception, returned); everything closed on the way out."""
     endpoints = caddies.endpoints
     admins = [CaddyAdmin(endpoint) for endpoint in endpoints]
-    source = SharedSource(DockerSource(settings.docker_host, swarm=settings.swarm))
+    engines = EngineSet(settings.engines, swarm=settings.swarm)
+    source = SharedSource(engines)
     traffic, samplers = _traffic(settings, caddies)
     for admin in admins:
         sampler = samplers.get(admin.endpoint)
@@ -420,7 +428,7 @@ async def _serve(
         f"labelsync running: Caddy {', '.join(endpoints)}, Docker {source.endpoint}, "
         f"upstreams {settings.upstreams}"
     )
-    observability = _observability(settings, reconcilers, membership, notifier, traffic)
+    observability = _observability(settings, reconcilers, membership, notifier, traffic, engines)
     dashboard = await _start_dashboard(settings, observability.view, endpoints[0])
     await observability.start()
     tasks = [asyncio.create_task(r.run()) for r in reconcilers]

@@ -10,6 +10,10 @@ CONTAINER is a container name, or a prefix of its id (or of its name, when no na
 matches exactly). Exit codes: 0 routed (every route its labels declare serves), 1 not
 routed or only partly (or it has no labels under the prefix), 2 no such container, an
 ambiguous prefix, or Docker and the daemon both unreachable.
+
+When labelsync reads several Docker engines, the verdict names the container's engine
+(`engine` in JSON, `on engine b` in text), and a note says so when that engine is out (the
+container's state is then its last listing's).
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TextIO
 
 from labelsync.app.status import find_admin, gather_report, live_state
@@ -28,6 +32,7 @@ from labelsync.core.pools import build_desired
 from labelsync.core.traffic_json import traffic_from_json
 from labelsync.errors import CaddyError, DockerUnavailable
 from labelsync.report.status_report import build_report
+from labelsync.report.views import engine_warning
 from labelsync.settings import Settings
 
 EXIT_ROUTED, EXIT_NOT_ROUTED, EXIT_UNAVAILABLE = 0, 1, 2
@@ -62,15 +67,21 @@ def pick(query: str, candidates: Sequence[JSON]) -> JSON:
 
 
 def _list_docker(settings: Settings) -> list[ContainerInfo]:
-    from labelsync.sources.docker import list_once
+    from labelsync.sources.engines import list_once
 
-    return list_once(settings.docker_host, swarm=settings.swarm)
+    return list_once(settings.engines, swarm=settings.swarm)
 
 
 async def verdicts(settings: Settings) -> tuple[list[JSON], list[str], bool]:
     """Every labelled container's verdict, notes to print, and whether a daemon gave them.
 
     DockerUnavailable when no daemon runs and Docker does not answer."""
+    found, notes, from_daemon, _ = await _verdicts(settings)
+    return found, notes, from_daemon
+
+
+async def _verdicts(settings: Settings) -> tuple[list[JSON], list[str], bool, dict[str, str]]:
+    """`verdicts`, and the engines that are out (by name: the warning that says so)."""
     state, notes = live_state(settings)
     if state is not None:
         try:
@@ -88,7 +99,8 @@ async def verdicts(settings: Settings) -> tuple[list[JSON], list[str], bool]:
                 notes=notes,
             )
         counting = report.traffic.notes if report.traffic is not None else []
-        return list(report.containers), [*report.notes, *counting], True
+        out = {e.name: engine_warning(e) for e in report.engines if not e.up}
+        return list(report.containers), [*report.notes, *counting], True, out
     containers = await asyncio.to_thread(_list_docker, settings)
     desired = build_desired(
         containers,
@@ -103,13 +115,16 @@ async def verdicts(settings: Settings) -> tuple[list[JSON], list[str], bool]:
         "labelsync is not running: this is what it would do with these labels and settings "
         "(its own health checks have not run)"
     )
-    return [verdict_json(v) for v in found], notes, False
+    return [verdict_json(v) for v in found], notes, False, {}
 
 
 def render(verdict: JSON, notes: Sequence[str]) -> str:
     """The human form of one container's verdict."""
     state = verdict["state"] + (f", {verdict['docker_health']}" if verdict["docker_health"] else "")
-    out = [f"{verdict['name']} ({verdict['id'][:12]}): {verdict['status']}  [container {state}]"]
+    head = f"{verdict['name']} ({verdict['id'][:12]}): {verdict['status']}  [container {state}]"
+    if verdict.get("engine"):
+        head += f" on engine {verdict['engine']}"
+    out = [head]
     for reason in verdict["reasons"]:
         out += _reason_lines(reason, "  ")
     for route in verdict["routes"]:
@@ -130,6 +145,12 @@ def render(verdict: JSON, notes: Sequence[str]) -> str:
         out += [f"    {p['severity']}: {p['text']}" for p in others]
     out += [f"note: {note}" for note in notes]
     return "\n".join(out) + "\n"
+
+
+def _engine_notes(verdict: JSON, engines_out: Mapping[str, str]) -> list[str]:
+    """Its engine's warning, when the container is on an engine that is out."""
+    warning = engines_out.get(str(verdict.get("engine")))
+    return [warning] if warning is not None else []
 
 
 def _traffic_lines(traffic: JSON | None) -> list[str]:
@@ -153,7 +174,7 @@ async def run_explain(
 ) -> int:
     stream = out or sys.stdout
     try:
-        found, notes, _ = await verdicts(settings)
+        found, notes, _, engines_out = await _verdicts(settings)
     except DockerUnavailable as exc:
         print(f"labelsync: explain: no labelsync runs, and {exc}", file=sys.stderr)
         return EXIT_UNAVAILABLE
@@ -161,6 +182,7 @@ async def run_explain(
         verdict = pick(query, found)
     except NotFound as exc:
         return _unlabelled(settings, query, exc)
+    notes = [*notes, *_engine_notes(verdict, engines_out)]
     if as_json:
         stream.write(json.dumps({**verdict, "notes": notes}, indent=2) + "\n")
     else:

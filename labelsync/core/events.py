@@ -15,6 +15,9 @@ class EventKind(StrEnum):
     SWARM = "swarm"  # tasks changed somewhere in the cluster (seen by polling)
     STREAM_UP = "stream-up"  # the event stream (re)connected: everything may have changed
     STREAM_DOWN = "stream-down"  # the event stream was lost: Docker is unreachable
+    # One of several engines (core/engines.py) came back or went out while others answer.
+    ENGINE_UP = "engine-up"
+    ENGINE_DOWN = "engine-down"
 
     @property
     def is_stream(self) -> bool:
@@ -29,6 +32,7 @@ class DockerEvent:
     action: str  # start, die, "health_status: healthy", connect, ...; "" for stream-up/down
     container_id: str | None
     time_ns: int  # Docker's timeNano; 0 for stream-up/down
+    engine: str | None = None  # which engine, when labelsync reads several
 
     def __post_init__(self) -> None:
         # Accept the plain value too (`DockerEvent("container", ...)`): always the enum after.

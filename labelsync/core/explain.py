@@ -21,6 +21,8 @@ that is in its pool but failing its checks reads `unhealthy` with why.
 
 Unknown keys and keys without effect (WARNINGs) never drop a route, but a container
 whose labels declare no route at all (a typo in `host`) is explained by them.
+
+When labelsync reads several Docker engines, a verdict names its container's engine.
 """
 
 from __future__ import annotations
@@ -92,6 +94,7 @@ class ContainerVerdict:
     routes: tuple[RouteVerdict, ...]
     problems: tuple[Problem, ...] = ()
     reasons: tuple[Reason, ...] = field(default=())  # when no route is declared at all
+    engine: str | None = None  # its Docker engine, when labelsync reads several
 
     @property
     def status(self) -> VerdictStatus:
@@ -255,6 +258,7 @@ def explain_container(
         routes=verdicts,
         problems=problems,
         reasons=() if verdicts else _no_route_reasons(problems, prefix),
+        engine=container.engine,
     )
 
 
@@ -383,7 +387,8 @@ def problem_json(problem: Problem) -> JSON:
 
 
 def verdict_json(verdict: ContainerVerdict) -> JSON:
-    return {
+    """A verdict as JSON; `engine` only when labelsync reads several Docker engines."""
+    payload: JSON = {
         "id": verdict.id,
         "name": verdict.name,
         "state": verdict.state,
@@ -393,6 +398,9 @@ def verdict_json(verdict: ContainerVerdict) -> JSON:
         "routes": [route_json(r) for r in verdict.routes],
         "problems": [problem_json(p) for p in verdict.problems],
     }
+    if verdict.engine is not None:
+        payload["engine"] = verdict.engine
+    return payload
 
 
 def route_json(route: RouteVerdict) -> JSON:
@@ -478,4 +486,5 @@ def verdict_from_json(payload: JSON) -> ContainerVerdict:
         routes=tuple(_route_from_json(r) for r in payload.get("routes") or ()),
         problems=tuple(problem_from_json(p) for p in payload.get("problems") or ()),
         reasons=_reasons_from_json(payload.get("reasons") or ()),
+        engine=payload.get("engine"),
     )

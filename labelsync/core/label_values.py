@@ -18,6 +18,7 @@ from typing import Protocol, TypeVar
 import re2  # type: ignore[import-untyped]
 
 from labelsync.core.durations import normalize_duration, parse_duration
+from labelsync.core.engines import Reach
 from labelsync.core.model import RETRIES_AUTO, Track
 
 T = TypeVar("T", str, int)  # what a comma-separated list holds
@@ -38,6 +39,7 @@ POLICIES = (
 )
 SCHEMES = ("http", "https", "h2c")
 TRACKS = tuple(track.value for track in Track)  # plain strings: `did_you_mean` repr()s one
+REACHES = tuple(reach.value for reach in Reach)
 
 _TRUE = ("true", "1", "yes", "on")
 _FALSE = ("false", "0", "no", "off")
@@ -248,6 +250,23 @@ def member_address(ip: str, port: int) -> str | None:
         return None
     parsed = ipaddress.ip_address(ip)
     return f"[{parsed.compressed}]:{port}" if parsed.version == 6 else f"{parsed}:{port}"
+
+
+def is_unspecified(ip: str) -> bool:
+    """True for a binding to every address of the host (`0.0.0.0`, `::`) or to none given."""
+    return not ip or (is_ip(ip) and ipaddress.ip_address(ip).is_unspecified)
+
+
+def is_loopback(host: str) -> bool:
+    """True for a loopback address (`127.0.0.2`, `::1`) or `localhost`."""
+    if host.lower() == "localhost":
+        return True
+    return is_ip(host) and ipaddress.ip_address(host).is_loopback
+
+
+def join_address(host: str, port: int) -> str:
+    """`host:port` for an IP address (`member_address`) or a host name (lower-cased)."""
+    return member_address(host, port) or f"{host.lower()}:{port}"
 
 
 def address_port(address: str) -> int:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from labelsync.core import defaults
 from labelsync.core import label_values as v
+from labelsync.core.engines import Reach
 from labelsync.core.model import (
     DEFAULT_COOKIE_NAME,
     RETRIES_AUTO,
@@ -38,6 +39,7 @@ KEYS: dict[str, Callable[[str], object]] = {
     "tls.server_name": v.parse_server_name,
     "network": v.parse_text,
     "address": v.parse_address,
+    "reach": v.choice("reach", v.REACHES),
     "enable": v.parse_bool,
     "weight": v.integer(0, 1_000_000),
     "order": v.integer(-(10**12), 10**12),
@@ -67,7 +69,9 @@ KEYS: dict[str, Callable[[str], object]] = {
 }
 HEADER_KEY = "health.headers."  # + header name; value sent with the active check
 # Member keys belong to each container; every other key of KEYS is a pool key.
-MEMBER_KEYS = frozenset({"port", "network", "address", "weight", "order", "track", "enable"})
+MEMBER_KEYS = frozenset(
+    {"port", "network", "address", "reach", "weight", "order", "track", "enable"}
+)
 UNSET = "unset"  # how `pool_key_values` writes a key that has no value
 ROUTE_KEY = "route."  # + name + "." + key
 _ACTIVE_KEYS = tuple(k for k in KEYS if k.startswith("health.") and "passive" not in k)
@@ -315,10 +319,52 @@ class _RouteBuilder:
             )
             return None
         port = self._port()
+        if port is not None and self._reach() is Reach.PUBLISHED:
+            return self._published_address(port)
         ip = self._network_ip()
         if port is None or ip is None:
             return None
         return v.member_address(ip, port)
+
+    def _reach(self) -> Reach:
+        reach = self.text("reach")
+        return Reach(reach) if reach is not None else self.container.reach
+
+    def _published_address(self, port: int) -> str | None:
+        """The host address and host port where the engine publishes `port`."""
+        container = self.container
+        engine = f"engine {container.engine!r}" if container.engine else "the engine"
+        binding = next((p for p in container.published if p.port == port), None)
+        if binding is None:
+            self.missing(
+                "port",
+                f"port {port} is not published on {engine}, which Caddy reaches at published "
+                f'ports; publish it (ports: ["{port}"], docker run -p {port}), or set '
+                f"{self.prefix}.reach=container when Caddy reaches the container's network",
+            )
+            return None
+        health_port = self.labels.get("health.port")
+        if health_port is not None and self.value("health.port") != port:
+            self.error(
+                health_port.full_key,
+                health_port.raw,
+                f"cannot be checked on {engine}, which Caddy reaches at published ports "
+                f"(each member has its own host port); check the served port "
+                f"(remove {self.prefix}.health.port), or set {self.prefix}.reach=container",
+            )
+            return None
+        host = container.host_address
+        if not v.is_unspecified(binding.host_ip):
+            if v.is_loopback(binding.host_ip) and host is not None and not v.is_loopback(host):
+                self.missing(
+                    "port",
+                    f"port {port} is published only on {binding.host_ip} of {engine}, which "
+                    f"Caddy reaches at {host}; publish it on an address Caddy reaches, or on "
+                    f'all of them (ports: ["{port}"])',
+                )
+                return None
+            host = binding.host_ip
+        return v.join_address(host or "127.0.0.1", binding.host_port)
 
     def _known_port(self) -> int:
         """The member port when it is known without resolving an address, else 0."""

@@ -14,7 +14,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, NamedTuple
+
+from labelsync.core.engines import Reach
 
 JSON = dict[str, Any]  # a Caddy config object, as the admin API reads and writes it
 
@@ -95,6 +97,14 @@ class HealthStatus(StrEnum):
     UNKNOWN = "unknown"  # no verdict yet, or no check configured
 
 
+class PublishedPort(NamedTuple):
+    """A container's TCP port as its engine publishes it on the engine's host."""
+
+    port: int  # the container's port
+    host_ip: str  # the host address it is bound to: "0.0.0.0" or "::" for every one
+    host_port: int
+
+
 @dataclass(frozen=True)
 class ContainerInfo:
     """What labelsync needs to know of one container, read once at the edge."""
@@ -110,6 +120,13 @@ class ContainerInfo:
     compose_project: str | None = None
     compose_service: str | None = None
     host_network: bool = False
+    # Several engines (core/engines.py): the engine's name, and how Caddy reaches its
+    # containers: their own address, or the published port at `host_address` (None: the
+    # port's own host address, else 127.0.0.1).
+    engine: str | None = None
+    published: tuple[PublishedPort, ...] = ()  # sorted; IPv4 bindings first
+    reach: Reach = Reach.CONTAINER
+    host_address: str | None = None
 
     @property
     def is_up(self) -> bool:

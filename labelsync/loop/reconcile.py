@@ -165,10 +165,13 @@ class Reconciler:
             self.state.docker_up = False
             logger.warning("Docker event stream lost; Caddy stays as it is until it is back")
             return
-        if event.kind is EventKind.STREAM_UP:
+        if event.kind in (EventKind.STREAM_UP, EventKind.ENGINE_UP):
             self.state.docker_up = True
+            self._forget_leaves(event.engine)
             self.verify_next()
             return
+        if event.kind is EventKind.ENGINE_DOWN:
+            return  # its containers keep their state (sources/engines.py); others carry on
         action = event.verb
         # A member Caddy holds that leaves is written out at once (in static mode Caddy
         # sends it requests until then); other containers come and go without hurry.
@@ -185,6 +188,15 @@ class Reconciler:
             self._leaving.discard(event.container_id)
             self._publish_joins_soon()
         self.notify(event_time=event_time)
+
+    def _forget_leaves(self, engine: str | None) -> None:
+        """After a reconnect, trust the listing over the leave events seen before it: a
+        container that left and started again meanwhile (an engine restart brings back
+        those with a restart policy before its stream is read) sent its start unseen."""
+        if engine is None:
+            self._leaving.clear()
+            return
+        self._leaving -= {c.id for c in self.state.containers if c.engine == engine}
 
     def _publish_joins_soon(self) -> None:
         """Publish a joining container to the resolver after one listing, without waiting

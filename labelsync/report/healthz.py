@@ -9,6 +9,8 @@ A config source the daemon cannot use (a static file that cannot be read or pars
 not make it unhealthy: it keeps serving that source's last good version, and a probe
 that restarted it on a 503 would lose exactly that. It is listed under `warnings` (with
 the file, the reason and since when), and `status` reads `degraded`, still with a 200.
+So is one of several Docker engines that is out while another answers: the daemon serves
+its containers as its last listing had them, and carries on with the others.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from labelsync.core.model import JSON
-from labelsync.report.views import Snapshot
+from labelsync.report.views import Snapshot, engine_warning
 
 
 def healthz(snapshot: Snapshot, caddy_answers: Sequence[tuple[str, bool]]) -> tuple[bool, JSON]:
@@ -30,6 +32,7 @@ def healthz(snapshot: Snapshot, caddy_answers: Sequence[tuple[str, bool]]) -> tu
     if not snapshot.last_apply_ok:
         reasons.append("the last apply failed" if snapshot.synced else "no successful sync yet")
     warnings = [str(problem) for problem in snapshot.stale]
+    warnings += [engine_warning(engine) for engine in snapshot.engines_out]
     body = {
         "status": "unavailable" if reasons else ("degraded" if warnings else "ok"),
         "reasons": reasons,

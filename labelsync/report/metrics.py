@@ -17,6 +17,8 @@ Families (all prefixed `labelsync_`):
 | caddy_admin_requests_total, caddy_admin_request_bytes_total | counter | endpoint |
 | caddy_admin_writes_total | counter | endpoint |
 | docker_up, caddy_up, last_apply_ok | gauge | (caddy_up: endpoint) |
+| docker_engine_up | gauge (1/0; several engines only) | engine, endpoint |
+| docker_engine_members | gauge (several engines only) | engine |
 | pools, members | gauge | |
 | pool_membership | gauge (1) | pool, channel |
 | pool_host | gauge (1) | pool, host: to join Caddy's per-host counters with |
@@ -188,6 +190,8 @@ class _LiveCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         snapshot = self.metrics.view.snapshot()
         yield _gauge("docker_up", "1 when Docker answers.", snapshot.docker_up)
+        if snapshot.engines:
+            yield from _engines(snapshot)
         caddy_up = GaugeMetricFamily(
             "labelsync_caddy_up",
             "1 when the last request to Caddy got an answer.",
@@ -268,6 +272,26 @@ class _LiveCollector(Collector):
                 if member.failures is not None:
                     failures.add_metric(values, float(member.failures))
         yield from (healthy, active, failures)
+
+
+def _engines(snapshot: Snapshot) -> Iterator[GaugeMetricFamily]:
+    """Each Docker engine, when labelsync reads several: whether it answers, and the
+    members of pools its containers are (an engine that is out keeps its last listing's)."""
+    up = GaugeMetricFamily(
+        "labelsync_docker_engine_up",
+        "1 when the Docker engine answers, 0 while it is out (its last listing serves).",
+        labels=["engine", "endpoint"],
+    )
+    members = GaugeMetricFamily(
+        "labelsync_docker_engine_members",
+        "Members across all pools whose container is on the Docker engine.",
+        labels=["engine"],
+    )
+    counts = snapshot.engine_members()
+    for engine in snapshot.engines:
+        up.add_metric([engine.name, engine.endpoint], float(engine.up))
+        members.add_metric([engine.name], float(counts.get(engine.name, 0)))
+    yield from (up, members)
 
 
 def _pool_hosts(snapshot: Snapshot) -> GaugeMetricFamily:

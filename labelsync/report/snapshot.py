@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import datetime
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from labelsync import __version__
+from labelsync.core.engines import EngineState
 from labelsync.core.explain import ContainerVerdict, explain_all
 from labelsync.core.model import (
     ContainerInfo,
@@ -74,11 +75,12 @@ def build_snapshot(
     started_at: str | None = None,
     traffic: TrafficBook | None = None,
     counted: CountedPools | None = None,
+    engines: Sequence[EngineState] = (),
 ) -> Snapshot:
     """The daemon's view now. Pools and members come from the first loop (every loop
     builds the same desired state from the one Docker listing); their traffic from
     `traffic`, what every Caddy counted (through `counted`, which keeps it while
-    neither changes)."""
+    neither changes); `engines`, each Docker engine as last seen when there are several."""
     first = loops[0] if loops else None
     desired = first.state.desired if first is not None else None
     pools_traffic = (counted or CountedPools()).of(desired, traffic)
@@ -119,6 +121,7 @@ def build_snapshot(
         containers=explained,
         other_problems=tuple(p for p in problems if p.container not in listed),
         traffic=traffic_overview(traffic) if traffic is not None else None,
+        engines=tuple(engines),
     )
 
 
@@ -242,6 +245,7 @@ def _member_view(
         check=check,
         container_state=container.state if container is not None else None,
         docker_health=container.health if container is not None else None,
+        engine=container.engine if container is not None else None,
     )
 
 
@@ -262,7 +266,11 @@ def _withheld(
 
 
 class LiveView:
-    """The current `Snapshot`, computed at most once per change."""
+    """The current `Snapshot`, computed at most once per change.
+
+    `engines` gives each Docker engine's state when labelsync reads several (the
+    `EngineSet`'s `states`); an engine changes on a listing (a sync) or an engine-up/down
+    event, after which the observers call `changed()`."""
 
     def __init__(
         self,
@@ -271,11 +279,13 @@ class LiveView:
         settings: Settings,
         health: HealthSource | None = None,
         traffic: TrafficBook | None = None,
+        engines: Callable[[], tuple[EngineState, ...]] | None = None,
     ) -> None:
         self.loops = list(loops)
         self._settings = settings
         self.health = health
         self.traffic = traffic
+        self.engines = engines
         self._counted = CountedPools()
         self.started_at = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
         self._current: Snapshot | None = None
@@ -298,5 +308,6 @@ class LiveView:
                 started_at=self.started_at,
                 traffic=self.traffic,
                 counted=self._counted,
+                engines=self.engines() if self.engines is not None else (),
             )
         return self._current

@@ -2,11 +2,13 @@
 
 `labelsync status` runs in another process: it reads what the daemon wrote with
 `snapshot_json` through `snapshot_from_json` (`Snapshot.to_json`/`from_json`). What only
-the daemon's memory holds (admin request and byte counts) reads back as 0.
+the daemon's memory holds (admin request and byte counts) reads back as 0. What a file of
+an earlier version lacks reads back as the default (no engines, no member engine).
 """
 
 from __future__ import annotations
 
+from labelsync.core.engines import EngineState
 from labelsync.core.explain import problem_from_json, problem_json, verdict_from_json, verdict_json
 from labelsync.core.model import JSON, Membership, Origin, Track
 from labelsync.core.traffic_json import (
@@ -43,6 +45,7 @@ def snapshot_json(snapshot: Snapshot) -> JSON:
         "containers": [verdict_json(verdict) for verdict in snapshot.containers],
         "other_problems": [problem_json(problem) for problem in snapshot.other_problems],
         "traffic": None if snapshot.traffic is None else overview_json(snapshot.traffic),
+        "engines": [engine_state_json(engine) for engine in snapshot.engines],
     }
 
 
@@ -79,6 +82,31 @@ def snapshot_from_json(payload: JSON) -> Snapshot:
         containers=tuple(verdict_from_json(c) for c in payload.get("containers") or ()),
         other_problems=tuple(problem_from_json(p) for p in payload.get("other_problems") or ()),
         traffic=overview_from_json(payload["traffic"]) if payload.get("traffic") else None,
+        engines=tuple(engine_state_from_json(e) for e in payload.get("engines") or ()),
+    )
+
+
+def engine_state_json(engine: EngineState) -> JSON:
+    """One Docker engine as last seen; `since` in wall-clock seconds."""
+    return {
+        "name": engine.name,
+        "endpoint": engine.endpoint,
+        "up": engine.up,
+        "reason": engine.reason,
+        "since": engine.since,
+        "containers": engine.containers,
+    }
+
+
+def engine_state_from_json(payload: JSON) -> EngineState:
+    since = payload.get("since")
+    return EngineState(
+        name=str(payload["name"]),
+        endpoint=str(payload.get("endpoint") or ""),
+        up=bool(payload.get("up")),
+        reason=payload.get("reason"),
+        since=None if since is None else float(since),
+        containers=int(payload.get("containers") or 0),
     )
 
 
@@ -113,6 +141,7 @@ def _member_json(member: MemberView) -> JSON:
         "check": None if check is None else {"healthy": check.healthy, "reason": check.reason},
         "container_state": member.container_state,
         "docker_health": member.docker_health,
+        "engine": member.engine,
     }
 
 
@@ -147,4 +176,5 @@ def _member_from_json(member: JSON) -> MemberView:
         else CheckView(healthy=check.get("healthy"), reason=str(check.get("reason") or "")),
         container_state=member.get("container_state"),
         docker_health=member.get("docker_health"),
+        engine=member.get("engine"),
     )

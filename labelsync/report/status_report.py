@@ -10,7 +10,9 @@ mode); Caddy's active check (static mode); Caddy's passive failure count against
 pool's `max_fails`. Counts that Caddy did not report stay None: null in JSON, `-` in the
 table. Each pool's requests, failures and latency since labelsync started come from the
 daemon's snapshot (Caddy counts per host: core/pool_traffic.py); per member Caddy keeps
-no total, so `total_requests` stays null.
+no total, so `total_requests` stays null. When labelsync reads several Docker engines, the
+report lists them (up or out, since when and why, their containers and members) and each
+member's engine; an engine that is out is a warning, as a stale static file is.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from labelsync.core.caddy_metrics import MetricsState
+from labelsync.core.engines import EngineState
 from labelsync.core.explain import VerdictStatus, judge_verdict, problem_json, verdict_json
 from labelsync.core.model import JSON, HealthStatus, Membership, Origin, Track
 from labelsync.core.names import (
@@ -30,7 +33,7 @@ from labelsync.core.names import (
 from labelsync.core.pool_traffic import PoolTraffic, TrafficOverview, describe
 from labelsync.core.route_shape import is_dynamic, static_members
 from labelsync.core.traffic_json import overview_json, traffic_json
-from labelsync.report.views import MemberView, PoolView, Snapshot
+from labelsync.report.views import MemberView, PoolView, Snapshot, engine_warning, utc_time
 
 REPORT_VERSION = 1
 CADDY_PASSIVE_MAX_FAILS = 1  # Caddy's default when passive checks are on
@@ -47,6 +50,7 @@ class MemberStatus:
     failures: int | None
     total_requests: int | None = None  # Caddy counts per host, not per upstream: no totals
     caddy_upstream: str | None = None  # the address as Caddy names it, when it reports it
+    engine: str | None = None  # its container's Docker engine, when labelsync reads several
 
 
 @dataclass(frozen=True)
@@ -80,6 +84,15 @@ class StatusReport:
     # static file that cannot be read or parsed): the text of their problem, with since when.
     warnings: tuple[str, ...] = ()
     traffic: TrafficOverview | None = None  # whether and since when requests are counted
+    # Each Docker engine as last seen and its members, when labelsync reads several.
+    engines: tuple[EngineState, ...] = ()
+    engine_members: Mapping[str, int] = field(default_factory=dict)
+
+    @property
+    def engine_warnings(self) -> tuple[str, ...]:
+        """The engines that are out: the daemon serves their last listing, as it serves a
+        stale static file's last good version."""
+        return tuple(engine_warning(engine) for engine in self.engines if not engine.up)
 
 
 # -- judging health ------------------------------------------------------------------------
@@ -304,6 +317,7 @@ def _member_status(
         active_requests=None if counts is None else int(counts.get("num_requests") or 0),
         failures=None if counts is None else int(counts.get("fails") or 0),
         caddy_upstream=None if counts is None else str(counts.get("address")),
+        engine=fact.engine,
     )
 
 
@@ -336,6 +350,8 @@ def build_report(
         other_problems=tuple(problem_json(p) for p in others),
         warnings=tuple(str(p) for p in stale),
         traffic=snapshot.traffic if snapshot is not None else None,
+        engines=snapshot.engines if snapshot is not None else (),
+        engine_members=snapshot.engine_members() if snapshot is not None else {},
     )
 
 
@@ -437,8 +453,10 @@ def _with_traffic(verdict: JSON, traffic: Mapping[str, PoolTraffic]) -> JSON:
 
 
 def report_json(report: StatusReport) -> JSON:
-    """The stable JSON form of `status --json` (documented in docs/operations.md)."""
-    return {
+    """The stable JSON form of `status --json` (documented in docs/operations.md). With
+    several Docker engines, `engines` and each member's `engine` too (with one, neither)."""
+    several = bool(report.engines)
+    body: JSON = {
         "version": REPORT_VERSION,
         "caddy": {"admin": report.caddy_admin, "server": report.caddy_server},
         "daemon": report.daemon,
@@ -452,20 +470,7 @@ def report_json(report: StatusReport) -> JSON:
                 "upstreams": pool.upstreams,
                 "membership": pool.membership,
                 "note": pool.note,
-                "members": [
-                    {
-                        "container": m.container,
-                        "origin": m.origin,
-                        "address": m.address,
-                        "health": m.health,
-                        "reason": m.reason,
-                        "active_requests": m.active_requests,
-                        "failures": m.failures,
-                        "total_requests": m.total_requests,
-                        "caddy_upstream": m.caddy_upstream,
-                    }
-                    for m in pool.members
-                ],
+                "members": [_member_json(m, several) for m in pool.members],
                 "traffic": None if pool.traffic is None else traffic_json(pool.traffic),
             }
             for pool in report.pools
@@ -473,8 +478,40 @@ def report_json(report: StatusReport) -> JSON:
         "notes": list(report.notes),
         "containers": list(report.containers),
         "other_problems": list(report.other_problems),
-        "warnings": list(report.warnings),
+        "warnings": [*report.warnings, *report.engine_warnings],
         "traffic": None if report.traffic is None else overview_json(report.traffic),
+    }
+    if several:
+        body["engines"] = [_engine_json(e, report.engine_members) for e in report.engines]
+    return body
+
+
+def _member_json(member: MemberStatus, several: bool) -> JSON:
+    body: JSON = {
+        "container": member.container,
+        "origin": member.origin,
+        "address": member.address,
+        "health": member.health,
+        "reason": member.reason,
+        "active_requests": member.active_requests,
+        "failures": member.failures,
+        "total_requests": member.total_requests,
+        "caddy_upstream": member.caddy_upstream,
+    }
+    if several:
+        body["engine"] = member.engine
+    return body
+
+
+def _engine_json(engine: EngineState, members: Mapping[str, int]) -> JSON:
+    return {
+        "name": engine.name,
+        "endpoint": engine.endpoint,
+        "up": engine.up,
+        "reason": engine.reason,
+        "since": utc_time(engine.since),
+        "containers": engine.containers,
+        "members": members.get(engine.name, 0),
     }
 
 
@@ -506,7 +543,20 @@ def _daemon_line(report: StatusReport) -> str:
         line += f"\n  last error: {daemon['last_error']}"
     for warning in report.warnings:
         line += f"\n  STALE: {warning}"
+    for engine in report.engines:
+        line += f"\n  {_engine_line(engine, report.engine_members.get(engine.name, 0))}"
     return line
+
+
+def _engine_line(engine: EngineState, members: int) -> str:
+    """One Docker engine, when labelsync reads several: up, or OUT since when and why."""
+    counts = f"{engine.containers} container(s), {members} member(s)"
+    if engine.up:
+        return f"engine {engine.name} ({engine.endpoint}): up, {counts}"
+    since = utc_time(engine.since)
+    out = "OUT" + (f" since {since}" if since else "")
+    why = engine.reason or "it does not answer"
+    return f"engine {engine.name} ({engine.endpoint}): {out}: {why}; {counts}, as last listed"
 
 
 def render_table(report: StatusReport, *, colour: bool = False) -> str:

@@ -7,9 +7,11 @@ process), `/metrics`, `/healthz` and systemd's STATUS= line. `snapshot.py` build
 
 from __future__ import annotations
 
+import datetime
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from labelsync.core.engines import EngineState
 from labelsync.core.explain import ContainerVerdict
 from labelsync.core.model import (
     JSON,
@@ -36,6 +38,26 @@ def stale_sources(problems: Iterable[Problem]) -> tuple[Problem, ...]:
     )
 
 
+def utc_time(seconds: float | None) -> str | None:
+    """Wall-clock seconds as the warnings write a moment: `2026-01-01T12:00:00Z`."""
+    if seconds is None:
+        return None
+    moment = datetime.datetime.fromtimestamp(seconds, datetime.UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def engine_warning(engine: EngineState) -> str:
+    """What an engine that is out means, for `/healthz`, status and the dashboard: the
+    daemon serves its containers as its last listing had them (sources/engines.py)."""
+    since = utc_time(engine.since)
+    return (
+        f"Docker engine {engine.name} ({engine.endpoint}) is out"
+        + (f" since {since}" if since else "")
+        + f": {engine.reason or 'it does not answer'}; its {engine.containers} container(s) "
+        "keep the state of its last listing"
+    )
+
+
 @dataclass(frozen=True)
 class CheckView:
     """labelsync's active check of one member: None while it has no verdict yet."""
@@ -56,6 +78,7 @@ class MemberView:
     check: CheckView | None
     container_state: str | None = None
     docker_health: str | None = None
+    engine: str | None = None  # the container's Docker engine, when labelsync reads several
 
 
 @dataclass(frozen=True)
@@ -114,6 +137,9 @@ class Snapshot:
     other_problems: tuple[Problem, ...] = ()
     # Whether Caddy counts requests per host, since when, and what no pool's numbers hold.
     traffic: TrafficOverview | None = None
+    # Each Docker engine as last seen, when labelsync reads several (core/engines.py);
+    # empty with one.
+    engines: tuple[EngineState, ...] = ()
 
     @property
     def caddy_up(self) -> bool:
@@ -138,6 +164,20 @@ class Snapshot:
     @property
     def members(self) -> int:
         return sum(1 for pool in self.pools for member in pool.members if member.in_pool)
+
+    @property
+    def engines_out(self) -> tuple[EngineState, ...]:
+        """The engines that do not answer; their containers keep their last listed state."""
+        return tuple(engine for engine in self.engines if not engine.up)
+
+    def engine_members(self) -> dict[str, int]:
+        """Members (serving, in their pool) by engine, every engine listed; empty with one."""
+        counts = dict.fromkeys((engine.name for engine in self.engines), 0)
+        for pool in self.pools:
+            for member in pool.members:
+                if member.in_pool and member.engine is not None:
+                    counts[member.engine] = counts.get(member.engine, 0) + 1
+        return counts
 
     @property
     def stale(self) -> tuple[Problem, ...]:

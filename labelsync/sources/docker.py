@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import socket
 import threading
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -17,6 +18,7 @@ from typing import Any
 
 import docker
 import docker.errors
+import docker.tls
 import requests
 from docker.utils import kwargs_from_env
 from loguru import logger
@@ -24,8 +26,8 @@ from loguru import logger
 from labelsync.core.defaults import DOCKER_SOCKET
 from labelsync.core.endpoints import unix_endpoint, unix_socket_path
 from labelsync.core.events import STREAM_DOWN, STREAM_UP, SWARM_CHANGE, DockerEvent, EventKind
-from labelsync.core.model import ContainerInfo
-from labelsync.errors import DockerUnavailable
+from labelsync.core.model import ContainerInfo, PublishedPort
+from labelsync.errors import ConfigError, DockerUnavailable
 from labelsync.sources.swarm import SwarmMode, SwarmReader, merge_containers
 
 DEFAULT_ENDPOINT = unix_endpoint(DOCKER_SOCKET)
@@ -83,6 +85,18 @@ def _exposed_tcp_ports(ports: list[Mapping[str, Any]] | None) -> tuple[int, ...]
     )
 
 
+def _published_ports(ports: list[Mapping[str, Any]] | None) -> tuple[PublishedPort, ...]:
+    """The TCP ports published on the host, IPv4 bindings before IPv6 ones."""
+    published = {
+        PublishedPort(int(port["PrivatePort"]), str(port.get("IP") or ""), int(port["PublicPort"]))
+        for port in ports or []
+        if port.get("Type", "tcp") == "tcp" and port.get("PrivatePort") and port.get("PublicPort")
+    }
+    return tuple(
+        sorted(published, key=lambda p: (p.port, ":" in p.host_ip, p.host_ip, p.host_port))
+    )
+
+
 def _network_addresses(summary: Mapping[str, Any]) -> dict[str, str]:
     networks = (summary.get("NetworkSettings") or {}).get("Networks") or {}
     return {
@@ -106,6 +120,7 @@ def container_from_summary(summary: Mapping[str, Any]) -> ContainerInfo:
         health=_health_from_status(str(summary.get("Status") or "")),
         networks=_network_addresses(summary),
         exposed_ports=_exposed_tcp_ports(summary.get("Ports")),
+        published=_published_ports(summary.get("Ports")),
         compose_project=labels.get(COMPOSE_PROJECT_LABEL),
         compose_service=labels.get(COMPOSE_SERVICE_LABEL),
         host_network=host_config.get("NetworkMode") == "host",
@@ -153,6 +168,22 @@ def describe_failure(exc: BaseException) -> str:
     return str(exc).strip() or type(exc).__name__
 
 
+def client_tls(directory: str) -> docker.tls.TLSConfig:
+    """TLS for a `tcp://` engine from a `DOCKER_CERT_PATH`-style directory: the engine's
+    certificate checked against `ca.pem`, `cert.pem` and `key.pem` shown as the client's.
+    ConfigError naming a missing file."""
+    files = {name: os.path.join(directory, name) for name in ("ca.pem", "cert.pem", "key.pem")}
+    missing = [path for path in files.values() if not os.path.isfile(path)]
+    if missing:
+        raise ConfigError(
+            f"TLS directory {directory}: no {', '.join(missing)} (it needs ca.pem, cert.pem "
+            "and key.pem, as DOCKER_CERT_PATH does)"
+        )
+    return docker.tls.TLSConfig(
+        client_cert=(files["cert.pem"], files["key.pem"]), ca_cert=files["ca.pem"], verify=True
+    )
+
+
 # -- the source --------------------------------------------------------------------------------
 
 
@@ -196,15 +227,26 @@ class DockerSource:
     """Reads running containers and change events from one Docker engine."""
 
     def __init__(
-        self, base_url: str | None = None, *, timeout: float = 10.0, swarm: SwarmMode = "auto"
+        self,
+        base_url: str | None = None,
+        *,
+        timeout: float = 10.0,
+        swarm: SwarmMode = "auto",
+        tls: str | None = None,
     ) -> None:
-        """`base_url`: `unix:///path`, `tcp://host:port`, ...; None reads `DOCKER_HOST` (and
-        its TLS variables), else the default socket. Nothing is contacted until first use.
+        """`base_url`: `unix:///path`, `tcp://host:port`, `ssh://[user@]host` (through the
+        `ssh` command, as the Docker CLI does); None reads `DOCKER_HOST` (and its TLS
+        variables), else the default socket. `tls`: a directory with `ca.pem`, `cert.pem`
+        and `key.pem` for a `tcp://` engine. Nothing is contacted until first use.
         `swarm`: read Swarm services and tasks too (`auto`: when this node is a manager)."""
         if base_url is None:
             self._client_options: dict[str, Any] = dict(kwargs_from_env())
         else:
             self._client_options = {"base_url": base_url}
+            if base_url.startswith("ssh://"):
+                self._client_options["use_ssh_client"] = True
+            if tls is not None:
+                self._client_options["tls"] = client_tls(tls)
         self._endpoint = str(self._client_options.get("base_url") or DEFAULT_ENDPOINT)
         self._client_options["base_url"] = self._endpoint
         self._timeout = timeout
@@ -238,12 +280,21 @@ class DockerSource:
         client's socket when the engine is down; asking with a probe we close avoids that.
         """
         self._check_unix_socket(timeout)
-        probe = docker.APIClient(version=PROBE_API_VERSION, timeout=timeout, **self._client_options)
+        probe = self._client(PROBE_API_VERSION, timeout)
         try:
             api_version = str(probe.version(api_version=False)["ApiVersion"])
         finally:
             probe.close()
-        return docker.APIClient(version=api_version, timeout=timeout, **self._client_options)
+        return self._client(api_version, timeout)
+
+    def _client(self, version: str, timeout: float) -> Any:
+        client = docker.APIClient(version=version, timeout=timeout, **self._client_options)
+        if "tls" in self._client_options:
+            # The engine's certificate is checked against the `tls=` directory's ca.pem
+            # only: with the environment trusted, requests would take REQUESTS_CA_BUNDLE
+            # (or CURL_CA_BUNDLE) over it and refuse the engine.
+            client.trust_env = False
+        return client
 
     def _unavailable(self, exc: BaseException) -> DockerUnavailable:
         return DockerUnavailable(

@@ -92,10 +92,28 @@ function drawReach(data) {
         d.last_error || null));
     items.push(pill(`${d.upstreams} mode`, null));
   }
-  // A config source the daemon cannot use: it still serves the last good version.
-  const stale = data.warnings || [];
+  // Several Docker engines: each one up or out (an engine that is out keeps its last listing).
+  const engines = data.engines || [];
+  for (const engine of engines) items.push(enginePill(engine));
+  // A config source the daemon cannot use: it still serves the last good version. The
+  // warnings end with one per engine that is out, shown by its own pill above.
+  const out = engines.filter((e) => !e.up).length;
+  const stale = (data.warnings || []).slice(0, Math.max(0, (data.warnings || []).length - out));
   if (stale.length) items.push(pill(`${stale.length} stale config file(s)`, false, stale.join("\n")));
   reach.replaceChildren(...items);
+}
+
+function enginePill(engine) {
+  const counts = `${engine.containers} container(s), ${engine.members} member(s)`;
+  const title = engine.up
+    ? `${engine.endpoint}: up, ${counts}`
+    : `${engine.endpoint}: out${engine.since ? " since " + engine.since : ""}: ` +
+      `${engine.reason || "it does not answer"}; ${counts}, as last listed`;
+  const node = pill(engine.up ? `engine ${engine.name}` : `engine ${engine.name} out`, !!engine.up,
+    title);
+  node.dataset.engine = engine.name;
+  node.dataset.up = String(!!engine.up);
+  return node;
 }
 
 function drawNotes(data) {
@@ -103,9 +121,13 @@ function drawNotes(data) {
   const items = [];
   const d = data.daemon;
   if (d && d.last_error) items.push(el("div", { class: "note bad", text: "Last error: " + d.last_error }));
-  for (const warning of data.warnings || []) {
-    items.push(el("div", { class: "note bad", "data-stale": "true", text: warning }));
-  }
+  // The warnings: stale config files, then one per Docker engine that is out.
+  const warnings = data.warnings || [];
+  const firstEngine = warnings.length - (data.engines || []).filter((e) => !e.up).length;
+  warnings.forEach((warning, i) => {
+    const kind = i >= firstEngine ? "data-engine-out" : "data-stale";
+    items.push(el("div", { class: "note bad", [kind]: "true", text: warning }));
+  });
   for (const note of data.notes || []) items.push(el("div", { class: "note", text: note }));
   for (const note of (data.traffic && data.traffic.notes) || []) {
     items.push(el("div", { class: "note", "data-traffic-note": "true", text: note }));
@@ -131,11 +153,12 @@ function drawSummary(data, unrouted, problems) {
   );
 }
 
-function memberRow(member, showTotal) {
+function memberRow(member, showTotal, showEngine) {
   const name = member.container || (member.origin === "static" ? "(static)" : "–");
   return el("tr", { "data-container": member.container, "data-health": member.health,
-    "data-address": member.address },
+    "data-address": member.address, "data-engine": member.engine },
   el("td", { class: "name", text: name }),
+  showEngine ? el("td", { class: "engine", text: member.engine || "–" }) : null,
   el("td", { class: "mono", text: member.address }),
   el("td", {}, badge(member.health)),
   el("td", { class: "num", text: count(member.active_requests) }),
@@ -188,7 +211,7 @@ function trafficLine(traffic) {
   return node;
 }
 
-function drawPool(pool, members, showTotal) {
+function drawPool(pool, members, showTotal, showEngine) {
   const healthy = pool.members.filter((m) => m.health === "healthy").length;
   const unhealthy = pool.members.some((m) => m.health === "unhealthy");
   const head = el("div", { class: "card-head" },
@@ -206,31 +229,35 @@ function drawPool(pool, members, showTotal) {
     if (!pool.note) card.append(el("div", { class: "empty", text: "no members" }));
     return card;
   }
-  const header = el("tr", {}, el("th", { text: "Member" }), el("th", { text: "Address" }),
+  const header = el("tr", {}, el("th", { text: "Member" }),
+    showEngine ? el("th", { title: "the Docker engine of the member's container", text: "Engine" })
+      : null,
+    el("th", { text: "Address" }),
     el("th", { text: "Health" }),
     el("th", { class: "num", title: "requests in flight (Caddy)", text: "In flight" }),
     el("th", { class: "num", title: "failures in the passive window (Caddy)", text: "Fails" }),
     showTotal ? el("th", { class: "num", text: "Total" }) : null,
     el("th", { text: "Why" }));
   card.append(el("table", { class: "members" }, el("thead", {}, header),
-    el("tbody", {}, ...members.map((m) => memberRow(m, showTotal)))));
+    el("tbody", {}, ...members.map((m) => memberRow(m, showTotal, showEngine)))));
   return card;
 }
 
 function drawPools(data, term) {
   const showTotal = data.pools.some((p) => p.members.some((m) => m.total_requests !== null));
+  const showEngine = (data.engines || []).length > 0;
   const cards = [];
   let shown = 0;
   let matching = 0;
   for (const pool of data.pools) {
     const poolMatch = matches(term, poolTarget(pool), pool.path, pool.id);
     const members = poolMatch ? pool.members
-      : pool.members.filter((m) => matches(term, m.container, m.address));
+      : pool.members.filter((m) => matches(term, m.container, m.address, m.engine));
     if (!poolMatch && !members.length) continue;
     matching += 1;
     if (shown >= MAX_POOLS) continue;
     shown += 1;
-    cards.push(drawPool(pool, members, showTotal));
+    cards.push(drawPool(pool, members, showTotal, showEngine));
   }
   if (matching > shown) {
     cards.push(el("div", { class: "more",
@@ -289,12 +316,14 @@ function drawContainer(c) {
     "data-container": c.name, "data-status": c.status },
   el("div", { class: "card-head" }, el("span", { class: "title", text: c.name }),
     badge(c.status), el("span", { class: "tag", text: state }),
+    c.engine ? el("span", { class: "tag", "data-engine": c.engine, text: `engine ${c.engine}` })
+      : null,
     el("span", { class: "id", text: c.id.slice(0, 12) })),
   body);
 }
 
 function drawUnrouted(unrouted, term) {
-  const shown = unrouted.filter((c) => matches(term, c.name, c.id,
+  const shown = unrouted.filter((c) => matches(term, c.name, c.id, c.engine,
     ...c.routes.flatMap((r) => [...(r.hosts || []), r.path])));
   document.getElementById("unrouted-section").hidden = unrouted.length === 0;
   document.getElementById("unrouted-count").textContent =
