@@ -5,22 +5,21 @@ file's), and each member's engine; with one engine, none of it."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import dataclasses
 import json
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from labelsync.report.dashboard import Dashboard
 from labelsync.report.snapshot import LiveView
 from labelsync.report.status_report import report_json
 from labelsync.settings import Settings
 from tests.support.browser import Chromium, chromium_path
+from tests.support.dashboard import dashboard_serving
+from tests.support.requirements import skip_or_fail_under_ci
+from tests.support.snapshots import report_of
 from tests.support.waiting import wait_until
 from tests.test_engines_report import (
     B_OUT,
@@ -29,10 +28,7 @@ from tests.test_engines_report import (
     LOCAL,
     Engines,
     loop_of,
-    report_of,
 )
-
-pytestmark = pytest.mark.skipif(chromium_path() is None, reason="chromium is not installed")
 
 VIEW = """JSON.stringify({
   loaded: document.body.dataset.loaded === "true",
@@ -51,34 +47,10 @@ VIEW = """JSON.stringify({
 })"""
 
 
-@contextlib.contextmanager
-def dashboard_serving(report: dict[str, Any]) -> Iterator[int]:
-    """A Dashboard serving `report` on an event loop in a thread of its own; its port."""
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-
-    async def gather() -> dict[str, Any]:
-        return report
-
-    async def start() -> Dashboard:
-        dashboard = Dashboard(gather)
-        assert await dashboard.start("127.0.0.1:0")
-        return dashboard
-
-    dashboard = asyncio.run_coroutine_threadsafe(start(), loop).result(timeout=10)
-    try:
-        assert dashboard.bound_port is not None
-        yield dashboard.bound_port
-    finally:
-        asyncio.run_coroutine_threadsafe(dashboard.aclose(), loop).result(timeout=10)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(timeout=10)
-        loop.close()
-
-
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Chromium]:
+    if chromium_path() is None:
+        skip_or_fail_under_ci("chromium is not installed (scripts/ensure-browser.sh)")
     profile: Path = tmp_path_factory.mktemp("chromium")
     with Chromium.launch(profile / "profile") as chromium:
         yield chromium

@@ -29,10 +29,10 @@ from labelsync.report.healthz import healthz
 from labelsync.report.metrics import Metrics
 from labelsync.report.observability import Observability, status_line
 from labelsync.report.snapshot import LiveView, Snapshot
-from labelsync.report.status_report import StatusReport, build_report, render_table, report_json
+from labelsync.report.status_report import render_table, report_json
 from labelsync.report.views import engine_warning
 from labelsync.settings import Settings
-from tests.support.snapshots import FakeLoop
+from tests.support.snapshots import FakeLoop, report_of
 
 OUT_SINCE = datetime.datetime(2026, 3, 1, 12, 30, 5, tzinfo=datetime.UTC).timestamp()
 LOCAL = EngineState("local", "unix:///var/run/docker.sock", up=True, containers=2)
@@ -93,19 +93,6 @@ def loop_of(containers: tuple[ContainerInfo, ...] = CONTAINERS) -> FakeLoop:
 
 def live(engines: Engines | None) -> LiveView:
     return LiveView([loop_of()], settings=Settings(), engines=engines)
-
-
-def report_of(snapshot: Snapshot) -> StatusReport:
-    """What `labelsync status` builds from the state file (read back in its process)."""
-    read_back = Snapshot.from_json(json.loads(json.dumps(snapshot.to_json())))
-    return build_report(
-        caddy_admin="http://127.0.0.1:2019",
-        caddy_server="labelsync",
-        routes=None,
-        upstreams=[],
-        caddy_health=None,
-        snapshot=read_back,
-    )
 
 
 # -- the snapshot and its state file -----------------------------------------------------------

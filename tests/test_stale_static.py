@@ -10,7 +10,6 @@ import datetime
 import socket
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from loguru import logger
@@ -20,12 +19,13 @@ from labelsync.core.events import DockerEvent, EventKind
 from labelsync.core.model import ContainerInfo
 from labelsync.loop.reconcile import Reconciler
 from labelsync.report.healthz import healthz
-from labelsync.report.snapshot import Snapshot, build_snapshot
-from labelsync.report.status_report import build_report, render_table, report_json
+from labelsync.report.snapshot import build_snapshot
+from labelsync.report.status_report import render_table, report_json
 from labelsync.settings import Settings
 from labelsync.sources.static import StaticFile
 from tests.support.caddy import free_port
 from tests.support.memory_caddy import MemoryCaddy
+from tests.support.snapshots import report_of
 
 GOOD = '[routes.site]\nhost = "site.test"\nupstreams = ["10.9.9.9:80"]\n'
 BROKEN = '[routes.site\nhost = "site.test"\n'  # line 1: the table's `]` is missing
@@ -66,19 +66,6 @@ def closed_endpoint() -> str:
     with socket.socket() as closed:
         closed.bind(("127.0.0.1", 0))
         return f"http://127.0.0.1:{closed.getsockname()[1]}"
-
-
-def report_of(snapshot: Snapshot) -> Any:
-    """The report `labelsync status` builds from the state file the daemon writes."""
-    read_back = Snapshot.from_json(snapshot.to_json())
-    return build_report(
-        caddy_admin="http://127.0.0.1:2019",
-        caddy_server="labelsync",
-        routes=None,
-        upstreams=[],
-        caddy_health=None,
-        snapshot=read_back,
-    )
 
 
 async def test_a_broken_static_file_is_stale_everywhere_until_it_is_fixed(

@@ -5,26 +5,23 @@ Screenshots go to `.test-logs/dashboard-*.png`."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import subprocess
 import sys
-import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from labelsync.report.dashboard import Dashboard
 from tests.e2e.conftest import StartDaemon
 from tests.support.browser import Chromium
 from tests.support.caddy import LOG_DIR, free_port
 from tests.support.containers import ContainerHandle
 from tests.support.daemon import wait_routed
+from tests.support.dashboard import dashboard_serving
 from tests.support.waiting import wait_until
 
 StartBackend = Callable[..., ContainerHandle]
@@ -235,33 +232,6 @@ def synthetic_report(pools: int) -> dict[str, Any]:
             }
         )
     return report
-
-
-@contextlib.contextmanager
-def dashboard_serving(report: dict[str, Any]) -> Iterator[int]:
-    """A Dashboard serving `report`, on an event loop in a thread of its own (the test
-    blocks while it talks to the browser); its port."""
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-
-    async def gather() -> dict[str, Any]:
-        return report
-
-    async def start() -> Dashboard:
-        dashboard = Dashboard(gather)
-        assert await dashboard.start("127.0.0.1:0")
-        return dashboard
-
-    dashboard = asyncio.run_coroutine_threadsafe(start(), loop).result(timeout=10)
-    try:
-        assert dashboard.bound_port is not None
-        yield dashboard.bound_port
-    finally:
-        asyncio.run_coroutine_threadsafe(dashboard.aclose(), loop).result(timeout=10)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(timeout=10)
-        loop.close()
 
 
 def test_dashboard_at_500_pools_draws_and_filters(browser: Chromium) -> None:

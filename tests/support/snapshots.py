@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from types import SimpleNamespace
@@ -11,6 +12,7 @@ from labelsync.core.labels import parse_container
 from labelsync.core.model import ContainerInfo, Route
 from labelsync.loop.reconcile import SyncState
 from labelsync.report.snapshot import Snapshot, build_snapshot
+from labelsync.report.status_report import StatusReport, build_report
 from labelsync.settings import Settings
 
 
@@ -46,3 +48,17 @@ def snapshot_of(
         for state, name in zip(states, names, strict=True)
     ]
     return build_snapshot(loops, settings=settings)
+
+
+def report_of(snapshot: Snapshot) -> StatusReport:
+    """The report `labelsync status` builds from the state file the daemon writes (the
+    snapshot through its JSON, as another process reads it back)."""
+    read_back = Snapshot.from_json(json.loads(json.dumps(snapshot.to_json())))
+    return build_report(
+        caddy_admin="http://127.0.0.1:2019",
+        caddy_server="labelsync",
+        routes=None,
+        upstreams=[],
+        caddy_health=None,
+        snapshot=read_back,
+    )
