@@ -3,6 +3,8 @@ each member's address when its engine is reached at published ports (core/labels
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,6 +16,7 @@ from labelsync.core.labels import parse_container
 from labelsync.core.model import ContainerInfo, PublishedPort, Severity
 from labelsync.core.pools import build_desired
 from labelsync.settings import Settings
+from tests.support.cli import run_cli
 
 # -- the setting ---------------------------------------------------------------------------
 
@@ -209,3 +212,21 @@ def test_a_conflict_between_engines_names_both_containers() -> None:
     desired = build_desired([first, other])
     (warning,) = [str(p) for p in desired.problems]
     assert "web-1@b" in warning and "web-1@c" in warning
+
+
+def test_run_stops_at_once_on_an_engine_it_cannot_use(tmp_path: Path) -> None:
+    """A TLS directory without its files: one line and exit 2 (the contract's code for an
+    unusable dependency), before the resolver or Caddy start."""
+    env = {
+        **os.environ,
+        "LABELSYNC_DOCKER_HOST": f"unix:///var/run/docker.sock,tcp://127.0.0.1:1?tls={tmp_path}",
+        "LABELSYNC_CADDY_ADMIN": "http://127.0.0.1:1",
+        "LABELSYNC_STATE_FILE": str(tmp_path / "state.json"),
+    }
+    done = run_cli("run", env=env)
+    assert done.returncode == 2, done.stderr
+    files = ", ".join(f"{tmp_path}/{name}" for name in ("ca.pem", "cert.pem", "key.pem"))
+    assert done.stderr == (
+        f"labelsync: TLS directory {tmp_path}: no {files} (it needs ca.pem, cert.pem and "
+        "key.pem, as DOCKER_CERT_PATH does)\n"
+    )

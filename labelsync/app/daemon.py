@@ -320,6 +320,9 @@ async def run_daemon(settings: Settings) -> int:
     """Run until SIGTERM/SIGINT; the exit code."""
     # Taken (and unset) before the bundled Caddy starts: it would report to systemd too.
     notifier = SystemdNotifier.from_environment()
+    # Before anything starts: a TLS directory without its files, or ssh:// without
+    # paramiko, stops the start with one line (ConfigError). Nothing is contacted yet.
+    engines = EngineSet(settings.engines, swarm=settings.swarm)
     stop = asyncio.Event()
     static = (
         SharedStatic(StaticFile(settings.static_file, settings.label_prefix))
@@ -339,7 +342,9 @@ async def run_daemon(settings: Settings) -> int:
         _membership(settings) as membership,
         caddy_endpoints(settings, restore_routes) as caddies,
     ):
-        crashed = await _serve(settings, caddies, membership, static, reconcilers, notifier, stop)
+        crashed = await _serve(
+            settings, caddies, membership, static, engines, reconcilers, notifier, stop
+        )
     if crashed is not None:
         logger.opt(exception=crashed).error("labelsync stopped on an unexpected error")
         return 1
@@ -399,6 +404,7 @@ async def _serve(
     caddies: CaddyEndpoints,
     membership: MembershipChannel | None,
     static: SharedStatic | None,
+    engines: EngineSet,
     reconcilers: list[Reconciler],
     notifier: SystemdNotifier,
     stop: asyncio.Event,
@@ -407,7 +413,6 @@ async def _serve(
     reconciler crashes (its exception, returned); everything closed on the way out."""
     endpoints = caddies.endpoints
     admins = [CaddyAdmin(endpoint) for endpoint in endpoints]
-    engines = EngineSet(settings.engines, swarm=settings.swarm)
     source = SharedSource(engines)
     traffic, samplers = _traffic(settings, caddies)
     for admin in admins:
