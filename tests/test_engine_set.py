@@ -202,3 +202,19 @@ def test_published_ports_are_read_from_the_listing() -> None:
         (443, "127.0.0.2", 49154),
     ]
     assert container.exposed_ports == (80, 443, 9000)
+
+
+async def test_an_engine_never_listed_is_unlisted_until_it_answers() -> None:
+    engines, _, b = two_engines()
+    b.down = "no such socket"
+    await engines.snapshot()
+    assert engines.unlisted() == ("b",)
+    b.down = None
+    for engine in engines._engines:
+        engine.retry_at = 0.0  # as after RETRY_OUT, or b's stream coming back
+    await engines.snapshot()
+    assert engines.unlisted() == ()
+    b.down = "connection refused"  # out again later: known, its last listing kept
+    engines._engines[1].retry_at = 0.0
+    await engines.snapshot()
+    assert engines.unlisted() == ()

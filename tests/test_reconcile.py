@@ -35,6 +35,7 @@ from labelsync.core.labels import KEYS
 from labelsync.core.model import ContainerInfo
 from labelsync.core.outcomes import SyncResult
 from labelsync.errors import DockerUnavailable
+from labelsync.loop.quarantine import keep_held
 from labelsync.loop.reconcile import Reconciler
 from labelsync.settings import Settings
 from tests.support.caddy import CaddyProcess, free_port
@@ -823,3 +824,43 @@ async def test_one_engine_out_of_several_leaves_docker_up(reconciler: Reconciler
     assert reconciler._verify and reconciler._dirty.is_set()
     reconciler.handle_event(DockerEvent(EventKind.STREAM_DOWN, "", None, 0, engine="a"))
     assert not reconciler.state.docker_up
+
+
+async def test_routes_stay_while_an_engine_was_never_listed(
+    memory: MemoryCaddy, settings: Settings, listing: ListedContainers
+) -> None:
+    """labelsync starts while one of several engines does not answer: the pools Caddy holds
+    that no listed engine has may be its own, so none is deleted, and nothing moves. Once
+    every engine was listed, a pool gone for good goes."""
+    listing.containers += [container("a", "a.test"), container("b", "b.test", ip="127.0.0.3")]
+    listing.containers.append(container("c", "c.test", ip="127.0.0.4"))
+    async with reconciler_on(memory.admin(), settings, listing) as first:
+        assert await first.sync_once() == SyncResult.APPLIED
+    held = [route["@id"] for route in owned(memory, settings)]
+    unlisted: tuple[str, ...] = ("b",)
+    listing.containers = [c for c in listing.containers if c.name != "b"]  # on the engine out
+    listing.containers.append(container("d", "d.test", ip="127.0.0.5"))
+    loop = Reconciler(settings, listing, memory.admin(), unlisted=lambda: unlisted)
+    try:
+        assert await loop.sync_once() == SyncResult.APPLIED
+        ids = [route["@id"] for route in owned(memory, settings)]
+        assert [i for i in ids if i in held] == held  # kept, in their order
+        assert len(ids) == len(held) + 1  # and the new pool added
+        unlisted = ()
+        await loop.sync_once()
+        ids = [route["@id"] for route in owned(memory, settings)]
+        assert len(ids) == len(held) and held[1] not in ids
+    finally:
+        loop.close()
+
+
+def test_keep_held_places_each_kept_route_where_caddy_has_it() -> None:
+    def route(name: str) -> dict[str, Any]:
+        return {"@id": f"labelsync-{name}"}
+
+    user = {"@id": "user-route"}
+    current = [route("a"), route("x"), route("b"), user, route("y"), route("c"), route("z")]
+    desired = [route("a"), route("b"), route("c"), route("d")]
+    kept = [r["@id"].removeprefix("labelsync-") for r in keep_held(current, desired)]
+    assert kept == ["a", "x", "b", "y", "c", "d", "z"]
+    assert keep_held(current, [route(n) for n in "abcxyz"]) == [route(n) for n in "abcxyz"]

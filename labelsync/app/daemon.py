@@ -424,6 +424,7 @@ async def _serve(
             static=static,
             membership=membership,
             before_write=sampler.before_write if sampler is not None else None,
+            unlisted=engines.unlisted,
         )
         if sampler is not None:
             sampler.ready = reconciler.state.synced.is_set

@@ -56,6 +56,26 @@ def revert(current: list[JSON], desired: list[JSON], route_ids: Collection[str])
     return routes
 
 
+def keep_held(current: list[JSON], desired: list[JSON]) -> list[JSON]:
+    """`desired` plus the owned routes Caddy holds that `desired` lacks, as Caddy holds
+    them, each placed before the desired route that follows it in Caddy (so nothing
+    moves): for a listing that misses an engine, whose pools must not be deleted."""
+    wanted = {str(route["@id"]) for route in desired}
+    before: dict[str, list[JSON]] = {}
+    pending: list[JSON] = []
+    for route in owned_routes(current):
+        route_id = str(route["@id"])
+        if route_id not in wanted:
+            pending.append(route)
+        elif pending:
+            before[route_id], pending = pending, []
+    routes: list[JSON] = []
+    for route in desired:
+        routes += before.get(str(route["@id"]), [])
+        routes.append(route)
+    return routes + pending
+
+
 def suspects(current: list[JSON], target: list[JSON]) -> list[str]:
     """The routes of `target` that are new or changed against `current` (in order)."""
     held = {str(route["@id"]): without_static_members(route) for route in owned_routes(current)}

@@ -98,8 +98,11 @@ class Reconciler:
         static: StaticRoutes | None = None,
         membership: MembershipPublisher | None = None,
         before_write: Callable[[], Awaitable[None]] | None = None,
+        unlisted: Callable[[], tuple[str, ...]] | None = None,
     ) -> None:
-        """`before_write` is awaited right before each admin write (writer.py)."""
+        """`before_write` is awaited right before each admin write (writer.py).
+        `unlisted`: the Docker engines not listed yet since the start (sources/engines.py):
+        while any is, no route Caddy holds is deleted (they may be its pools)."""
         self.docker = docker
         self.caddy = caddy
         # How the routes get into Caddy (writer.py); what Caddy holds, as far as known.
@@ -135,6 +138,8 @@ class Reconciler:
         self._joining: asyncio.Task[None] | None = None  # see `_publish_joins_soon`
         self._join_again = False
         self._publications = 0  # membership publishes by syncs and joins
+        self._unlisted = unlisted or tuple
+        self._kept_for: tuple[str, ...] = ()  # the engines routes were last kept for
 
     @property
     def settings(self) -> Settings:
@@ -188,6 +193,21 @@ class Reconciler:
             self._leaving.discard(event.container_id)
             self._publish_joins_soon()
         self.notify(event_time=event_time)
+
+    def _keep_held(self) -> bool:
+        """Whether a Docker engine was never listed: its pools are unknown, so the routes
+        Caddy holds stay (a Docker outage changes nothing in Caddy). Said once a change."""
+        unlisted = self._unlisted()
+        if unlisted != self._kept_for:
+            self._kept_for = unlisted
+            if unlisted:
+                logger.warning(
+                    f"Docker engine(s) {', '.join(unlisted)} not listed yet: the routes Caddy "
+                    "holds stay until they answer, those of pools no listed engine has too"
+                )
+            else:
+                logger.info("every Docker engine listed: routes of gone pools may go now")
+        return bool(unlisted)
 
     def _forget_leaves(self, engine: str | None) -> None:
         """After a reconnect, trust the listing over the leave events seen before it: a
@@ -287,7 +307,9 @@ class Reconciler:
         verify, self._verify = self._verify, False
         try:
             awaiting = [pool.id for pool in rendered.pools if pool.awaiting_start]
-            operations = await self._writer.apply(routes, verify=verify, awaiting=awaiting)
+            operations = await self._writer.apply(
+                routes, verify=verify, awaiting=awaiting, keep_held_routes=self._keep_held()
+            )
         except CaddyRefused as exc:
             return self._refused_write(routes, exc)
         except CaddyError as exc:  # temporary: the same write may succeed later

@@ -39,7 +39,15 @@ from labelsync.caddy.operations import Operation, apply_operations
 from labelsync.errors import CaddyConflict, CaddyError, CaddyNotFound, CaddyRefused
 from labelsync.loop.coalesce import BURST_LONGEST, FILL_DELAY, only_fallbacks_differ
 from labelsync.loop.ports import CaddyWriter
-from labelsync.loop.quarantine import Held, MakeTarget, Quarantine, isolate, revert, suspects
+from labelsync.loop.quarantine import (
+    Held,
+    MakeTarget,
+    Quarantine,
+    isolate,
+    keep_held,
+    revert,
+    suspects,
+)
 from labelsync.settings import Settings
 
 CONFLICT_RETRIES = 5
@@ -128,13 +136,19 @@ class RouteWriter:
         self._last_change = 0.0  # when a sync last changed what labelsync wants
 
     async def apply(
-        self, routes: list[dict[str, Any]], *, verify: bool, awaiting: Collection[str] = ()
+        self,
+        routes: list[dict[str, Any]],
+        *,
+        verify: bool,
+        awaiting: Collection[str] = (),
+        keep_held_routes: bool = False,
     ) -> list[Operation]:
         """Write `routes` but the quarantined ones; the operations sent.
 
         `verify`: read Caddy even if nothing is to be written (drift, restarts).
         `awaiting`: the ids of pools waiting for their first start (`Pool.awaiting_start`):
-        their routes stay as Caddy holds them, or out. Raises
+        their routes stay as Caddy holds them, or out. `keep_held_routes`: the listing
+        misses an engine (never listed yet): no route Caddy holds is deleted. Raises
         `CaddyRefused` for a refusal no single route explains (the routes to blame are
         quarantined instead: `take_refusals`), a `CaddyTemporary` for anything that may
         succeed later.
@@ -146,7 +160,8 @@ class RouteWriter:
             logger.info(f"route {route_id} changed since Caddy refused it; trying it again")
 
         def hold_back(current: list[dict[str, Any]]) -> list[dict[str, Any]]:
-            return revert(current, self.quarantine.hold_back(current, routes), awaiting)
+            wanted = revert(current, self.quarantine.hold_back(current, routes), awaiting)
+            return keep_held(current, wanted) if keep_held_routes else wanted
 
         known = self._known_routes
         if verify:

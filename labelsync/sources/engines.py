@@ -140,6 +140,10 @@ class EngineSet:
     def several(self) -> bool:
         return len(self._engines) > 1
 
+    def unlisted(self) -> tuple[str, ...]:
+        """The engines no listing has reached since the start: their pools are unknown."""
+        return tuple(engine.name for engine in self._engines if not engine.listed)
+
     def states(self) -> tuple[EngineState, ...]:
         """Each engine as last seen (status, the dashboard, `/metrics`)."""
         return tuple(engine.state() for engine in self._engines)

@@ -160,3 +160,34 @@ def test_an_engine_over_ssh_and_an_unpublished_port(
     assert explained.returncode == 1, explained.stdout + explained.stderr
     assert "port 9999 is not published on engine 'b'" in explained.stdout
     assert 'publish it (ports: ["9999"], docker run -p 9999)' in explained.stdout
+
+
+def test_the_routes_of_an_engine_silent_at_the_start_stay(
+    engines: ExtraEngines, start_daemon: StartDaemon, make_host: MakeHost
+) -> None:
+    """labelsync restarts while engine b's API does not answer (its socket moved aside), but
+    its containers serve: their pool's route stays in Caddy and keeps serving (from the
+    fallback list the stopped labelsync left), and b is listed when its API is back."""
+    b, _ = engines
+    host = make_host("silent")
+    served = b.run_backend(f"se-kept-{short_uuid()}", {"labelsync.host": host})
+    env = {
+        "LABELSYNC_DOCKER_HOST": (
+            f"unix:///var/run/docker.sock?name=local,{b.url}?name=b&host_address={b.host_address}"
+        )
+    }
+    first = start_daemon(env=env)
+    wait_routed(first, host, {served.name}, timeout=30)
+    assert first.stop() == 0
+    socket = Path(b.url.removeprefix("unix://"))
+    aside = socket.with_name("docker.sock.aside")
+    socket.rename(aside)
+    try:
+        second = start_daemon(env=env, name=first.server)
+        second.wait_log(r"Docker engine\(s\) b not listed yet", timeout=15)
+        bodies = {first.body(host) for _ in range(20)}  # Caddy listens where `first` had it
+        assert bodies == {served.name}
+    finally:
+        aside.rename(socket)
+    second.wait_log("every Docker engine listed", timeout=20)
+    wait_routed(first, host, {served.name}, timeout=10)
