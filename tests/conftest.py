@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 import docker
 import docker.errors
 import pytest
+from loguru import logger
 
 from tests.support.caddy import CaddyProcess
 from tests.support.containers import (
@@ -179,6 +180,15 @@ def caddy_factory(request: pytest.FixtureRequest) -> Iterator[Callable[[], Caddy
 
 
 # -- Names -------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def errors_logged() -> Iterator[list[str]]:
+    """The messages logged at ERROR while the test runs."""
+    messages: list[str] = []
+    sink = logger.add(lambda m: messages.append(m.record["message"]), level="ERROR")
+    yield messages
+    logger.remove(sink)
 
 
 @pytest.fixture

@@ -8,12 +8,11 @@ import os
 import signal
 import socket
 import stat
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import httpx
 import pytest
-from loguru import logger
 
 from labelsync.caddy.admin import CaddyAdmin
 from labelsync.caddy.embedded import EmbeddedCaddy, bundled_caddy, default_runtime_dir
@@ -233,15 +232,6 @@ def admin_request_lines(text: str) -> list[str]:
         if entry.get("logger") == "admin.api" and entry.get("msg") == "received request":
             found.append(line)
     return found
-
-
-@pytest.fixture
-def errors_logged() -> Iterator[list[str]]:
-    """The messages logged at ERROR while the test runs."""
-    messages: list[str] = []
-    sink = logger.add(lambda m: messages.append(m.record["message"]), level="ERROR")
-    yield messages
-    logger.remove(sink)
 
 
 async def test_start_adopts_a_healthy_child_left_by_an_earlier_run(

@@ -150,14 +150,6 @@ async def settle(seconds: float = 0.4) -> None:
     await asyncio.sleep(seconds)
 
 
-@pytest.fixture
-def errors_logged() -> Iterator[list[str]]:
-    messages: list[str] = []
-    sink = logger.add(lambda message: messages.append(str(message)), level="ERROR")
-    yield messages
-    logger.remove(sink)
-
-
 # -- against the in-memory Caddy -------------------------------------------------------------
 
 

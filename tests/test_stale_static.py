@@ -8,11 +8,8 @@ from __future__ import annotations
 
 import datetime
 import socket
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
-
-import pytest
-from loguru import logger
 
 from labelsync.app.status import live_report
 from labelsync.core.events import DockerEvent, EventKind
@@ -52,14 +49,6 @@ class Clock:
 
     def __call__(self) -> datetime.datetime:
         return self.now
-
-
-@pytest.fixture
-def errors_logged() -> Iterator[list[str]]:
-    messages: list[str] = []
-    sink = logger.add(lambda message: messages.append(str(message)), level="ERROR")
-    yield messages
-    logger.remove(sink)
 
 
 def closed_endpoint() -> str:

@@ -168,7 +168,7 @@ class EmbeddedCaddy:
         process = self._process
         if process is not None:
             return process.pid if process.returncode is None else None
-        if self._adopted is not None and _running(self._adopted):
+        if self._adopted is not None and is_running(self._adopted):
             return self._adopted
         return None
 
@@ -333,7 +333,7 @@ class EmbeddedCaddy:
             offset = self.log_path.stat().st_size
         except FileNotFoundError:
             offset = 0
-        self._follow_output(offset, lambda: self._adopted != pid or not _running(pid))
+        self._follow_output(offset, lambda: self._adopted != pid or not is_running(pid))
         logger.info(
             "adopted the bundled Caddy (pid {}) that an earlier labelsync left running in {}: "
             "it answers and runs this run's config, so it keeps serving",
@@ -420,7 +420,7 @@ class EmbeddedCaddy:
         except (OSError, ValueError):
             return None
         # The pid may have been reused: only a process running our config file is ours.
-        if os.fsencode(self.config_path) not in cmdline.split(b"\0") or not _running(pid):
+        if os.fsencode(self.config_path) not in cmdline.split(b"\0") or not is_running(pid):
             return None
         return pid
 
@@ -551,7 +551,7 @@ def _without_routes(config: dict[str, Any], server_name: str) -> dict[str, Any]:
     return dict(copy)
 
 
-def _running(pid: int) -> bool:
+def is_running(pid: int) -> bool:
     """True while `pid` exists and is no zombie (a killed process waiting to be reaped)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
@@ -567,7 +567,7 @@ async def _wait_gone(pid: int) -> None:
     except ProcessLookupError:
         return
     except OSError:  # no pidfd (Linux before 5.3): poll
-        while _running(pid):
+        while is_running(pid):
             await asyncio.sleep(READY_POLL)
         return
     loop = asyncio.get_running_loop()
@@ -580,7 +580,7 @@ async def _wait_gone(pid: int) -> None:
     loop.add_reader(pidfd, exited)
     try:
         # A zombie stays until its parent reaps it: no longer running is gone enough.
-        while _running(pid):
+        while is_running(pid):
             if gone.done():
                 await asyncio.sleep(READY_POLL)
                 continue

@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
+from labelsync.caddy.embedded import is_running
 from tests.e2e.conftest import StartDaemon
 from tests.support.caddy import LOG_DIR, free_port
 from tests.support.containers import short_uuid
@@ -28,15 +29,6 @@ from tests.support.loopback import LoopbackBackend
 from tests.support.waiting import wait_until
 
 MODES = ["dynamic", "static"]
-
-
-def running(pid: int) -> bool:
-    """True while `pid` exists and is no zombie."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
 
 
 class BundledRun(LabelsyncProcess):
@@ -171,7 +163,7 @@ def test_sigterm_says_the_bundled_caddy_was_stopped_with_it(
         f"nothing answers on {listen} any more"
     ), last
     assert "keeps its config" not in run.logs()
-    assert not running(caddy_pid)
+    assert not is_running(caddy_pid)
     with pytest.raises(httpx.ConnectError):
         get(url, "any.test")
 
@@ -217,7 +209,7 @@ def test_a_restart_after_sigkill_adopts_the_orphaned_caddy(
         caddy_pid = first.caddy_pid()
 
         first.stop(signal.SIGKILL)
-        assert running(caddy_pid), "the bundled Caddy died with labelsync"
+        assert is_running(caddy_pid), "the bundled Caddy died with labelsync"
 
         load = Load(url, host, clients=4, max_seconds=60, max_requests=40_000, pause=0.002)
         with load:
@@ -232,7 +224,7 @@ def test_a_restart_after_sigkill_adopts_the_orphaned_caddy(
         assert result.failures == 0, result.summary()
         assert result.total >= 600 and result.successes == result.total
         assert second.caddy_pid() == caddy_pid
-        assert running(caddy_pid)
+        assert is_running(caddy_pid)
         assert f"adopted the bundled Caddy (pid {caddy_pid})" in second.logs()
         with second.admin() as admin:
             assert admin.get("/config/").headers["Etag"] == etag_before, "adopting wrote"
@@ -240,4 +232,4 @@ def test_a_restart_after_sigkill_adopts_the_orphaned_caddy(
 
         assert second.stop(signal.SIGTERM) == 0, second.logs()[-3000:]
         assert f"the bundled Caddy (pid {caddy_pid}) was stopped with it" in second.logs()
-        wait_until(lambda: not running(caddy_pid), timeout=5, message="Caddy to stop")
+        wait_until(lambda: not is_running(caddy_pid), timeout=5, message="Caddy to stop")

@@ -58,6 +58,8 @@ from docker.transport.unixconn import (
     UnixHTTPConnectionPool,
 )
 
+from labelsync.caddy.embedded import is_running
+
 from .caddy import LOG_DIR
 from .containers import SESSION_ID, TEST_SESSION_LABEL
 from .docker_tls import DockerTls
@@ -149,27 +151,21 @@ def _processes() -> Iterator[tuple[int, list[str]]]:
             yield int(entry.name), raw.rstrip(b"\0").decode(errors="replace").split("\0")
 
 
-def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
-
-
 def _terminate(pids: Sequence[int], timeout: float = STOP_TIMEOUT) -> None:
     """SIGTERM, then SIGKILL whatever is still alive after `timeout`."""
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
-    while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
+    while any(is_running(pid) for pid in pids) and time.monotonic() < deadline:
         time.sleep(0.05)
     for pid in pids:
-        if _alive(pid):
+        if is_running(pid):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-    wait_until(lambda: not any(_alive(pid) for pid in pids), timeout=10, message=f"{pids} to die")
+    wait_until(
+        lambda: not any(is_running(pid) for pid in pids), timeout=10, message=f"{pids} to die"
+    )
 
 
 def _ping(socket_path: Path) -> bool:
