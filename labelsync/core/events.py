@@ -23,6 +23,11 @@ class EventKind(StrEnum):
     def is_stream(self) -> bool:
         return self in (EventKind.STREAM_UP, EventKind.STREAM_DOWN)
 
+    @property
+    def is_connection(self) -> bool:
+        """Docker's reachability changed: the whole stream, or one of several engines."""
+        return self.is_stream or self in (EventKind.ENGINE_UP, EventKind.ENGINE_DOWN)
+
 
 @dataclass(frozen=True)
 class DockerEvent:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from loguru import logger
 
-from labelsync.core.events import DockerEvent, EventKind
+from labelsync.core.events import DockerEvent
 from labelsync.core.outcomes import SyncResult
 from labelsync.report.metrics import CaddyReader, Metrics
 from labelsync.report.sdnotify import SystemdNotifier
@@ -31,14 +31,6 @@ from labelsync.report.state_file import StateFileWriter
 from labelsync.report.views import Snapshot
 
 STATE_REFRESH = 1.0  # seconds between checks for changes no event announces (first verdicts)
-# Events after which what the snapshot shows of Docker changed: the stream (all engines),
-# or one of several engines going out or coming back.
-_DOCKER_CHANGES = (
-    EventKind.STREAM_UP,
-    EventKind.STREAM_DOWN,
-    EventKind.ENGINE_UP,
-    EventKind.ENGINE_DOWN,
-)
 
 
 def status_line(snapshot: Snapshot) -> str:
@@ -117,7 +109,7 @@ class Observability:
         logger.bind(event=event.action or event.kind.value, container=container).debug(
             f"Docker {event.kind} event {event.action}".rstrip()
         )
-        if event.kind in _DOCKER_CHANGES:
+        if event.kind.is_connection:
             # Reconciler marks Docker up/down right after its observers: look next turn.
             asyncio.get_running_loop().call_soon(self._state_changed)
 
