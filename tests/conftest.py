@@ -146,6 +146,18 @@ def extra_engines(docker_client: docker.DockerClient, images: TestImages) -> Ite
         yield ExtraEngines(b=b, c=c)
 
 
+@pytest.fixture
+def engines(extra_engines: ExtraEngines) -> Iterator[ExtraEngines]:
+    """The session's extra engines for one test: running again and rid of the backends it
+    ran (`run_backend`) afterwards."""
+    try:
+        yield extra_engines
+    finally:
+        for engine in extra_engines:
+            engine.start()
+            engine.remove_backends()
+
+
 # -- Caddy -------------------------------------------------------------------------------------
 
 

@@ -9,7 +9,6 @@ import ipaddress
 import os
 import shutil
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -30,17 +29,6 @@ if TYPE_CHECKING:  # imported at run time, pytest would try to collect `TestImag
 
 # What the host's own rules must never mention: the extra engines' interfaces and subnets.
 OURS = ("lse-", "10.230.", "10.231.", "10.232.", "10.233.")
-
-
-@pytest.fixture
-def engines(extra_engines: ExtraEngines) -> Iterator[ExtraEngines]:
-    """The session's engines; running again and rid of this test's backends afterwards."""
-    try:
-        yield extra_engines
-    finally:
-        for engine in extra_engines:
-            engine.start()
-            engine.remove_backends()
 
 
 def iptables_rules(namespace: str | None = None) -> str:

@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from tests.e2e.conftest import StartDaemon
 from tests.support.containers import ContainerHandle, short_uuid
@@ -37,15 +35,6 @@ CHECKS = {
     "labelsync.health.passive.max_fails": "1",
     "labelsync.health.passive.fail_duration": "5s",
 }
-
-
-@pytest.fixture
-def engines(extra_engines: ExtraEngines) -> Iterator[ExtraEngines]:
-    """The session's extra engines, running, and without this test's backends after it."""
-    yield extra_engines
-    for engine in extra_engines:
-        engine.start()
-        engine.remove_backends()
 
 
 def engine_hosts(engines: ExtraEngines) -> str:
