@@ -2,8 +2,8 @@
 # Make sure a Docker engine answers for the test suite, installing and starting one when
 # this is a fresh Debian machine run as root (CI). Also makes sure busybox-static is there
 # (the test images are built from its static /bin/busybox), gcc with libc6-dev (the test
-# backend's listener is compiled static) and systemd-analyze (the unit
-# file test).
+# backend's listener is compiled static), systemd-analyze (the unit file test), and ip and
+# nsenter (the extra engines of the several-engines tests).
 #
 # Exit status: 0 when the engine answers. When it cannot be brought up: non-zero under CI
 # (CI set), else a warning and 0, so a developer without Docker can still run the fast tests
@@ -79,6 +79,17 @@ main() {
   if ! command -v systemd-analyze >/dev/null 2>&1 && can_install; then
     say "installing systemd (for systemd-analyze)"
     apt_install systemd || say "could not install systemd"
+  fi
+
+  # The extra engines of the several-engines tests (tests/support/engines.py) run in
+  # network namespaces: `ip` and `nsenter`; docker.io brings iptables.
+  if ! command -v ip >/dev/null 2>&1 && can_install; then
+    say "installing iproute2 (network namespaces for the extra test engines)"
+    apt_install iproute2 || say "could not install iproute2"
+  fi
+  if ! command -v nsenter >/dev/null 2>&1 && can_install; then
+    say "installing util-linux (nsenter, for the extra test engines)"
+    apt_install util-linux || say "could not install util-linux"
   fi
 
   if engine_answers; then
